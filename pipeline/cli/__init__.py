@@ -1,0 +1,41 @@
+"""The `metaray` command. Each subcommand lives in its own module with a `register(sub)`.
+
+Heavy imports (torch, ray, mlflow) happen inside the command functions so that
+`metaray --help` and config errors answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.cli import config_cmd
+
+COMMANDS = [config_cmd]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metaray", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.config import ConfigError
+    from pipeline.errors import MetarayError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"metaray: config error: {exc}", file=sys.stderr)
+        return 2
+    except MetarayError as exc:
+        print(f"metaray: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Typed configuration slices and the one YAML reader.
+
+A run's configuration is a tree of frozen slices (`DataConfig`, `ModelConfig`, ...).
+A component receives its slice, never the whole `RunConfig`. Values come from a YAML
+file plus dotted command-line overrides (`inner.lr=0.05`), and every problem is
+reported before any work starts, naming the file, the key, the value and the rule.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who wrote the config."""
+
+
+class _Slice(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Slice):
+    uri: str = Field("data/quickstart-wordlang", description="shard set: a directory or s3://bucket/prefix")
+    episode: Literal["regression", "lm", "classify"] = Field(
+        "lm", description="episode type: K-shot regression, byte-level LM, or N-way classification"
+    )
+    k_support: int = Field(16, gt=0, description="support examples per task (K shots)")
+    k_query: int = Field(16, gt=0, description="query examples per task, disjoint from support")
+    n_way: int = Field(5, ge=2, description="classes per classification episode")
+    max_len: int = Field(32, gt=1, description="bytes per sequence incl. BOS/EOS; longer words are cut")
+    s3_endpoint: str | None = Field(
+        None, description="endpoint override for S3-compatible stores (else AWS_ENDPOINT_URL)"
+    )
+
+
+class ModelConfig(_Slice):
+    kind: Literal["mlp", "gru", "lstm"] = Field("gru", description="mlp for sinusoid, gru/lstm for bytes")
+    hidden: int = Field(128, gt=0, description="recurrent hidden size (or MLP width)")
+    layers: int = Field(1, gt=0, description="recurrent layers (or MLP hidden layers)")
+    embed: int = Field(32, gt=0, description="byte embedding size")
+    vocab: int = Field(259, gt=3, description="256 byte values + BOS, EOS, PAD")
+
+
+class InnerConfig(_Slice):
+    algorithm: Literal["maml", "fomaml", "metasgd", "anil", "reptile"] = Field(
+        "maml", description="meta-learning algorithm; selects inner and outer behaviour"
+    )
+    steps: int = Field(1, ge=0, description="inner gradient steps per task")
+    lr: float = Field(0.01, gt=0, description="inner learning rate (initial value for Meta-SGD)")
+    first_order: bool = Field(
+        False, description="drop second-order terms (implied by fomaml and reptile)"
+    )
+
+
+class OuterConfig(_Slice):
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="outer (meta) optimizer")
+    lr: float = Field(1e-3, gt=0, description="outer learning rate")
+    meta_batch: int = Field(25, gt=0, description="tasks per meta-step, across all workers")
+    steps: int = Field(1000, gt=0, description="meta-steps to train")
+    chunk: int | None = Field(None, gt=0, description="tasks per vmap call; bounds memory")
+    val_every: int = Field(100, gt=0, description="meta-steps between validations")
+    val_tasks: int = Field(32, gt=0, description="val tasks per validation")
+    seed: int = Field(0, description="seeds episodes, init and everything random")
+    grad_clip: float | None = Field(None, gt=0, description="clip the meta-gradient norm")
+
+
+class ClusterConfig(_Slice):
+    address: str | None = Field(None, description="Ray address; None: RAY_ADDRESS or embedded local Ray")
+    num_workers: int = Field(1, gt=0, description="Ray Train workers")
+    use_gpu: bool = Field(False, description="one GPU per worker")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
+    threads_per_worker: int | None = Field(None, gt=0, description="torch threads; None: from CPUs")
+    episode_actors: int = Field(1, gt=0, description="episode-generator actors")
+    prefetch: int = Field(2, gt=0, description="episode requests in flight per trainer rank")
+
+
+class CheckpointConfig(_Slice):
+    storage: str = Field("runs", description="directory or s3:// prefix for run checkpoints")
+    run_name: str = Field("metaray", description="same name + storage resumes the run")
+    every: int = Field(100, gt=0, description="meta-steps between checkpoints")
+    max_failures: int = Field(1, ge=0, description="worker failures survived by restoring")
+
+
+class TrackingConfig(_Slice):
+    enabled: bool = Field(True, description="log to MLflow")
+    uri: str | None = Field(None, description="None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    experiment: str = Field("metaray", description="MLflow experiment name")
+    register_as: str | None = Field(None, description="register the final model under this name")
+
+
+class BankConfig(_Slice):
+    enabled: bool = Field(False, description="write adapted parameters to the memory bank")
+    name: str = Field("metaray-bank", description="named Ray actor shared by all jobs")
+    namespace: str = Field("metaray", description="Ray namespace of the bank actor")
+    capacity: int = Field(10_000, gt=0, description="entries before eviction")
+    eviction: Literal["lru", "worst_loss"] = Field("lru", description="which entry goes first")
+    threshold: float = Field(0.9, ge=-1, le=1, description="cosine similarity to warm-start")
+    top_k: int = Field(1, gt=0, description="neighbours blended for a warm start")
+    blend: Literal["nearest", "weighted"] = Field("nearest", description="how neighbours combine")
+    snapshot_uri: str | None = Field(None, description="directory or s3:// prefix for snapshots")
+    dtype: Literal["float32", "float16"] = Field("float32", description="stored parameter dtype")
+
+
+class RunConfig(_Slice):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    inner: InnerConfig = InnerConfig()
+    outer: OuterConfig = OuterConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    bank: BankConfig = BankConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.outer.meta_batch % self.cluster.num_workers:
+            raise ValueError(
+                f"outer.meta_batch={self.outer.meta_batch} is not divisible by "
+                f"cluster.num_workers={self.cluster.num_workers}: each worker takes an equal "
+                "slice of the meta-batch; pick a meta_batch that is a multiple of num_workers"
+            )
+        if (self.model.kind == "mlp") != (self.data.episode == "regression"):
+            raise ValueError(
+                f"model.kind={self.model.kind!r} does not fit data.episode={self.data.episode!r}: "
+                "use model.kind=mlp with regression and gru/lstm with lm or classify"
+            )
+        return self
+
+    @property
+    def first_order(self) -> bool:
+        return self.inner.first_order or self.inner.algorithm in ("fomaml", "reptile")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def valid_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(valid_keys(ann, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _check_keys(tree: dict[str, Any], source: str) -> None:
+    known = set(valid_keys())
+    sections = {k.split(".")[0] for k in known}
+    for key in _flatten(tree):
+        if key in known:
+            continue
+        if key in sections:
+            raise ConfigError(f"{source}: '{key}' is a section; give it keys, e.g. {key}.<name>")
+        hint = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+        raise ConfigError(f"{source}: unknown key '{key}'{suggestion}")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["inner.lr=0.05", "data.uri=s3://b/p"]` -> nested dict; values parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(tree).__name__}")
+    return tree
+
+
+def _explain(exc: ValidationError, source: str, tree: dict[str, Any]) -> ConfigError:
+    flat = _flatten(tree)
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if key in flat:
+            lines.append(f"{source}: {key}={flat[key]!r}: {err['msg']}")
+        elif key:
+            lines.append(f"{source}: {key}: {err['msg']}")
+        else:
+            lines.append(f"{source}: {err['msg'].removeprefix('Value error, ')}")
+    return ConfigError("\n".join(lines))
+
+
+def from_dict(tree: dict[str, Any], source: str = "config") -> RunConfig:
+    _check_keys(tree, source)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise _explain(exc, source, tree) from None
+
+
+def load(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read `path` (optional), apply dotted overrides, validate everything."""
+    tree = read_yaml(path) if path else {}
+    source = str(path) if path else "defaults"
+    if path:
+        _check_keys(tree, source)
+    extra = parse_overrides(overrides or [])
+    _check_keys(extra, "command line")
+    if overrides:
+        source = f"{source} + overrides"
+    return from_dict(_merge(tree, extra), source)
+
+
+def to_dict(cfg: BaseModel) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flat_params(cfg: RunConfig) -> dict[str, Any]:
+    """Flattened `section.key -> value`, the form logged as MLflow params."""
+    return _flatten(to_dict(cfg))

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The README's first command: install, build the quickstart shards, and run the main job
+# on embedded defaults (local Ray, local shards under data/, local MLflow store).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export AWS_EC2_METADATA_DISABLED=true
+M=.venv/bin/metaray
+
+$M shards build wordlang --out data/quickstart-wordlang --top-n 300 --seed 0
+$M shards inspect data/quickstart-wordlang
