@@ -92,6 +92,12 @@ class TrackingConfig(_Slice):
     uri: str | None = Field(None, description="None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     experiment: str = Field("metaray", description="MLflow experiment name")
     register_as: str | None = Field(None, description="register the final model under this name")
+    parent_run_id: str | None = Field(
+        None, description="MLflow run this run nests under (set by `metaray tune` per trial)"
+    )
+    flush_timeout_s: float = Field(
+        10.0, ge=0, description="seconds end() waits on an unreachable server before spilling to disk"
+    )
 
 
 class BankConfig(_Slice):
