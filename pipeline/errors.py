@@ -13,3 +13,7 @@ class ShardError(MetarayError):
 
 class EpisodeError(MetarayError):
     """Rows that cannot make the requested episode (e.g. too few rows in a task)."""
+
+
+class BankError(MetarayError):
+    """A memory-bank operation that cannot be done as asked (snapshot file, key, shape, fix)."""
