@@ -111,6 +111,18 @@ class BankConfig(_Slice):
     blend: Literal["nearest", "weighted"] = Field("nearest", description="how neighbours combine")
     snapshot_uri: str | None = Field(None, description="directory or s3:// prefix for snapshots")
     dtype: Literal["float32", "float16"] = Field("float32", description="stored parameter dtype")
+    s3_endpoint: str | None = Field(
+        None, description="endpoint override for an s3:// snapshot_uri (else AWS_ENDPOINT_URL)"
+    )
+    wal: bool = Field(
+        True, description="write-ahead log each put before acking (needs snapshot_uri): no loss"
+    )
+    snapshot_every: int = Field(100, gt=0, description="put batches between automatic snapshots")
+    max_in_flight: int = Field(4, gt=0, description="bank writes a trainer keeps outstanding")
+    write_every: int = Field(1, gt=0, description="meta-steps between a trainer's bank writes")
+    descriptor: Literal["hidden", "grad", "hidden+grad", "ngram"] = Field(
+        "hidden", description="task descriptor: model hidden state, head gradient, or byte n-grams"
+    )
 
 
 class RunConfig(_Slice):
