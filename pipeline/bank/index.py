@@ -142,24 +142,10 @@ class BankIndex:
         loss: Sequence[float] | np.ndarray | float = 0.0,
     ) -> UpsertResult:
         """Insert or overwrite entries by task key; evicts past capacity by the policy."""
+        desc, p = self.check_batch(keys, descriptors, params)
         b = len(keys)
-        desc = normalise(descriptors)
-        p = np.atleast_2d(np.asarray(params))
-        if desc.shape[0] != b or p.shape[0] != b:
-            raise BankError(
-                f"bank put: {b} keys but {desc.shape[0]} descriptors and {p.shape[0]} "
-                "parameter rows; give one descriptor and one flat parameter vector per key"
-            )
-        if len(set(keys)) != b:
-            raise BankError("bank put: duplicate task keys in one batch; put each key once")
         if self.dim is None:
             self._allocate(desc.shape[1], p.shape[1])
-        if desc.shape[1] != self.dim or p.shape[1] != self.n_params:
-            raise BankError(
-                f"bank put: descriptor dim {desc.shape[1]} / {p.shape[1]} params do not match "
-                f"the bank's {self.dim} / {self.n_params}; use the same model and descriptor "
-                "for every writer, or a separate bank (bank.name)"
-            )
         steps_a = np.broadcast_to(np.asarray(steps, np.int64), (b,))
         support_a = np.broadcast_to(np.asarray(support, np.int32), (b,))
         loss_a = np.broadcast_to(np.asarray(loss, np.float32), (b,))
@@ -188,6 +174,28 @@ class BankIndex:
             self._step[slot], self._support[slot] = steps_a[i], support_a[i]
             self._loss[slot], self._last_used[slot] = loss_a[i], self._clock
         return out
+
+    def check_batch(
+        self, keys: Sequence[str], descriptors: np.ndarray, params: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Validate a put batch without changing anything; returns (unit descriptors, params)."""
+        b = len(keys)
+        desc = normalise(descriptors)
+        p = np.atleast_2d(np.asarray(params))
+        if desc.shape[0] != b or p.shape[0] != b:
+            raise BankError(
+                f"bank put: {b} keys but {desc.shape[0]} descriptors and {p.shape[0]} "
+                "parameter rows; give one descriptor and one flat parameter vector per key"
+            )
+        if len(set(keys)) != b:
+            raise BankError("bank put: duplicate task keys in one batch; put each key once")
+        if self.dim is not None and (desc.shape[1] != self.dim or p.shape[1] != self.n_params):
+            raise BankError(
+                f"bank put: descriptor dim {desc.shape[1]} / {p.shape[1]} params do not match "
+                f"the bank's {self.dim} / {self.n_params}; use the same model and descriptor "
+                "for every writer, or a separate bank (bank.name)"
+            )
+        return desc, p
 
     def _victim(self) -> int:
         if self.eviction == "lru":

@@ -1,0 +1,204 @@
+"""The memory bank's behaviour, without Ray: index + write-ahead log + snapshots + stats.
+
+`pipeline/bank/actor.py` runs this class as the one named Ray actor; tests and the CLI can
+also run it in-process against a snapshot URI. Every method is one call into the pure index
+(`index.py`) plus persistence (`store.py`).
+
+Durability: with `snapshot_uri` set and `wal=True`, `put` writes its batch to the WAL (fsync /
+one S3 PUT) BEFORE applying and returning, so an acknowledged entry survives a crash. With
+`wal=False` the documented bound is: entries put since the last snapshot (at most
+`snapshot_every` batches) can be lost. Without `snapshot_uri` the bank lives in memory only.
+LRU recency from queries is not logged, so after a restore LRU order reflects writes only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from pipeline.bank.index import BankIndex
+from pipeline.bank.store import BankStore
+from pipeline.config import BankConfig
+
+log = logging.getLogger(__name__)
+
+
+class BankService:
+    def __init__(self, cfg: dict | BankConfig) -> None:
+        self.cfg = cfg if isinstance(cfg, BankConfig) else BankConfig.model_validate(cfg)
+        self.index = BankIndex.from_config(self.cfg)
+        self.store = (
+            BankStore(self.cfg.snapshot_uri, s3_endpoint=self.cfg.s3_endpoint)
+            if self.cfg.snapshot_uri
+            else None
+        )
+        self.wal_seq = -1  # last WAL record written (or replayed)
+        self.since_snapshot = 0
+        self.counts = {"puts": 0, "entries_put": 0, "queries": 0, "hits": 0, "evicted": 0}
+        self.warnings: list[str] = []
+        self.restored = {"snapshot": None, "wal_records": 0, "entries": 0}
+        if self.store is not None:
+            self._restore()
+
+    def _restore(self) -> None:
+        r = self.store.restore()
+        self.warnings.extend(r.warnings)
+        for w in r.warnings:
+            log.warning("%s", w)
+        if r.cols is not None:
+            self.index.load_columns(r.cols, clock=r.clock)
+        self.wal_seq = r.wal_upto
+        for seq, rec in r.records:
+            self._apply(rec)
+            self.wal_seq = seq
+        self.since_snapshot = len(r.records)
+        snap = self.store.snapshot_name(r.snapshot_seq) if r.snapshot_seq >= 0 else None
+        self.restored = {
+            "snapshot": snap,
+            "wal_records": len(r.records),
+            "entries": len(self.index),
+        }
+
+    def _apply(self, batch: dict) -> Any:
+        return self.index.upsert(
+            list(batch["keys"]),
+            batch["descriptor"],
+            batch["params"],
+            steps=batch.get("step", 0),
+            support=batch.get("support", 0),
+            loss=batch.get("loss", 0.0),
+        )
+
+    # ---- writes --------------------------------------------------------------------------
+    def put(self, batch: dict) -> dict:
+        """Store a batch {keys, descriptor [B,D], params [B,P], step, support, loss}.
+        Returns only after the batch is durable (WAL) when persistence is on."""
+        b = len(batch["keys"])
+        batch = {
+            "keys": list(batch["keys"]),
+            "descriptor": np.atleast_2d(np.asarray(batch["descriptor"], np.float32)),
+            "params": np.atleast_2d(np.asarray(batch["params"])).astype(
+                np.dtype(self.cfg.dtype), copy=False
+            ),
+            **{k: np.broadcast_to(np.asarray(batch.get(k, d)), (b,)) for k, d in _META.items()},
+        }
+        # validate against the index first: a rejected batch must not reach the WAL
+        self.index.check_batch(batch["keys"], batch["descriptor"], batch["params"])
+        if self.store is not None and self.cfg.wal:
+            self.store.append_wal(self.wal_seq + 1, batch)
+        self.wal_seq += 1
+        res = self._apply(batch)
+        self.counts["puts"] += 1
+        self.counts["entries_put"] += b
+        self.counts["evicted"] += len(res.evicted)
+        self.since_snapshot += 1
+        if self.store is not None and self.since_snapshot >= self.cfg.snapshot_every:
+            self.snapshot()
+        return {
+            "stored": res.inserted + res.updated,
+            "evicted": res.evicted,
+            "rejected": res.rejected,
+            "entries": len(self.index),
+        }
+
+    def snapshot(self, uri: str | None = None) -> str:
+        """Write a snapshot (to `uri` for an export); returns its name."""
+        store = BankStore(uri, s3_endpoint=self.cfg.s3_endpoint) if uri else self.store
+        if store is None:
+            raise _no_store()
+        cols = self.index.columns()
+        seq = store.write_snapshot(
+            cols, wal_upto=self.wal_seq, clock=self.index._clock, dtype=self.cfg.dtype
+        )
+        if store is self.store:
+            self.since_snapshot = 0
+        return store.snapshot_name(seq)
+
+    def import_snapshot(self, uri: str) -> int:
+        """Upsert every entry of the latest snapshot at `uri` (through the WAL)."""
+        r = BankStore(uri, s3_endpoint=self.cfg.s3_endpoint).restore()
+        if r.warnings and r.cols is None:
+            from pipeline.errors import BankError
+
+            raise BankError("; ".join(r.warnings))
+        n = 0
+        batches = ([r.cols] if r.cols and r.cols["keys"] else []) + [rec for _, rec in r.records]
+        for cols in batches:
+            self.put({k: cols[k] for k in ("keys", "descriptor", "params", *_META) if k in cols})
+            n += len(cols["keys"])
+        return n
+
+    def clear(self) -> int:
+        n = len(self.index)
+        self.index.clear()
+        if self.store is not None:
+            self.store.clear()
+            self.snapshot()  # an empty snapshot marks the cleared state durably
+        return n
+
+    # ---- reads ---------------------------------------------------------------------------
+    def query(self, descriptors: np.ndarray, k: int | None = None, *, with_params: bool = True):
+        """Top-k per query: keys, sims [B,k], hit [B] (best sim >= threshold), params [B,k,P]."""
+        k = k or self.cfg.top_k
+        hits = self.index.search(descriptors, k)
+        best = hits.sims[:, 0] if hits.sims.shape[1] else np.full(len(hits.keys), -np.inf)
+        hit = best >= self.cfg.threshold
+        self.counts["queries"] += len(hit)
+        self.counts["hits"] += int(hit.sum())
+        out = {"keys": hits.keys, "sims": hits.sims, "hit": hit}
+        if with_params:
+            b, kk = hits.slots.shape
+            flat = self.index.params_of(hits.slots.ravel())
+            out["params"] = flat.reshape(b, kk, -1)
+        return out
+
+    def neighbours(self, key: str, k: int = 5) -> dict:
+        """Nearest stored tasks to a stored task (itself excluded)."""
+        e = self.index.get(key)
+        hits = self.index.search(e["descriptor"], k + 1, touch=False)
+        pairs = [
+            (kk, float(s)) for kk, s in zip(hits.keys[0], hits.sims[0], strict=True) if kk != key
+        ]
+        return {"key": key, "neighbours": pairs[:k]}
+
+    def get(self, key: str) -> dict:
+        return self.index.get(key)
+
+    def keys(self) -> list[str]:
+        return self.index.keys()
+
+    def stats(self) -> dict:
+        q = self.counts["queries"]
+        return {
+            "entries": len(self.index),
+            "capacity": self.cfg.capacity,
+            "eviction": self.cfg.eviction,
+            "dim": self.index.dim,
+            "n_params": self.index.n_params,
+            "dtype": self.cfg.dtype,
+            "bytes": self.index.nbytes(),
+            "hit_rate": (self.counts["hits"] / q) if q else None,
+            "threshold": self.cfg.threshold,
+            **self.counts,
+            "wal_seq": self.wal_seq,
+            "snapshot_uri": self.cfg.snapshot_uri,
+            "restored": self.restored,
+            "warnings": list(self.warnings),
+        }
+
+    def ping(self) -> bool:
+        return True
+
+
+_META = {"step": 0, "support": 0, "loss": 0.0}
+
+
+def _no_store():
+    from pipeline.errors import BankError
+
+    return BankError(
+        "this bank has no bank.snapshot_uri: set one (a directory or s3://bucket/prefix) "
+        "or pass an export URI"
+    )
