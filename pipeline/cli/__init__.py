@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import config_cmd
+from pipeline.cli import config_cmd, shards_cmd
 
-COMMANDS = [config_cmd]
+COMMANDS = [config_cmd, shards_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,229 @@
+"""Writing a shard set: Parquet files first (temporary name, then renamed), manifest last.
+
+Crash safety: a file only gets its final name once it is completely written, and the manifest
+that names the files is written (again via a temporary name) after all of them. An
+interrupted build therefore leaves no `manifest.json` (or the previous, still complete one);
+re-running the build writes a fresh set and removes the leftovers of earlier attempts.
+Only files whose names this writer produces are ever deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import platform
+import re
+import sys
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.data import manifest as mf
+from pipeline.data.storage import Location, resolve
+from pipeline.errors import ShardError
+
+# Names this writer owns: data files of any build, and temporary files of any build.
+_OWNED = re.compile(r"^(?:(?:train|val|test)-\d{5}-[0-9a-f]{8}\.parquet|_tmp-[0-9a-f]{8}-.+)$")
+DEFAULT_ROWS_PER_FILE = 1_000_000
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    manifest: mf.Manifest
+    skipped: bool  # True: an identical, complete build was already there
+    removed: tuple[str, ...] = ()  # leftovers of earlier builds that were deleted
+
+
+def package_versions(*extra: str) -> dict[str, str]:
+    names = ("metaray", "pyarrow", "numpy", *extra)
+    out = {"python": platform.python_version()}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = "unknown"
+    return out
+
+
+def _same_build(old: mf.Manifest, family: str, build: dict[str, Any]) -> bool:
+    return (
+        old.family == family
+        and old.build.get("source") == build.get("source")
+        and old.build.get("params") == build.get("params")
+        and old.build.get("versions") == build.get("versions")
+    )
+
+
+class _Writer:
+    def __init__(self, loc: Location, family: str, build_id: str, rows_per_file: int):
+        self.loc, self.family, self.build_id = loc, family, build_id
+        self.rows_per_file = rows_per_file
+        self.columns = mf.FAMILY_COLUMNS[family]
+        self.buffers: dict[str, list[tuple[str, pa.Table, dict]]] = {s: [] for s in mf.SPLITS}
+        self.buffered_rows = dict.fromkeys(mf.SPLITS, 0)
+        self.counters = dict.fromkeys(mf.SPLITS, 0)
+        self.files: dict[str, mf.FileEntry] = {}
+        self.tasks: dict[str, mf.TaskEntry] = {}
+        self.seen: set[str] = set()
+        self.written: list[str] = []  # every name created, for cleanup on failure
+
+    def add(self, key: str, split: str, table: pa.Table, meta: dict) -> None:
+        if not isinstance(key, str) or not key:
+            raise ShardError(f"task key {key!r} is not a non-empty string")
+        if key in self.seen:
+            raise ShardError(f"task {key!r} appears twice in the source: task keys must be unique")
+        if split not in mf.SPLITS:
+            raise ShardError(f"task {key!r}: split {split!r} is not one of {list(mf.SPLITS)}")
+        names = list(table.column_names)
+        if names != list(self.columns):
+            raise ShardError(
+                f"task {key!r}: columns {names} do not match family {self.family!r}, which "
+                f"needs {list(self.columns)}"
+            )
+        for name, want in self.columns.items():
+            got = table.schema.field(name).type
+            if got != want:
+                raise ShardError(
+                    f"task {key!r}: column {name!r} has type {got}, family {self.family!r} "
+                    f"needs {want}"
+                )
+        if table.num_rows == 0:
+            raise ShardError(f"task {key!r} has no rows: drop it or give it examples")
+        self.seen.add(key)
+        self.buffers[split].append((key, table, meta))
+        self.buffered_rows[split] += table.num_rows
+        if self.buffered_rows[split] >= self.rows_per_file:
+            self.flush(split)
+
+    def flush(self, split: str) -> None:
+        items = self.buffers[split]
+        if not items:
+            return
+        name = f"{split}-{self.counters[split]:05d}-{self.build_id}.parquet"
+        self.counters[split] += 1
+        parts, offset = [], 0
+        for key, table, meta in items:
+            parts.append(table.add_column(0, mf.TASK_COLUMN, pa.array([key] * table.num_rows)))
+            self.tasks[key] = mf.TaskEntry(key, split, table.num_rows, name, offset, meta)
+            offset += table.num_rows
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.concat_tables(parts), sink, compression="zstd")
+        data = sink.getvalue().to_pybytes()
+        tmp = f"_tmp-{self.build_id}-{name}"
+        self.written += [tmp, name]
+        self.loc.write_bytes(tmp, data)
+        self.loc.move(tmp, name)
+        self.files[name] = mf.FileEntry(
+            name, split, hashlib.sha256(data).hexdigest(), offset, len(data)
+        )
+        self.buffers[split] = []
+        self.buffered_rows[split] = 0
+
+
+def write_shard_set(
+    uri: str,
+    family: str,
+    tasks: Iterable[Any],
+    *,
+    build: dict[str, Any],
+    s3_endpoint: str | None = None,
+    rows_per_file: int = DEFAULT_ROWS_PER_FILE,
+    force: bool = False,
+    overwrite: bool = False,
+    split_hint: str = "",
+    log: Callable[[str], None] | None = None,
+) -> BuildResult:
+    """Write `tasks` (items `(key, split, pyarrow.Table[, meta])`) as a shard set at `uri`.
+
+    `build` holds `source`, `params` (JSON-able), `seed` and `versions` (of the source's
+    packages); metaray, pyarrow, numpy and Python versions are added. If `uri` already holds a
+    complete build with the same family, source, params and versions, nothing is written
+    (`skipped=True`) unless `force`. A different existing shard set is only replaced with
+    `overwrite`. `split_hint` says which options give a split its tasks (error messages).
+    """
+    if family not in mf.FAMILY_COLUMNS:
+        raise ShardError(f"family {family!r} is not one of {sorted(mf.FAMILY_COLUMNS)}")
+    if rows_per_file <= 0:
+        raise ShardError(f"rows_per_file={rows_per_file} must be positive")
+    loc = resolve(uri, s3_endpoint=s3_endpoint)
+    loc.ensure_root()
+    build = dict(build)
+    build["versions"] = {**package_versions(), **build.get("versions", {})}
+
+    if loc.exists(mf.MANIFEST_NAME):
+        where = loc.display(mf.MANIFEST_NAME)
+        try:
+            old: mf.Manifest | None = mf.parse(loc.read_bytes(mf.MANIFEST_NAME), where)
+        except ShardError:
+            old = None
+        if old is not None and _same_build(old, family, build) and not force:
+            return BuildResult(old, skipped=True)
+        if not (overwrite or force):
+            what = (
+                f"a {old.family} shard set built with {old.build.get('params')}"
+                if old
+                else "a manifest.json this version cannot read"
+            )
+            raise ShardError(
+                f"{uri} already holds {what}: pass --overwrite to replace it, "
+                "or choose another --out"
+            )
+
+    build_id = uuid.uuid4().hex[:8]
+    writer = _Writer(loc, family, build_id, rows_per_file)
+    try:
+        for item in tasks:
+            key, split, table = item[0], item[1], item[2]
+            meta = item[3] if len(item) > 3 and item[3] else {}
+            writer.add(key, split, table, meta)
+        for split in mf.SPLITS:
+            writer.flush(split)
+        counts = {s: sum(1 for t in writer.tasks.values() if t.split == s) for s in mf.SPLITS}
+        for split, n in counts.items():
+            if n == 0:
+                raise ShardError(
+                    f"building {uri}: the split leaves no {split} tasks "
+                    f"(train {counts['train']}, val {counts['val']}, test {counts['test']}): "
+                    f"every shard set needs train, val and test tasks"
+                    + (f"; {split_hint}" if split_hint else "")
+                )
+        manifest = mf.Manifest(
+            schema_version=mf.SCHEMA_VERSION,
+            family=family,
+            columns={k: mf.type_name(v) for k, v in mf.FAMILY_COLUMNS[family].items()},
+            build={**build, "build_id": build_id},
+            files=writer.files,
+            tasks=writer.tasks,
+            created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        tmp = f"_tmp-{build_id}-{mf.MANIFEST_NAME}"
+        writer.written.append(tmp)
+        loc.write_bytes(tmp, manifest.to_json())
+        loc.move(tmp, mf.MANIFEST_NAME)
+    except BaseException:
+        # A clean failure (bad input, Ctrl-C) removes what this build wrote; a hard crash
+        # leaves only unreferenced files, which the next build removes.
+        for name in writer.written:
+            with contextlib.suppress(Exception):  # the original error matters more
+                loc.delete(name)
+        raise
+    removed = tuple(
+        n for n in loc.list_names() if _OWNED.match(n) and n not in manifest.files
+    )
+    for n in removed:
+        loc.delete(n)
+    if log and removed:
+        log(f"removed {len(removed)} leftover file(s) of earlier builds")
+    return BuildResult(manifest, skipped=False, removed=removed)
+
+
+def command_line() -> str:
+    """The command that is running, for the manifest (how to rebuild this set)."""
+    args = [a if re.fullmatch(r"[\w@%+=:,./-]+", a) else repr(a) for a in sys.argv[1:]]
+    return " ".join(["metaray", *args])
