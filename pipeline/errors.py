@@ -17,3 +17,7 @@ class EpisodeError(MetarayError):
 
 class BankError(MetarayError):
     """A memory-bank operation that cannot be done as asked (snapshot file, key, shape, fix)."""
+
+
+class CheckpointError(MetarayError):
+    """A run checkpoint that cannot be written or read back (names the directory/file and the fix)."""
