@@ -1,0 +1,147 @@
+"""Memory-bank figures: query latency, put throughput, memory per entry.
+
+    .venv/bin/python bench/bank.py            # full run (~1-2 min on 2 cores)
+    .venv/bin/python bench/bank.py --quick    # smaller sizes, seconds
+    .venv/bin/python bench/bank.py --ray      # also put/query through the Ray actor
+
+Query latency: one query (k=5, cosine) against N entries; the parameter width does not enter
+the search (only the k returned rows are copied), so the 100k index holds small parameter rows
+to fit in memory. Put throughput uses a realistic full meta-RNN parameter vector
+(GRU hidden 128, embed 32, vocab 259: 104,835 floats = 410 KiB float32 per entry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipeline.bank.index import BankIndex  # noqa: E402
+from pipeline.bank.service import BankService  # noqa: E402
+from pipeline.config import BankConfig  # noqa: E402
+
+FULL_PARAMS = 104_835  # 259*32 + 3*(32*128 + 128*128 + 2*128) + 128*259 + 259
+
+
+def _fill(idx: BankIndex, n: int, dim: int, p: int, rng: np.random.Generator) -> None:
+    chunk = 10_000
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        idx.upsert(
+            [f"t{s + i}" for i in range(m)],
+            rng.standard_normal((m, dim), dtype=np.float32),
+            rng.standard_normal((m, p), dtype=np.float32),
+        )
+
+
+def query_latency(sizes: list[int], dims: list[int], p: int, repeats: int) -> None:
+    print(f"query latency (k=5, one query, {p} params/entry; ms)")
+    print(f"{'entries':>8} {'dim':>4} {'p50':>7} {'p99':>7} {'batch64/q':>10}")
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        for dim in dims:
+            idx = BankIndex(capacity=n)
+            _fill(idx, n, dim, p, rng)
+            qs = rng.standard_normal((repeats, dim), dtype=np.float32)
+            ts = np.empty(repeats)
+            for i in range(repeats):
+                t = time.perf_counter()
+                hits = idx.search(qs[i], k=5)
+                idx.params_of(hits.slots[0])
+                ts[i] = time.perf_counter() - t
+            t = time.perf_counter()
+            for i in range(0, repeats, 64):
+                idx.search(qs[i : i + 64], k=5)
+            per_q = (time.perf_counter() - t) / repeats
+            p50, p99 = np.percentile(ts * 1e3, [50, 99])
+            print(f"{n:>8} {dim:>4} {p50:>7.2f} {p99:>7.2f} {per_q * 1e3:>10.3f}")
+            del idx
+
+
+def put_throughput(n: int, batch: int, dim: int, p: int, ray_too: bool) -> None:
+    rng = np.random.default_rng(1)
+    desc = rng.standard_normal((batch, dim), dtype=np.float32)
+    params = rng.standard_normal((batch, p), dtype=np.float32)
+    print(f"put throughput (steady state at capacity {n}: each new key evicts; batches of "
+          f"{batch}, dim {dim}, {p} params/entry)")
+    rows = []
+    for dtype in ("float32", "float16"):
+        for mode in ("memory", "wal", "wal+ray") if ray_too else ("memory", "wal"):
+            with tempfile.TemporaryDirectory() as d:
+                cfg = BankConfig(
+                    capacity=n,
+                    dtype=dtype,
+                    snapshot_uri=None if mode == "memory" else d,
+                    snapshot_every=10**6,
+                    name=f"bench-{dtype}-{mode}-{os.getpid()}",
+                )
+                elapsed = _puts(cfg, n, batch, desc, params, ray_actor=mode == "wal+ray")
+            rows.append((dtype, mode, n / elapsed))
+            print(f"  {dtype:8} {mode:8} {n / elapsed:>9.0f} entries/s")
+    # memory per entry at this width, from the index's own accounting
+    for dtype in ("float32", "float16"):
+        idx = BankIndex(capacity=n, dtype=dtype)
+        for s in range(0, n, batch):
+            idx.upsert([f"k{s + i}" for i in range(batch)], desc, params)
+        floor = p * (4 if dtype == "float32" else 2) + dim * 4
+        per = idx.nbytes() / len(idx)
+        print(f"  memory/entry {dtype}: {per:,.0f} B (params+descriptor {floor:,} B, "
+              f"+{per - floor:.0f} B)")
+        del idx
+
+
+def _puts(cfg, n, batch, desc, params, *, ray_actor: bool) -> float:
+    keys = lambda s: [f"k{s + i}" for i in range(batch)]  # noqa: E731
+    if not ray_actor:
+        bank = BankService(cfg)
+        for s in range(0, n, batch):  # untimed: fill to capacity (first touch of the memory)
+            bank.put({"keys": keys(s), "descriptor": desc, "params": params})
+        t = time.perf_counter()  # timed: steady state, every new key evicts the LRU entry
+        for s in range(n, 2 * n, batch):
+            bank.put({"keys": keys(s), "descriptor": desc, "params": params})
+        return time.perf_counter() - t
+    import ray
+
+    from pipeline.bank.actor import get_bank, put
+
+    bank = get_bank(cfg)
+    ray.get([put(bank, {"keys": keys(s), "descriptor": desc, "params": params})
+             for s in range(0, n, batch)])
+    t = time.perf_counter()
+    refs = [
+        put(bank, {"keys": keys(s), "descriptor": desc, "params": params})
+        for s in range(n, 2 * n, batch)
+    ]
+    ray.get(refs)
+    elapsed = time.perf_counter() - t
+    ray.kill(bank)
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--ray", action="store_true", help="also measure through the Ray actor")
+    args = ap.parse_args()
+    print(f"load: {os.getloadavg()}")
+    if args.ray:
+        import ray
+
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if args.quick:
+        query_latency([1_000, 10_000], [64, 128], 256, 200)
+        put_throughput(1_024, 64, 128, FULL_PARAMS, args.ray)
+    else:
+        query_latency([1_000, 10_000, 100_000], [64, 128, 256], 1_024, 1_000)
+        put_throughput(4_096, 64, 128, FULL_PARAMS, args.ray)
+    print(f"load: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
