@@ -1,0 +1,329 @@
+"""The MLflow tracker: an ordered queue of JSON-able operations sent by one background thread.
+
+Why a queue: a training step must never wait on the tracking server. `log_metrics` only
+appends to a deque (microseconds); the thread batches consecutive metric calls into one
+`log_batch`. When the server is unreachable the operation stays at the head of the queue,
+a warning is printed once, and the thread retries every few seconds; when the server
+answers again the backlog is flushed in order. `end()` waits at most
+`tracking.flush_timeout_s`, then writes what is left to a JSONL file that
+`python -m pipeline.tracking replay FILE` sends later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import TrackingConfig
+from pipeline.tracking import safe_params
+
+log = logging.getLogger("metaray.tracking")
+RETRY_EVERY_S = 3.0
+# MLflow error codes that mean "try again later" (connection refused/timeouts arrive as
+# INTERNAL_ERROR); any other MLflow error is the server refusing on purpose: drop the op.
+_TRANSIENT = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
+
+
+def _short_http_timeouts() -> None:
+    # MLflow's defaults (7 retries with backoff, 120 s timeout) would hold a dead-server call
+    # for minutes; the user's own environment settings still win.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
+def _is_transient(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", None)
+    if code is not None:
+        return code in _TRANSIENT
+    return isinstance(exc, (OSError, TimeoutError))  # requests' errors are OSErrors
+
+
+class _Sender:
+    """Applies operations to the server; shared by the live tracker and `replay`."""
+
+    def __init__(self, uri: str, experiment: str, register_as: str | None) -> None:
+        from mlflow import MlflowClient
+
+        self.uri, self.experiment, self.register_as = uri, experiment, register_as
+        self.client = MlflowClient(uri)
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+
+    def _experiment_id(self) -> str:
+        if self.experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                location = None
+                if self.uri.startswith("sqlite:///"):  # artifacts beside the database file
+                    db = Path(self.uri.removeprefix("sqlite:///"))
+                    location = (db.parent / "mlartifacts").as_uri()
+                try:
+                    self.experiment_id = self.client.create_experiment(
+                        self.experiment, artifact_location=location
+                    )
+                except Exception:  # another trial created it first
+                    exp = self.client.get_experiment_by_name(self.experiment)
+                    if exp is None:
+                        raise
+            if exp is not None:
+                self.experiment_id = exp.experiment_id
+        return self.experiment_id
+
+    def apply(self, ops: list[dict[str, Any]]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        op = ops[0]
+        kind = op["op"]
+        if kind == "create":
+            tags = dict(op.get("tags") or {})
+            if op.get("parent"):
+                tags["mlflow.parentRunId"] = op["parent"]
+            run = self.client.create_run(self._experiment_id(), run_name=op["name"], tags=tags)
+            self.run_id = run.info.run_id
+        elif kind == "metrics":
+            metrics = [
+                Metric(k, float(v), o["ts"], o["step"])
+                for o in ops
+                for k, v in o["metrics"].items()
+            ]
+            self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+        elif kind == "params":
+            items = [Param(k, v) for k, v in op["params"].items()]
+            for i in range(0, len(items), 100):  # the server takes at most 100 params a call
+                self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
+        elif kind == "tags":
+            tags = [RunTag(k, str(v)) for k, v in op["tags"].items()]
+            self.client.log_batch(self.run_id, tags=tags, synchronous=True)
+        elif kind == "text":
+            self.client.log_text(self.run_id, op["text"], op["file"])
+        elif kind == "artifact":
+            path = Path(op["path"])
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), op.get("artifact_path"))
+            elif path.exists():
+                self.client.log_artifact(self.run_id, str(path), op.get("artifact_path"))
+            else:
+                log.warning("tracking: artifact %s no longer exists; not logged", path)
+        elif kind == "model":
+            self._log_model(op["dir"])
+        elif kind == "end":
+            self.client.set_terminated(self.run_id, op["status"])
+
+    def _log_model(self, data_dir: str) -> None:
+        import mlflow
+        import mlflow.pyfunc
+        from mlflow.models import Model
+
+        # Model.log resolves the store and experiment from process-wide state.
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_experiment(experiment_id=self._experiment_id())
+        Model.log(
+            None,  # artifact_path: deprecated in favour of name, still positional
+            name="model",
+            flavor=mlflow.pyfunc,
+            run_id=self.run_id,
+            # Loaded by code + safetensors + JSON: nothing is pickled.
+            loader_module="pipeline.mlflow_model",
+            data_path=data_dir,
+            pip_requirements=["metaray", "torch", "safetensors", "pydantic", "pyyaml"],
+            registered_model_name=self.register_as,
+            await_registration_for=30,
+        )
+
+
+class MlflowTracker:
+    def __init__(self, cfg: TrackingConfig, uri: str) -> None:
+        self._cfg, self._uri = cfg, uri
+        self._ops: deque[dict[str, Any]] = deque()
+        self._cv = threading.Condition()
+        self._closing = False
+        self._deadline = float("inf")
+        self._down = False
+        self._thread: threading.Thread | None = None
+        self._sender: _Sender | None = None
+        self._staging = Path(tempfile.mkdtemp(prefix="metaray-tracking-"))
+        self._history: dict[str, list[tuple[int, float]]] = {}
+        self._inner: dict[int, dict[int, float]] = {}
+        self._name = "metaray"
+        self.spilled: Path | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        return self._sender.run_id if self._sender else None
+
+    # -- the API: each call only enqueues -------------------------------------------------
+    def start(
+        self, run_name: str, params: Mapping[str, Any], *, tags: Mapping[str, str] | None = None
+    ) -> None:
+        _short_http_timeouts()
+        self._name = run_name
+        self._sender = _Sender(self._uri, self._cfg.experiment, self._cfg.register_as)
+        self._put({"op": "create", "name": run_name, "tags": dict(tags or {}),
+                   "parent": self._cfg.parent_run_id})
+        self._put({"op": "params", "params": safe_params(params)})
+        self._thread = threading.Thread(target=self._loop, name="metaray-tracking", daemon=True)
+        self._thread.start()
+        # Callers (the Tune driver) may want the run id at once: wait briefly, never long.
+        with self._cv:
+            self._cv.wait_for(lambda: self.run_id is not None or self._down, timeout=10)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        for k, v in clean.items():
+            self._history.setdefault(k, []).append((step, v))
+        if clean:
+            self._put({"op": "metrics", "metrics": clean, "step": int(step),
+                       "ts": int(time.time() * 1000)})
+
+    def log_inner_curve(self, losses: Mapping[int, float], step: int) -> None:
+        self._inner[int(step)] = {int(k): float(v) for k, v in losses.items()}
+        self.log_metrics({f"val_loss_inner_{k}": v for k, v in losses.items()}, step)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self._put({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._put({"op": "text", "text": text, "file": artifact_file})
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        self._put({"op": "artifact", "path": str(Path(path).resolve()),
+                   "artifact_path": artifact_path})
+
+    def log_model(self, weights: Any, run_config: Mapping[str, Any]) -> None:
+        """`weights`: a safetensors file or a dict of tensors (the meta-learned parameters)."""
+        data = self._staging / "model"
+        data.mkdir(parents=True, exist_ok=True)
+        if isinstance(weights, (str, os.PathLike)):
+            shutil.copyfile(weights, data / "weights.safetensors")
+        else:
+            from safetensors.torch import save_file
+
+            tensors = {k: v.detach().cpu().contiguous() for k, v in dict(weights).items()}
+            save_file(tensors, str(data / "weights.safetensors"))
+        (data / "config.json").write_text(json.dumps(dict(run_config), indent=1), encoding="utf-8")
+        self._put({"op": "model", "dir": str(data)})
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self._thread is None:
+            return
+        self._log_plots()
+        self._put({"op": "end", "status": status})
+        with self._cv:
+            self._closing = True
+            self._deadline = time.monotonic() + self._cfg.flush_timeout_s
+            self._cv.notify_all()
+        self._thread.join(timeout=self._cfg.flush_timeout_s + 15)
+        with self._cv:
+            left = list(self._ops)
+            self._ops.clear()
+        if left:
+            self.spilled = self._spill(left)
+        else:
+            shutil.rmtree(self._staging, ignore_errors=True)
+        self._thread = None
+
+    # -- internals -------------------------------------------------------------------------
+    def _put(self, op: dict[str, Any]) -> None:
+        with self._cv:
+            self._ops.append(op)
+            self._cv.notify_all()
+
+    def _log_plots(self) -> None:
+        try:
+            from pipeline import plots
+
+            if self._history:
+                png = plots.learning_curves(self._history, self._staging / "learning_curves.png")
+                self.log_artifact(png, "plots")
+            if self._inner:
+                png = plots.inner_step_curves(self._inner, self._staging / "inner_steps.png")
+                self.log_artifact(png, "plots")
+        except Exception as exc:  # a plot must never fail a run
+            warnings.warn(f"tracking: plots not rendered: {exc}", stacklevel=2)
+
+    def _take(self) -> list[dict[str, Any]]:
+        head = self._ops[0]
+        if head["op"] != "metrics":
+            return [head]
+        batch, count = [], 0
+        for op in self._ops:  # coalesce consecutive metric calls, <= 1000 values per call
+            if op["op"] != "metrics" or count + len(op["metrics"]) > 1000:
+                break
+            batch.append(op)
+            count += len(op["metrics"])
+        return batch or [head]
+
+    def _loop(self) -> None:
+        assert self._sender is not None
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._ops or self._closing)
+                if not self._ops or time.monotonic() > self._deadline:
+                    return
+                batch = self._take()
+            try:
+                self._sender.apply(batch)
+            except Exception as exc:
+                if not _is_transient(exc):
+                    warnings.warn(f"tracking: {batch[0]['op']} not logged: {exc}", stacklevel=1)
+                else:
+                    if not self._down:
+                        warnings.warn(
+                            f"tracking server {self._uri} unreachable ({type(exc).__name__}: "
+                            f"{str(exc)[:200]}); training continues, buffering locally and "
+                            f"retrying every {RETRY_EVERY_S:.0f} s",
+                            stacklevel=1,
+                        )
+                    with self._cv:
+                        self._down = True
+                        self._cv.notify_all()
+                        self._cv.wait(timeout=RETRY_EVERY_S)
+                    continue
+            with self._cv:
+                for _ in batch:
+                    self._ops.popleft()
+                if self._down:
+                    log.warning("tracking server %s is back; sending the buffer", self._uri)
+                    self._down = False
+                self._cv.notify_all()
+
+    def _spill(self, ops: list[dict[str, Any]]) -> Path:
+        out_dir = Path(os.environ.get("METARAY_TRACKING_BUFFER_DIR", "mlflow-buffer")).resolve()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{self._name}-{int(time.time())}-{os.getpid()}.jsonl"
+        header = {"op": "header", "uri": self._uri, "experiment": self._cfg.experiment,
+                  "register_as": self._cfg.register_as, "run_id": self.run_id}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(o) + "\n" for o in [header, *ops]), encoding="utf-8")
+        os.replace(tmp, path)
+        warnings.warn(
+            f"tracking server {self._uri} did not answer within {self._cfg.flush_timeout_s:g} s: "
+            f"{len(ops)} tracking calls saved to {path}; send them later with "
+            f"`python -m pipeline.tracking replay {path}`",
+            stacklevel=2,
+        )
+        return path
+
+
+def replay_file(path: Path) -> str | None:
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    if not lines or lines[0].get("op") != "header":
+        raise ValueError(f"{path}: not a metaray tracking buffer (first line is not a header)")
+    head, ops = lines[0], lines[1:]
+    _short_http_timeouts()
+    sender = _Sender(head["uri"], head["experiment"], head.get("register_as"))
+    sender.run_id = head.get("run_id")
+    for op in ops:
+        sender.apply([op])
+    return sender.run_id
