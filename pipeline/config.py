@@ -78,6 +78,10 @@ class ClusterConfig(_Slice):
     threads_per_worker: int | None = Field(None, gt=0, description="torch threads; None: from CPUs")
     episode_actors: int = Field(1, gt=0, description="episode-generator actors")
     prefetch: int = Field(2, gt=0, description="episode requests in flight per trainer rank")
+    episode_actor_cpus: float = Field(
+        0.0, ge=0, description="CPUs reserved per episode actor (0: share the trainers' CPUs)"
+    )
+    report_every: int = Field(1, gt=0, description="meta-steps between ray.train.report calls")
 
 
 class CheckpointConfig(_Slice):
