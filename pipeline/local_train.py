@@ -1,0 +1,150 @@
+"""Single-process meta-training (no Ray) over a shard set.
+
+Used by tests and as the baseline that measures Ray's overhead: it builds each step's
+batch with the same `episodes.build_step` (same seed -> same tasks) and calls the same
+`outer.train_step` the Ray Train worker calls, with `world=1`.
+
+    .venv/bin/python -m pipeline.local_train [config.yaml] [section.key=value ...]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.data import episodes as ep
+from pipeline.meta import outer
+from pipeline.models import build_model
+
+VAL_SEED_OFFSET = 1_000_003  # validation episodes use their own stream, fixed across steps
+
+
+class TaskSource(Protocol):
+    """What the loop needs from a shard set (`pipeline.data.shards.ShardSet` fits)."""
+
+    def tasks(self, split: str) -> list[str]: ...
+    def read_task(self, task: str) -> dict[str, np.ndarray]: ...
+
+
+@dataclass
+class LocalResult:
+    state: outer.MetaState
+    model: nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per meta-step
+    val: list[dict[str, float]] = field(default_factory=list)  # one row per validation
+    seconds: float = 0.0
+
+    @property
+    def tasks_per_s(self) -> float:
+        steps = len(self.history)
+        return steps * self.history[0]["tasks"] / self.seconds if steps and self.seconds else 0.0
+
+
+def cached_reader(source: TaskSource, max_tasks: int = 4096) -> Callable[[str], dict]:
+    """`read_task` with a small LRU, so hot tasks are not re-sliced every step."""
+    cache: OrderedDict[str, dict] = OrderedDict()
+
+    def read(task: str) -> dict:
+        rows = cache.get(task)
+        if rows is None:
+            rows = source.read_task(task)
+            cache[task] = rows
+            if len(cache) > max_tasks:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(task)
+        return rows
+
+    return read
+
+
+def validation_batch(read: Callable[[str], dict], tasks: list[str], cfg: Any) -> ep.EpisodeBatch:
+    """The fixed validation batch (same episodes at every validation)."""
+    return ep.build_step(
+        read,
+        tasks,
+        cfg.data,
+        seed=cfg.outer.seed + VAL_SEED_OFFSET,
+        step=0,
+        meta_batch=cfg.outer.val_tasks,
+    )
+
+
+def train(
+    cfg: Any,
+    *,
+    source: TaskSource | None = None,
+    steps: int | None = None,
+    log: Callable[[str], None] | None = None,
+    eval_steps: tuple[int, ...] = (0, 1),
+) -> LocalResult:
+    """Meta-train `cfg` (a RunConfig) for `steps` (default `cfg.outer.steps`) meta-steps."""
+    if cfg.cluster.threads_per_worker:
+        torch.set_num_threads(cfg.cluster.threads_per_worker)
+    if source is None:
+        from pipeline.data.shards import open_shard_set
+
+        source = open_shard_set(cfg.data.uri, s3_endpoint=cfg.data.s3_endpoint)
+    read = cached_reader(source)
+    train_tasks, val_tasks = source.tasks("train"), source.tasks("val")
+    model = build_model(cfg.model, cfg.data)
+    state = outer.init_state(model, cfg.inner, cfg.outer, seed=cfg.outer.seed)
+    val_batch = ep.to_torch(validation_batch(read, val_tasks, cfg)) if val_tasks else None
+    result = LocalResult(state, model)
+    total = cfg.outer.steps if steps is None else steps
+    start = time.perf_counter()
+    for step in range(total):
+        batch = ep.to_torch(
+            ep.build_step(
+                read,
+                train_tasks,
+                cfg.data,
+                seed=cfg.outer.seed,
+                step=step,
+                meta_batch=cfg.outer.meta_batch,
+            )
+        )
+        state, metrics = outer.train_step(
+            state, batch, model=model, inner_cfg=cfg.inner, outer_cfg=cfg.outer
+        )
+        result.history.append({"step": step, "tasks": cfg.outer.meta_batch, **metrics})
+        last = step + 1 == total
+        if val_batch is not None and ((step + 1) % cfg.outer.val_every == 0 or last):
+            losses = outer.evaluate(
+                state,
+                val_batch,
+                model=model,
+                inner_cfg=cfg.inner,
+                steps=list(eval_steps),
+                chunk=cfg.outer.chunk,
+            )
+            row = {"step": step + 1, **{f"val_loss_{k}": v for k, v in losses.items()}}
+            result.val.append(row)
+            if log:
+                log(" ".join(f"{k}={v:.4g}" for k, v in row.items()))
+    result.seconds = time.perf_counter() - start
+    result.state = state
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline import config
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    path = args.pop(0) if args and "=" not in args[0] else None
+    cfg = config.load(path, args)
+    res = train(cfg, log=print)
+    print(f"{len(res.history)} meta-steps in {res.seconds:.1f} s ({res.tasks_per_s:.0f} tasks/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

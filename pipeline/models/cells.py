@@ -1,0 +1,109 @@
+"""Hand-written GRU and LSTM cells from plain torch ops.
+
+Why not `nn.GRU`/`nn.LSTM`: cuDNN RNNs have no double backward (second-order MAML breaks
+on GPU) and `torch.func.vmap` fails on `aten::gru`/`aten::lstm` in torch 2.13. These
+functions use only matmul, elementwise ops and `unbind`, so they work under `vmap`,
+`grad`, double backward, on CPU and CUDA.
+
+Speed: the input projection `x @ W_ih^T + b_ih` does not depend on the hidden state, so
+it is computed for every time step in ONE matmul before the recurrence; inside the loop
+only `h @ W_hh^T` remains, with the gates fused into one matmul (3H or 4H wide).
+
+Weights may carry a leading task dimension (`[T, 3H, H]`) while inputs are `[T, B, ...]`:
+then every matmul is one `bmm` over the whole meta-batch (no vmap needed). Unbatched
+weights (`[3H, H]`) broadcast over any leading input dims. Gate order follows PyTorch
+(GRU: r, z, n; LSTM: i, f, g, o) so weights can be copied from `nn.GRUCell`/`nn.LSTMCell`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """`x @ w^T + b` for x `[..., N, in]`; w `[out, in]` or task-batched `[T, out, in]`.
+
+    Task-batched weights need x with a matching leading T: `[T, ..., N, in]`; middle dims
+    are flattened so the product is one bmm.
+    """
+    if w.dim() == 2:
+        y = x @ w.transpose(0, 1)
+        return y if b is None else y + b
+    t = w.shape[0]
+    flat = x.reshape(t, -1, x.shape[-1])
+    if b is None:
+        y = torch.bmm(flat, w.transpose(1, 2))
+    else:
+        y = torch.baddbmm(b.unsqueeze(1), flat, w.transpose(1, 2))
+    return y.reshape(*x.shape[:-1], w.shape[1])
+
+
+def _hidden_proj(h: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
+    # h: [T, B, H] with batched weights, or [..., H] with shared weights.
+    if w_hh.dim() == 2:
+        return h @ w_hh.t() + b_hh
+    return torch.baddbmm(b_hh.unsqueeze(1), h, w_hh.transpose(1, 2))
+
+
+def gru_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
+    """One GRU step given the precomputed input projection `gi = x W_ih^T + b_ih` `[..., 3H]`."""
+    gh = _hidden_proj(h, w_hh, b_hh)
+    hsz = h.shape[-1]
+    rz = torch.sigmoid(gi[..., : 2 * hsz] + gh[..., : 2 * hsz])
+    r, z = rz.chunk(2, dim=-1)
+    n = torch.tanh(gi[..., 2 * hsz :] + r * gh[..., 2 * hsz :])
+    return n + z * (h - n)  # == (1 - z) * n + z * h, one op fewer
+
+
+def lstm_step(
+    gi: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_hh: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One LSTM step given the precomputed input projection `gi` `[..., 4H]`."""
+    gates = gi + _hidden_proj(h, w_hh, b_hh)
+    i, f, g, o = gates.chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def gru_cell(
+    x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+) -> Tensor:
+    """Same maths as `nn.GRUCell` (single step, shared weights)."""
+    return gru_step(x @ w_ih.t() + b_ih, h, w_hh, b_hh)
+
+
+def lstm_cell(
+    x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Same maths as `nn.LSTMCell` (single step, shared weights)."""
+    return lstm_step(x @ w_ih.t() + b_ih, h, c, w_hh, b_hh)
+
+
+def gru_sequence(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+    """Run a GRU over x `[..., L, in]` from h0 = 0; returns every hidden state `[..., L, H]`."""
+    gi_all = linear(x, w_ih, b_ih)  # one matmul for all time steps
+    hsz = w_hh.shape[-1]
+    h = x.new_zeros(*x.shape[:-2], hsz)
+    outs = []
+    for gi in gi_all.unbind(dim=-2):  # unbind beats x[..., t, :] indexing (measured)
+        h = gru_step(gi, h, w_hh, b_hh)
+        outs.append(h)
+    return torch.stack(outs, dim=-2)
+
+
+def lstm_sequence(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+    """Run an LSTM over x `[..., L, in]` from h0 = c0 = 0; returns hidden states `[..., L, H]`."""
+    gi_all = linear(x, w_ih, b_ih)
+    hsz = w_hh.shape[-1]
+    h = x.new_zeros(*x.shape[:-2], hsz)
+    c = h
+    outs = []
+    for gi in gi_all.unbind(dim=-2):
+        h, c = lstm_step(gi, h, c, w_hh, b_hh)
+        outs.append(h)
+    return torch.stack(outs, dim=-2)
+
+
+GATES = {"gru": 3, "lstm": 4}
+SEQUENCE = {"gru": gru_sequence, "lstm": lstm_sequence}

@@ -1,0 +1,92 @@
+"""Byte-level meta-RNN: embedding, 1+ hand-written GRU/LSTM layers, one task head.
+
+Heads: `lm` (next-byte logits at every position), `classify` (N-way logits from the hidden
+state at the last valid position), `regression` (one value from that same state).
+`functional(params, x, mask)` is pure: x `[T, K, L]` int64; every parameter may be shared
+or carry a leading task dim T (then each matmul is one bmm over the meta-batch).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.models.cells import GATES, SEQUENCE, linear
+
+
+class _Recurrent(nn.Module):
+    def __init__(self, d_in: int, hidden: int, gates: int) -> None:
+        super().__init__()
+        k = 1.0 / math.sqrt(hidden)  # nn.GRU/nn.LSTM's init
+        self.w_ih = nn.Parameter(torch.empty(gates * hidden, d_in).uniform_(-k, k))
+        self.w_hh = nn.Parameter(torch.empty(gates * hidden, hidden).uniform_(-k, k))
+        self.b_ih = nn.Parameter(torch.empty(gates * hidden).uniform_(-k, k))
+        self.b_hh = nn.Parameter(torch.empty(gates * hidden).uniform_(-k, k))
+
+
+class MetaRNN(nn.Module):
+    def __init__(
+        self,
+        *,
+        cell: str = "gru",
+        vocab: int = 259,
+        embed: int = 32,
+        hidden: int = 128,
+        layers: int = 1,
+        task: str = "lm",
+        n_way: int = 5,
+    ) -> None:
+        super().__init__()
+        self._init_args = dict(
+            cell=cell,
+            vocab=vocab,
+            embed=embed,
+            hidden=hidden,
+            layers=layers,
+            task=task,
+            n_way=n_way,
+        )
+        if cell not in GATES:
+            raise ValueError(f"cell={cell!r}: use one of {sorted(GATES)}")
+        if task not in ("lm", "classify", "regression"):
+            raise ValueError(f"task={task!r}: use lm, classify or regression")
+        self.cell, self.kind, self.vocab, self.n_layers = cell, task, vocab, layers
+        self.embed = nn.Embedding(vocab, embed)
+        dims = [embed] + [hidden] * layers
+        self.rnn = nn.ModuleList(_Recurrent(a, hidden, GATES[cell]) for a in dims[:-1])
+        d_out = {"lm": vocab, "classify": n_way, "regression": 1}[task]
+        self.head = nn.Linear(hidden, d_out)
+        self.head_names = ("head.weight", "head.bias")
+
+    def functional(self, params: dict[str, Tensor], x: Tensor, mask: Tensor) -> Tensor:
+        table = params["embed.weight"]
+        if table.dim() == 3:  # task-batched table: offset each task's ids into its own rows
+            t, v, e = table.shape
+            offs = torch.arange(t, device=x.device).mul_(v).view(t, *([1] * (x.dim() - 1)))
+            h = F.embedding(x + offs, table.reshape(t * v, e))
+        else:
+            h = F.embedding(x, table)
+        run = SEQUENCE[self.cell]
+        for i in range(self.n_layers):
+            p = f"rnn.{i}."
+            h = run(
+                h, params[p + "w_ih"], params[p + "w_hh"], params[p + "b_ih"], params[p + "b_hh"]
+            )
+        if self.kind != "lm":  # read the state at the last valid position of each sequence
+            last = (mask.sum(-1).long() - 1).clamp_min(0)
+            idx = last[..., None, None].expand(*last.shape, 1, h.shape[-1])
+            h = h.gather(-2, idx).squeeze(-2)
+        return linear(h, params["head.weight"], params["head.bias"])
+
+    def reinit(self) -> nn.Module:
+        """A freshly initialised model of the same architecture (uses torch's global RNG)."""
+        return type(self)(**self._init_args)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        params = dict(self.named_parameters())
+        if x.dim() == 2:  # one task [K, L] (also what vmap shows per task)
+            return self.functional(params, x.unsqueeze(0), mask.unsqueeze(0)).squeeze(0)
+        return self.functional(params, x, mask)

@@ -1,0 +1,95 @@
+"""The sinusoid MLP (1-40-40-1, ReLU) as a pure function of its parameter dict.
+
+`apply(params, x)` takes x `[T, K, in]`; each weight is either shared (`[out, in]`) or
+task-batched (`[T, out, in]`), so a whole meta-batch runs as one bmm per layer.
+`loss_and_grad` is the hand-derived backward pass of the masked MSE: the inner loop then
+needs no autograd call of its own, and second-order MAML is one forward graph plus one
+backward (checked against autograd in tests/unit/test_models.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.models.cells import linear
+
+
+class MLP(nn.Module):
+    kind = "regression"
+
+    def __init__(self, d_in: int = 1, hidden: int = 40, layers: int = 2, d_out: int = 1) -> None:
+        super().__init__()
+        self._init_args = dict(d_in=d_in, hidden=hidden, layers=layers, d_out=d_out)
+        dims = [d_in] + [hidden] * layers
+        self.body = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.head = nn.Linear(dims[-1], d_out)
+        self.layers = layers
+        self.head_names = ("head.weight", "head.bias")
+
+    def functional(
+        self, params: dict[str, Tensor], x: Tensor, mask: Tensor | None = None
+    ) -> Tensor:
+        return apply(params, x, self.layers)
+
+    def reinit(self) -> nn.Module:
+        """A freshly initialised model of the same architecture (uses torch's global RNG)."""
+        return type(self)(**self._init_args)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        params = dict(self.named_parameters())
+        if x.dim() == 2:  # one task [K, in] (also what vmap shows per task)
+            return apply(params, x.unsqueeze(0), self.layers).squeeze(0)
+        return apply(params, x, self.layers)
+
+    def loss_and_grad(
+        self, params: dict[str, Tensor], x: Tensor, y: Tensor, mask: Tensor, names: set[str]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        return loss_and_grad(params, x, y, mask, self.layers, names)
+
+
+def apply(params: dict[str, Tensor], x: Tensor, layers: int) -> Tensor:
+    h = x
+    for i in range(layers):
+        h = torch.relu(linear(h, params[f"body.{i}.weight"], params[f"body.{i}.bias"]))
+    return linear(h, params["head.weight"], params["head.bias"])
+
+
+def loss_and_grad(
+    params: dict[str, Tensor], x: Tensor, y: Tensor, mask: Tensor, layers: int, names: set[str]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-task masked MSE `[T]` and its gradient w.r.t. `names`, by hand (ReLU MLP).
+
+    Gradients are per task (`[T, ...]`): loss_t depends only on task t's parameters, so
+    d(sum_t loss_t)/dp_t is task t's own gradient. Every op here is differentiable, so the
+    outer backward of second-order MAML flows through this function.
+    """
+    acts = [x]
+    h = x
+    for i in range(layers):
+        h = torch.relu(linear(h, params[f"body.{i}.weight"], params[f"body.{i}.bias"]))
+        acts.append(h)
+    out = linear(h, params["head.weight"], params["head.bias"])
+    n = mask.sum(-1).clamp_min(1.0)  # [T]
+    err = (out - y) * mask.unsqueeze(-1)  # [T, K, 1]
+    loss = (err * err).sum((-1, -2)) / n
+    d_out = err * (2.0 / n)[:, None, None]  # dL/dout  [T, K, out]
+    grads: dict[str, Tensor] = {}
+    d = d_out
+    weights = [f"body.{i}" for i in range(layers)] + ["head"]
+    for i in range(layers, -1, -1):
+        name = weights[i]
+        w = params[f"{name}.weight"]
+        a = acts[i]
+        if f"{name}.weight" in names:
+            grads[f"{name}.weight"] = torch.bmm(d.transpose(1, 2), a)  # [T, out, in]
+        if f"{name}.bias" in names:
+            grads[f"{name}.bias"] = d.sum(1)
+        if i == 0 or not any(
+            f"{weights[j]}.weight" in names or f"{weights[j]}.bias" in names for j in range(i)
+        ):
+            break
+        # back through the linear then the ReLU of layer i-1 (acts[i] = relu(pre)).
+        d = (d @ w) if w.dim() == 2 else torch.bmm(d, w)
+        d = d * (acts[i] > 0)
+    return loss, grads

@@ -1,0 +1,98 @@
+"""Meta-gradients of the task-batched core equal an independent per-task loop's, for every
+algorithm; second order is really second order (finite differences, float64)."""
+
+import pytest
+import torch
+
+from pipeline.meta import outer
+from tests.unit.meta_cases import (
+    ALGORITHMS,
+    configs,
+    reference_grads,
+    seq_batch,
+    sine_batch,
+    tiny_mlp,
+    tiny_rnn,
+)
+
+
+def _assert_close(a, b, tol=1e-5):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=tol, atol=tol, msg=k)
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_batched_equals_per_task_loop_mlp(alg):
+    model = tiny_mlp()
+    ic, oc = configs(alg)
+    state = outer.init_state(model, ic, oc)
+    batch = sine_batch()
+    grads, metrics = outer.meta_gradients(state, None, batch, model=model, inner_cfg=ic)
+    _assert_close(grads, reference_grads(model, state, batch, ic))
+    assert metrics["loss_post"] > 0 and metrics["loss_pre"] > 0
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+@pytest.mark.parametrize("task,cell", [("lm", "gru"), ("classify", "lstm")])
+def test_batched_equals_per_task_loop_rnn(alg, task, cell):
+    model = tiny_rnn(task, cell)
+    ic, oc = configs(alg, steps=2, lr=0.5)
+    state = outer.init_state(model, ic, oc)
+    batch = seq_batch(task)
+    grads, _ = outer.meta_gradients(state, None, batch, model=model, inner_cfg=ic)
+    _assert_close(grads, reference_grads(model, state, batch, ic))
+
+
+def test_chunks_give_the_same_gradients():
+    model = tiny_rnn()
+    ic, oc = configs("maml")
+    state = outer.init_state(model, ic, oc)
+    batch = seq_batch("lm", t=5)
+    whole, m1 = outer.meta_gradients(state, None, batch, model=model, inner_cfg=ic)
+    parts, m2 = outer.meta_gradients(state, None, batch, model=model, inner_cfg=ic, chunk=2)
+    _assert_close(whole, parts)
+    assert m1["loss_post"] == pytest.approx(m2["loss_post"], rel=1e-6)
+
+
+def test_second_order_differs_from_first_order():
+    model = tiny_mlp()
+    state = outer.init_state(model, *configs("maml"))
+    batch = sine_batch()
+    so, _ = outer.meta_gradients(state, None, batch, model=model, inner_cfg=configs("maml")[0])
+    fo, _ = outer.meta_gradients(state, None, batch, model=model, inner_cfg=configs("fomaml")[0])
+    diff = torch.cat([(so[k] - fo[k]).flatten() for k in so]).norm()
+    size = torch.cat([so[k].flatten() for k in so]).norm()
+    assert diff / size > 0.05  # the Hessian term is far from negligible at inner lr 0.1
+
+
+@pytest.mark.parametrize("make", [tiny_mlp, tiny_rnn], ids=["mlp-analytic", "gru-autograd"])
+def test_second_order_gradient_matches_finite_differences(make):
+    model = make().double()
+    ic, oc = configs("maml", steps=2, lr=0.1)
+    state = outer.init_state(model, ic, oc)
+    batch = (
+        sine_batch(dtype=torch.float64)
+        if model.kind == "regression"
+        else seq_batch("lm", dtype=torch.float64)
+    )
+    grads, _ = outer.meta_gradients(state, None, batch, model=model, inner_cfg=ic)
+    fo, _ = outer.meta_gradients(state, None, batch, model=model, inner_cfg=configs("fomaml")[0])
+    gen = torch.Generator().manual_seed(1)
+    direction = {
+        k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in state.params.items()
+    }
+
+    def meta_loss(eps: float) -> float:
+        p = {k: v + eps * direction[k] for k, v in state.params.items()}
+        _, m = outer.meta_gradients(
+            state._replace(params=p), None, batch, model=model, inner_cfg=ic
+        )
+        return m["loss_post"]
+
+    eps = 1e-6
+    numeric = (meta_loss(eps) - meta_loss(-eps)) / (2 * eps)
+    analytic = sum(float((grads[k] * direction[k]).sum()) for k in grads)
+    first = sum(float((fo[k] * direction[k]).sum()) for k in fo)
+    assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+    assert abs(first - numeric) > 1e-3 * abs(numeric)  # first order would fail this check
