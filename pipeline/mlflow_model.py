@@ -1,7 +1,8 @@
 """MLflow pyfunc loader for a metaray model: code + safetensors + JSON, nothing unpickled.
 
 `mlflow.pyfunc.load_model(uri)` calls `_load_pyfunc(data_path)`; the data directory holds
-`weights.safetensors` (the meta-learned initial parameters, optionally prefixed `params.`)
+`weights.safetensors` (the meta-learned initial parameters, bare or as a checkpoint's
+`params/<name>` entries)
 and `config.json` (the resolved run config). `predict` runs the meta-learned
 initialisation without adaptation:
 - regression: a DataFrame/array with column `x` -> predicted `y` per row;
@@ -42,8 +43,9 @@ class MetarayPyfunc:
         )
         self.model = build_model(self.cfg.model, self.cfg.data)
         tensors = load_file(str(root / "weights.safetensors"))
+        # a checkpoint's flat state (`params/<name>`, see outer.state_to_tensors) or bare params
         prefixed = {
-            k.removeprefix("params."): v for k, v in tensors.items() if k.startswith("params.")
+            k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("params/")
         }
         self.params = {k: v.float() for k, v in (prefixed or tensors).items()}
         self._torch = torch
