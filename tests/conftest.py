@@ -6,3 +6,14 @@ import os
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 from tests.fixtures.mlflow_server import mlflow_server  # noqa: E402, F401
+from tests.fixtures.s3 import (  # noqa: E402, F401
+    _moto_threaded,
+    finalize_pyarrow_s3,
+    s3_server,
+    s3_strict_server,
+)
+
+
+def pytest_unconfigure(config):
+    # pyarrow's S3 client must be shut down before the interpreter exits, or it can abort.
+    finalize_pyarrow_s3()

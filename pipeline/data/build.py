@@ -144,8 +144,9 @@ def write_shard_set(
     `build` holds `source`, `params` (JSON-able), `seed` and `versions` (of the source's
     packages); metaray, pyarrow, numpy and Python versions are added. If `uri` already holds a
     complete build with the same family, source, params and versions, nothing is written
-    (`skipped=True`) unless `force`. A different existing shard set is only replaced with
-    `overwrite`. `split_hint` says which options give a split its tasks (error messages).
+    (`skipped=True`) unless `force`; one with other params is rebuilt in place; one of
+    another family or source (or an unreadable manifest) is only replaced with `overwrite`.
+    `split_hint` says which options give a split its tasks (for error messages).
     """
     if family not in mf.FAMILY_COLUMNS:
         raise ShardError(f"family {family!r} is not one of {sorted(mf.FAMILY_COLUMNS)}")
@@ -164,16 +165,23 @@ def write_shard_set(
             old = None
         if old is not None and _same_build(old, family, build) and not force:
             return BuildResult(old, skipped=True)
-        if not (overwrite or force):
+        same_recipe = (
+            old is not None
+            and old.family == family
+            and old.build.get("source") == build.get("source")
+        )
+        if not (same_recipe or overwrite or force):
             what = (
-                f"a {old.family} shard set built with {old.build.get('params')}"
+                f"a {old.family} shard set from source {old.build.get('source')!r}"
                 if old
                 else "a manifest.json this version cannot read"
             )
             raise ShardError(
-                f"{uri} already holds {what}: pass --overwrite to replace it, "
-                "or choose another --out"
+                f"{uri} already holds {what}, not {family} from {build.get('source')!r}: "
+                "pass --overwrite to replace it, or choose another --out"
             )
+        if log and old is not None:
+            log(f"{uri}: replacing the {old.family} shard set built {old.created_utc}")
 
     build_id = uuid.uuid4().hex[:8]
     writer = _Writer(loc, family, build_id, rows_per_file)

@@ -19,7 +19,6 @@ import contextlib
 import os
 import posixpath
 import threading
-import weakref
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -28,7 +27,6 @@ import pyarrow.fs as pafs
 from pipeline.errors import ShardError
 
 _S3_LOCK = threading.Lock()
-_S3_FILESYSTEMS: weakref.WeakSet = weakref.WeakSet()
 _S3_USED = False
 
 
@@ -78,9 +76,7 @@ def _s3_filesystem(endpoint: str | None) -> pafs.S3FileSystem:
         if not _S3_USED:
             _S3_USED = True
             atexit.register(_finalize_s3_at_exit)
-        fs = pafs.S3FileSystem(**kwargs)
-        _S3_FILESYSTEMS.add(fs)
-    return fs
+    return pafs.S3FileSystem(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -97,10 +93,13 @@ class Location:
         return is_s3(self.uri)
 
     def path(self, name: str) -> str:
+        """`name` under the root; "" is the root itself (a Location may name one file)."""
+        if not name:
+            return self.root
         return posixpath.join(self.root, name) if self.root else name
 
     def display(self, name: str | None = None) -> str:
-        if name is None:
+        if not name:
             return self.uri
         return self.uri.rstrip("/") + "/" + name
 

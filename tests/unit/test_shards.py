@@ -119,17 +119,25 @@ def test_wordlang_rows_keep_word_and_frequency(tmp_path):
     assert ss.task_meta("ru")["family"] == "Indo-European"
 
 
-def test_rebuilding_the_same_set_is_a_no_op_and_different_params_need_overwrite(tmp_path):
+def test_rebuilding_the_same_set_is_a_no_op_other_params_rebuild_other_families_refused(
+    tmp_path,
+):
     out = tmp_path / "s"
     first = build(small_sinusoid(), out)
     again = build(small_sinusoid(), out)
     assert again.skipped and again.manifest.build["build_id"] == first.manifest.build["build_id"]
-    with pytest.raises(ShardError, match="--overwrite"):
-        build(small_sinusoid(points=30), out)
-    replaced = build(small_sinusoid(points=30), out, overwrite=True)
+    replaced = build(small_sinusoid(points=30), out)
     assert not replaced.skipped
     ss = open_shard_set(str(out))
     assert ss.rows("train-000000") == 30
     # the old build's files are gone; only the new manifest's files remain
     names = {p.name for p in out.iterdir()}
     assert names == {"manifest.json", *replaced.manifest.files}
+    other = wordlang.prepare(languages="en,de,fr", val_languages="de", test_languages="fr",
+                             top_n=3)
+    with pytest.raises(ShardError, match="already holds a sinusoid shard set.*--overwrite"):
+        build(other, out)
+    assert open_shard_set(str(out)).family == "sinusoid"
+    build(wordlang.prepare(languages="en,de,fr", val_languages="de", test_languages="fr",
+                           top_n=3), out, overwrite=True)
+    assert open_shard_set(str(out)).family == "wordlang"
