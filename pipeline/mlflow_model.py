@@ -2,7 +2,7 @@
 
 `mlflow.pyfunc.load_model(uri)` calls `_load_pyfunc(data_path)`; the data directory holds
 `weights.safetensors` (the meta-learned initial parameters, bare or as a checkpoint's
-`params/<name>` entries)
+`params/<name>` or `params.<name>` entries)
 and `config.json` (the resolved run config). `predict` runs the meta-learned
 initialisation without adaptation:
 - regression: a DataFrame/array with column `x` -> predicted `y` per row;
@@ -44,9 +44,8 @@ class MetarayPyfunc:
         self.model = build_model(self.cfg.model, self.cfg.data)
         tensors = load_file(str(root / "weights.safetensors"))
         # a checkpoint's flat state (`params/<name>`, see outer.state_to_tensors) or bare params
-        prefixed = {
-            k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("params/")
-        }
+        prefixes = ("params/", "params.")
+        prefixed = {k[7:]: v for k, v in tensors.items() if k.startswith(prefixes)}
         self.params = {k: v.float() for k, v in (prefixed or tensors).items()}
         self._torch = torch
 

@@ -38,7 +38,10 @@ def test_final_model_registers_loads_and_predicts_like_the_module(
     tracker = make_tracker(cfg.tracking)
     tracker.start("model", config.flat_params(cfg))
     # what the trainer hands over: the checkpoint's flat state (params/.., lrs/.., opt/..)
-    tracker.log_model(outer.state_to_tensors(state), config.to_dict(cfg))
+    weights = outer.state_to_tensors(state)
+    if episode == "lm":  # the trainer's form: bare params under "params."
+        weights = {f"params.{k}": v for k, v in state.params.items()}
+    tracker.log_model(weights, config.to_dict(cfg))
     tracker.end()
 
     client = MlflowClient(mlflow_server.uri)
