@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -65,6 +66,7 @@ class _Writer:
         self.loc, self.family, self.build_id = loc, family, build_id
         self.rows_per_file = rows_per_file
         self.columns = mf.FAMILY_COLUMNS[family]
+        self.schema = pa.schema(list(self.columns.items()))
         self.buffers: dict[str, list[tuple[str, pa.Table, dict]]] = {s: [] for s in mf.SPLITS}
         self.buffered_rows = dict.fromkeys(mf.SPLITS, 0)
         self.counters = dict.fromkeys(mf.SPLITS, 0)
@@ -80,6 +82,18 @@ class _Writer:
             raise ShardError(f"task {key!r} appears twice in the source: task keys must be unique")
         if split not in mf.SPLITS:
             raise ShardError(f"task {key!r}: split {split!r} is not one of {list(mf.SPLITS)}")
+        if not table.schema.equals(self.schema):
+            table = self._conform(key, table)
+        if table.num_rows == 0:
+            raise ShardError(f"task {key!r} has no rows: drop it or give it examples")
+        self.seen.add(key)
+        self.buffers[split].append((key, table, meta))
+        self.buffered_rows[split] += table.num_rows
+        if self.buffered_rows[split] >= self.rows_per_file:
+            self.flush(split)
+
+    def _conform(self, key: str, table: pa.Table) -> pa.Table:
+        """Same names and types but other field flags (nullability): cast; else explain."""
         names = list(table.column_names)
         if names != list(self.columns):
             raise ShardError(
@@ -93,13 +107,7 @@ class _Writer:
                     f"task {key!r}: column {name!r} has type {got}, family {self.family!r} "
                     f"needs {want}"
                 )
-        if table.num_rows == 0:
-            raise ShardError(f"task {key!r} has no rows: drop it or give it examples")
-        self.seen.add(key)
-        self.buffers[split].append((key, table, meta))
-        self.buffered_rows[split] += table.num_rows
-        if self.buffered_rows[split] >= self.rows_per_file:
-            self.flush(split)
+        return table.cast(self.schema)
 
     def flush(self, split: str) -> None:
         items = self.buffers[split]
@@ -107,13 +115,16 @@ class _Writer:
             return
         name = f"{split}-{self.counters[split]:05d}-{self.build_id}.parquet"
         self.counters[split] += 1
-        parts, offset = [], 0
+        offset = 0
         for key, table, meta in items:
-            parts.append(table.add_column(0, mf.TASK_COLUMN, pa.array([key] * table.num_rows)))
             self.tasks[key] = mf.TaskEntry(key, split, table.num_rows, name, offset, meta)
             offset += table.num_rows
+        keys = np.array([key for key, _, _ in items], dtype=object)
+        counts = [table.num_rows for _, table, _ in items]
+        data = pa.concat_tables([table for _, table, _ in items])
+        data = data.add_column(0, mf.TASK_COLUMN, pa.array(np.repeat(keys, counts), pa.string()))
         sink = pa.BufferOutputStream()
-        pq.write_table(pa.concat_tables(parts), sink, compression="zstd")
+        pq.write_table(data, sink, compression="zstd")
         data = sink.getvalue().to_pybytes()
         tmp = f"_tmp-{self.build_id}-{name}"
         self.written += [tmp, name]
@@ -157,7 +168,7 @@ def write_shard_set(
     build = dict(build)
     build["versions"] = {**package_versions(), **build.get("versions", {})}
 
-    if loc.exists(mf.MANIFEST_NAME):
+    if not force and loc.exists(mf.MANIFEST_NAME):
         where = loc.display(mf.MANIFEST_NAME)
         try:
             old: mf.Manifest | None = mf.parse(loc.read_bytes(mf.MANIFEST_NAME), where)

@@ -28,7 +28,7 @@ def make_task(seed: int, split: str, index: int, points: int) -> SourceTask:
     phase = float(rng.uniform(*PHASE))
     x = rng.uniform(*X_RANGE, size=points).astype(np.float32)
     y = (amplitude * np.sin(x.astype(np.float64) - phase)).astype(np.float32)
-    table = pa.table({"x": pa.array(x, pa.float32()), "y": pa.array(y, pa.float32())})
+    table = pa.Table.from_arrays([pa.array(x), pa.array(y)], names=["x", "y"])  # fast path
     return SourceTask(
         f"{split}-{index:06d}", split, table, {"amplitude": amplitude, "phase": phase}
     )
