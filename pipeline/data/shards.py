@@ -233,7 +233,13 @@ class ShardSet:
 
 
 def open_shard_set(uri: str, *, s3_endpoint: str | None = None) -> ShardSet:
-    """Open a shard set: read and validate its manifest (files are verified when first read)."""
+    """Open a shard set: read and validate its manifest (files are verified when first read).
+
+    `uri` is the directory or `s3://bucket/prefix` (a path ending in `/manifest.json` is
+    taken as its directory).
+    """
+    if uri.rstrip("/").endswith("/" + mf.MANIFEST_NAME):
+        uri = uri.rstrip("/")[: -len(mf.MANIFEST_NAME) - 1]
     loc = resolve(uri, s3_endpoint=s3_endpoint)
     where = loc.display(mf.MANIFEST_NAME)
     try:

@@ -53,7 +53,7 @@ def test_sinusoid_round_trip_values_follow_the_task_parameters(tmp_path):
 
 def test_rows_are_read_only_views(tmp_path):
     build(small_sinusoid(), tmp_path / "s")
-    rows = open_shard_set(str(tmp_path / "s")).read_task("train-000000")
+    rows = open_shard_set(str(tmp_path / "s" / "manifest.json")).read_task("train-000000")
     with pytest.raises(ValueError):
         rows["x"][0] = 1.0
 
