@@ -82,6 +82,9 @@ class ClusterConfig(_Slice):
         0.0, ge=0, description="CPUs reserved per episode actor (0: share the trainers' CPUs)"
     )
     report_every: int = Field(1, gt=0, description="meta-steps between ray.train.report calls")
+    report_min_s: float = Field(
+        2.0, ge=0, description="min seconds between metric-only reports (Train polls every 2 s)"
+    )
 
 
 class CheckpointConfig(_Slice):

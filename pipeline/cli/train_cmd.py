@@ -1,0 +1,25 @@
+"""`metaray train --config configs/<name>.yaml [section.key=value ...]`: meta-train on Ray.
+
+Connects to `cluster.address` or `RAY_ADDRESS` when set, else starts an embedded local Ray.
+The same `checkpoint.run_name` + `checkpoint.storage` resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="meta-train on Ray (embedded local Ray or RAY_ADDRESS)")
+    p.add_argument("--config", help="YAML config file, e.g. configs/quickstart.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. outer.steps=200")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pipeline import config
+    from pipeline.runtime.launch import run_training
+
+    cfg = config.load(args.config, args.overrides)
+    result = run_training(cfg)
+    return 0 if result.steps >= cfg.outer.steps else 1
