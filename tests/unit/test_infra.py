@@ -206,16 +206,19 @@ def test_entrypoints_run_existing_jobs_with_existing_configs_and_valid_overrides
 
     jobs = {Path(shlex.split(e)[1]).name for _, e in _entrypoints()}
     assert {"train.py", "tune.py"} <= jobs, "a RayJob for each of jobs/train.py and jobs/tune.py"
+    missing: list[str] = []
     for where, entry in _entrypoints():
         argv = shlex.split(entry)
         assert argv[0] == "python" and argv[1].startswith(f"{APP}/jobs/"), f"{where}: {entry}"
         script = ROOT / argv[1].removeprefix(f"{APP}/")
         if not script.exists():
-            pytest.skip(f"{script.relative_to(ROOT)} is not in the tree yet (issues 4/6)")
+            missing.append(str(script.relative_to(ROOT)))
+            continue
         assert argv[2] == "--config" and argv[3].startswith(f"{APP}/configs/"), where
         cfg_path = ROOT / argv[3].removeprefix(f"{APP}/")
         if not cfg_path.exists():
-            pytest.skip(f"{cfg_path.relative_to(ROOT)} is not in the tree yet (issues 4/6)")
+            missing.append(str(cfg_path.relative_to(ROOT)))
+            continue
         overrides = argv[4:]
         known = set(config.valid_keys())
         for item in overrides:
@@ -223,6 +226,8 @@ def test_entrypoints_run_existing_jobs_with_existing_configs_and_valid_overrides
         if script.name == "train.py":
             cfg = config.load(cfg_path, overrides)  # the job would fail the same way
             assert cfg.data.uri.startswith("s3://") and cfg.checkpoint.storage.startswith("s3://")
+    if missing:  # the rest was checked; these land with issues 4/6
+        pytest.skip(f"not in the tree yet: {sorted(set(missing))}")
 
 
 def test_dockerfile_copies_what_exists_and_installs_from_the_constraints():
