@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -86,7 +87,8 @@ class Tracker(Protocol):
     def run_id(self) -> str | None: ...
 
     def start(
-        self, run_name: str, params: Mapping[str, Any], *, tags: Mapping[str, str] | None = None
+        self, run_name: str, params: Mapping[str, Any], *, tags: Mapping[str, str] | None = None,
+        run_id: str | None = None,
     ) -> None: ...
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
@@ -110,7 +112,8 @@ class NullTracker:
 
     run_id: str | None = None
 
-    def start(self, run_name: str, params: Mapping[str, Any], *, tags: Any = None) -> None:
+    def start(self, run_name: str, params: Mapping[str, Any], *, tags: Any = None,
+              run_id: str | None = None) -> None:  # fmt: skip
         pass
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -142,6 +145,42 @@ def make_tracker(cfg: TrackingConfig) -> Tracker:
     from pipeline.tracking_mlflow import MlflowTracker
 
     return MlflowTracker(cfg, resolve_uri(cfg))
+
+
+_END_STATUS = {"DONE": "FINISHED", "STOPPED": "KILLED", "ERROR": "FAILED"}
+
+
+def close_children(
+    cfg: TrackingConfig, parent_run_id: str | None, states: Mapping[str, str]
+) -> dict[str, str]:
+    """Tag a sweep's child runs with their trial state (`states`: run name -> DONE, STOPPED,
+    ERROR) and close those left RUNNING (a trial the scheduler stopped is killed before its
+    rank 0 can end its run). Returns run name -> child run id."""
+    if not (cfg.enabled and parent_run_id):
+        return {}
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(resolve_uri(cfg))
+        parent = client.get_run(parent_run_id)
+        runs = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+            max_results=5000,
+        )
+        ids = {}
+        for run in runs:
+            name, state = run.info.run_name, states.get(run.info.run_name)
+            if state is None:
+                continue
+            ids[name] = run.info.run_id
+            client.set_tag(run.info.run_id, "tune.state", state)
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, _END_STATUS.get(state, "KILLED"))
+        return ids
+    except Exception as exc:  # the server may be gone: the sweep's result stands regardless
+        warnings.warn(f"tracking: could not update the sweep's trial runs: {exc}", stacklevel=2)
+        return {}
 
 
 def replay(path: str | os.PathLike[str]) -> str | None:

@@ -91,6 +91,9 @@ class _Sender:
                 tags["mlflow.parentRunId"] = op["parent"]
             run = self.client.create_run(self._experiment_id(), run_name=op["name"], tags=tags)
             self.run_id = run.info.run_id
+        elif kind == "attach":
+            self.run_id = op["run_id"]
+            self.client.update_run(self.run_id, status="RUNNING")
         elif kind == "metrics":
             metrics = [
                 Metric(k, float(v), o["ts"], o["step"])
@@ -156,6 +159,7 @@ class MlflowTracker:
         self._history: dict[str, list[tuple[int, float]]] = {}
         self._inner: dict[int, dict[int, float]] = {}
         self._name = "metaray"
+        self._copies = 0
         self.spilled: Path | None = None
 
     @property
@@ -164,14 +168,20 @@ class MlflowTracker:
 
     # -- the API: each call only enqueues -------------------------------------------------
     def start(
-        self, run_name: str, params: Mapping[str, Any], *, tags: Mapping[str, str] | None = None
-    ) -> None:
+        self, run_name: str, params: Mapping[str, Any], *, tags: Mapping[str, str] | None = None,
+        run_id: str | None = None,
+    ) -> None:  # fmt: skip
+        """`run_id`: reattach to that run (a resumed sweep's parent) instead of a new one."""
         _short_http_timeouts()
         self._name = run_name
         self._sender = _Sender(self._uri, self._cfg.experiment, self._cfg.register_as)
-        self._put({"op": "create", "name": run_name, "tags": dict(tags or {}),
-                   "parent": self._cfg.parent_run_id})
-        self._put({"op": "params", "params": safe_params(params)})
+        if run_id:
+            self._put({"op": "attach", "run_id": run_id})
+        else:
+            self._put({"op": "create", "name": run_name, "tags": dict(tags or {}),
+                       "parent": self._cfg.parent_run_id})  # fmt: skip
+        if not run_id:  # a reattached run has its params (MLflow refuses to change them)
+            self._put({"op": "params", "params": safe_params(params)})
         self._thread = threading.Thread(target=self._loop, name="metaray-tracking", daemon=True)
         self._thread.start()
         # Callers (the Tune driver) may want the run id at once: wait briefly, never long.
@@ -197,8 +207,19 @@ class MlflowTracker:
         self._put({"op": "text", "text": text, "file": artifact_file})
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        self._put({"op": "artifact", "path": str(Path(path).resolve()),
-                   "artifact_path": artifact_path})
+        """Copied now (a temp checkpoint dir may vanish before the sender gets to it)."""
+        src = Path(path)
+        if not src.exists():
+            warnings.warn(f"tracking: artifact {src} does not exist; not logged", stacklevel=2)
+            return
+        self._copies += 1
+        dst = self._staging / f"artifact-{self._copies}" / src.name
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            dst.parent.mkdir(parents=True)
+            shutil.copy2(src, dst)
+        self._put({"op": "artifact", "path": str(dst), "artifact_path": artifact_path})
 
     def log_model(self, weights: Any, run_config: Mapping[str, Any]) -> None:
         """`weights`: a safetensors file or a dict of tensors (the meta-learned parameters)."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import adapt_cmd, bank_cmd, config_cmd, shards_cmd, train_cmd
+from pipeline.cli import adapt_cmd, bank_cmd, config_cmd, shards_cmd, train_cmd, tune_cmd
 
-COMMANDS = [config_cmd, shards_cmd, bank_cmd, adapt_cmd, train_cmd]
+COMMANDS = [config_cmd, shards_cmd, bank_cmd, adapt_cmd, train_cmd, tune_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

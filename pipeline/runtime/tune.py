@@ -1,0 +1,232 @@
+"""SHELL: Ray Tune sweeps of meta-hyperparameters, each trial a full distributed training run.
+
+A trial is a function (Train V2 in Tune): it applies its sampled values to the sweep's base
+config, builds the run's `TorchTrainer` with `launch.build_trainer` and a
+`ray.train.RunConfig` carrying `TuneReportCallback`, and fits. The sweep's MLflow parent run
+is created here on the driver; each trial's rank 0 creates a child run under it
+(`tracking.parent_run_id`). Concurrency is sized from the cluster so that a trial's driver
+CPU plus its workers' CPUs fit: a sweep on 2 CPUs runs without deadlock, one on a GPU
+cluster fills it. Rerunning the same sweep (same `tune.storage` + `tune.name`) resumes it
+with `Tuner.restore`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline import config
+from pipeline.config import ConfigError, RunConfig
+from pipeline.runtime.tune_report import SweepResult, summarize, write_best
+from pipeline.tune_config import SweepConfig, apply_overrides
+
+STATE_FILE = "metaray_sweep.json"  # beside Tune's state: the MLflow parent run id, for resume
+
+
+def search_space(space: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
+    from ray import tune
+
+    make = {
+        "loguniform": lambda a: tune.loguniform(*a),
+        "uniform": lambda a: tune.uniform(*a),
+        "randint": lambda a: tune.randint(*a),
+        "choice": tune.choice,
+        "grid": tune.grid_search,
+    }
+    return {key: make[kind](args) for key, d in space.items() for kind, args in d.items()}
+
+
+def trial_resources(base: RunConfig, sweep: SweepConfig) -> dict[str, float]:
+    """What one trial holds: its driver, its workers, its episode actors."""
+    c = base.cluster
+    cpu = sweep.driver_cpus + c.num_workers * c.cpus_per_worker
+    cpu += c.episode_actors * c.episode_actor_cpus
+    return {"CPU": cpu, "GPU": float(c.num_workers if c.use_gpu else 0)}
+
+
+def concurrency(base: RunConfig, sweep: SweepConfig, cluster: dict[str, float]) -> int:
+    """Trials that fit side by side; an error (not a hang) when not even one fits."""
+    need = trial_resources(base, sweep)
+    fits = min(
+        math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0
+    )
+    if fits < 1:
+        c = base.cluster
+        raise ConfigError(
+            f"one trial needs {need['CPU']:g} CPU(s) (tune.driver_cpus={sweep.driver_cpus:g} + "
+            f"cluster.num_workers={c.num_workers} x cluster.cpus_per_worker={c.cpus_per_worker:g}"
+            f" + episode actors) and {need['GPU']:g} GPU(s), but the cluster has "
+            f"{cluster.get('CPU', 0):g} CPU(s) and {cluster.get('GPU', 0):g} GPU(s): lower "
+            "cluster.cpus_per_worker (fractions are fine) or tune.driver_cpus, or fewer workers"
+        )
+    return min(fits, sweep.max_concurrent_trials or fits)
+
+
+def trial_config(
+    base_tree: dict[str, Any], values: dict[str, Any], *, trial_id: str, sweep_dir: str,
+    parent_run_id: str | None,
+) -> RunConfig:  # fmt: skip
+    """The run config of one trial: sampled values + its own checkpoint dir + MLflow parent."""
+    plain = {k: v.item() if hasattr(v, "item") else v for k, v in values.items()}
+    tree = apply_overrides(base_tree, plain)
+    name = tree["checkpoint"]["run_name"]
+    tree["checkpoint"]["run_name"] = f"{name}-{trial_id}"
+    tree["checkpoint"]["storage"] = f"{sweep_dir}/trials"
+    tree["tracking"]["parent_run_id"] = parent_run_id
+    return config.from_dict(tree, f"trial {trial_id}")
+
+
+def _trial(
+    values: dict[str, Any], *, base_tree: dict[str, Any], sweep_dir: str,
+    parent_run_id: str | None,
+) -> None:  # fmt: skip
+    """The Tune trainable: one full training run, reporting to Tune through the callback."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipeline.runtime.launch import build_trainer, make_run_config
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = trial_config(
+        base_tree, values, trial_id=trial_id, sweep_dir=sweep_dir, parent_run_id=parent_run_id
+    )
+    run_config = dataclasses.replace(make_run_config(cfg), callbacks=[TuneReportCallback()])
+    build_trainer(cfg, run_config=run_config).fit()
+
+
+def _scheduler(base: RunConfig, sweep: SweepConfig) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    if sweep.scheduler == "asha":
+        a = sweep.asha
+        return ASHAScheduler(
+            # one past the last step: at max_t ASHA stops a trial, which would kill it
+            # before rank 0 logs the final model and closes its MLflow run
+            time_attr=a.time_attr, max_t=a.max_t or base.outer.steps + 1,
+            grace_period=a.grace_period, reduction_factor=a.reduction_factor,
+        )  # fmt: skip
+    if sweep.scheduler == "pbt":
+        # The outer lr only: perturbing the inner lr mid-run changes the objective itself.
+        lr = search_space({"outer.lr": sweep.space["outer.lr"]})["outer.lr"]
+        return PopulationBasedTraining(
+            time_attr=sweep.pbt.time_attr, perturbation_interval=sweep.pbt.perturbation_interval,
+            quantile_fraction=sweep.pbt.quantile_fraction, hyperparam_mutations={"outer.lr": lr},
+        )  # fmt: skip
+    return FIFOScheduler()
+
+
+def _search(sweep: SweepConfig) -> Any:
+    if sweep.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=sweep.seed)
+    return None  # Tune's random/grid variant generator
+
+
+def _storage(sweep: SweepConfig) -> str:
+    return sweep.storage if "://" in sweep.storage else str(Path(sweep.storage).resolve())
+
+
+def _parent_run(base: RunConfig, sweep: SweepConfig, state_file: Path) -> Any:
+    """The sweep's MLflow parent run (reattached when the sweep resumes)."""
+    from pipeline.tracking import make_tracker
+
+    known = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    tracker = make_tracker(base.tracking)
+    params = {
+        **config.flat_params(base),
+        **{f"tune.{k}": v for k, v in sweep.model_dump(exclude={"space"}).items()},
+        **{f"tune.space.{k}": json.dumps(v) for k, v in sweep.space.items()},
+    }
+    tracker.start(sweep.name, params, tags={"metaray.kind": "sweep"},
+                  run_id=known.get("parent_run_id"))  # fmt: skip
+    if tracker.run_id and not known:
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps({"parent_run_id": tracker.run_id}))
+    return tracker
+
+
+def run_sweep(
+    base: RunConfig, sweep: SweepConfig, *, best_out: str | None = None, quiet: bool = False
+) -> SweepResult:
+    """Run (or resume) the sweep; print the trial table; write the best config as YAML."""
+    import ray
+    from ray import tune
+
+    from pipeline.runtime.launch import absolute, connect
+    from pipeline.tracking import pin_uri
+
+    # Validation reports carry the metric, step reports do not: ASHA skips results without it.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    base = pin_uri(absolute(base))
+    storage = _storage(sweep)
+    sweep_dir = f"{storage}/{sweep.name}"
+    started = connect(base)
+    try:
+        limit = concurrency(base, sweep, ray.cluster_resources())
+        local_state = Path(sweep_dir + "-" + STATE_FILE) if "://" not in storage else None
+        parent = _parent_run(base, sweep, local_state) if local_state else None
+        parent_id = parent.run_id if parent else None
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, base_tree=config.to_dict(base), sweep_dir=sweep_dir,
+                                 parent_run_id=parent_id),
+            {"CPU": sweep.driver_cpus},
+        )  # fmt: skip
+        if tune.Tuner.can_restore(sweep_dir):
+            if not quiet:
+                print(f"[metaray] resuming sweep {sweep.name!r} from {sweep_dir}")
+            tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=search_space(sweep.space),
+                tune_config=tune.TuneConfig(
+                    metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
+                    scheduler=_scheduler(base, sweep), search_alg=_search(sweep),
+                    max_concurrent_trials=limit,
+                ),
+                run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=0),
+            )  # fmt: skip
+        grid = tuner.fit()
+        result = summarize(grid, base, sweep)
+        out = best_out or (f"{sweep_dir}/best_config.yaml" if "://" not in storage else
+                           f"best_config-{sweep.name}.yaml")  # fmt: skip
+        if result.best is not None:
+            best_cfg = trial_config(config.to_dict(base), result.best.values, trial_id="best",
+                                    sweep_dir=sweep_dir, parent_run_id=None)  # fmt: skip
+            best_cfg = best_cfg.model_copy(update={"checkpoint": base.checkpoint.model_copy(
+                update={"run_name": f"{sweep.name}-best"})})  # fmt: skip
+            result.best_config_path = write_best(best_cfg, out, sweep, result.best)
+        result.experiment_path, result.parent_run_id = sweep_dir, parent_id
+        result.concurrency = limit
+        if parent is not None:
+            _finish_parent(parent, base, result)
+        if not quiet:
+            print(result.report(sweep))
+        return result
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _finish_parent(parent: Any, base: RunConfig, result: SweepResult) -> None:
+    from pipeline.tracking import close_children
+
+    children = close_children(
+        base.tracking, parent.run_id, {r.run_name: r.state for r in result.rows}
+    )
+    parent.log_text(result.table, "trials.txt")
+    if result.best is not None:
+        b = result.best
+        parent.log_metrics({f"best_{result.metric}": b.best, "trials": len(result.rows)}, 0)
+        tags = {"best_trial": b.trial_id, "best_run_name": b.run_name,
+                "best_checkpoint": b.checkpoint or ""}  # fmt: skip
+        if b.run_name in children:
+            tags["best_child_run_id"] = children[b.run_name]
+        parent.set_tags(tags)
+        parent.log_text(Path(result.best_config_path).read_text(), "best_config.yaml")
+    parent.end("FINISHED" if result.best is not None else "FAILED")
