@@ -96,6 +96,14 @@ def build_trainer(
     )
 
 
+def release(trainer: Any) -> None:
+    """Stop the episode actors `build_trainer` started for `trainer` (after `fit()`)."""
+    import ray
+
+    for actor in (getattr(trainer, "train_loop_config", None) or {}).get("episode_actors", []):
+        ray.kill(actor)
+
+
 def connect(cfg: config.RunConfig) -> bool:
     """Join `cluster.address` / `RAY_ADDRESS`, else start an embedded local Ray.
     Returns True when this call started Ray (the caller then shuts it down)."""
@@ -153,6 +161,8 @@ def run_training(cfg: config.RunConfig, *, worker_env: dict[str, str] | None = N
             if cause is not None:
                 raise cause from None
             raise
+        finally:
+            release(trainer)
         seconds = time.perf_counter() - t0
         history: list[dict[str, float]] = []
         where = None
