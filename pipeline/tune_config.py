@@ -49,7 +49,7 @@ class PbtConfig(_Slice):
 class SweepConfig(_Slice):
     name: str = Field("sweep", description="sweep name: Tune experiment dir and MLflow parent run")
     storage: str = Field("runs/tune", description="directory (or s3://) for Tune state")
-    space: dict[str, dict[str, list[Any]]] = Field(
+    space: dict[str, Any] = Field(
         default_factory=dict, description="dotted run-config key -> {kind: [args]}"
     )
     num_samples: int = Field(8, gt=0, description="trials (times the grid, if any)")
@@ -79,7 +79,7 @@ class SweepConfig(_Slice):
 
 def _check_dist(key: str, dist: dict[str, list[Any]], source: str) -> tuple[str, list[Any]]:
     where = f"{source}: tune.space.{key}"
-    if len(dist) != 1 or next(iter(dist)) not in KINDS:
+    if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in KINDS:
         raise ConfigError(
             f"{where}={dist!r}: give exactly one of {', '.join(KINDS)}, "
             "e.g. {loguniform: [0.001, 0.1]} or {choice: [1, 3]}"
@@ -144,7 +144,9 @@ def _flatten_space(space: Any, prefix: str = "") -> Any:
     out: dict[str, Any] = {}
     for key, value in space.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and value and not set(value) & set(KINDS):
+        vals = value.values() if isinstance(value, dict) else []
+        nested = bool(vals) and all(isinstance(v, dict) for v in vals)
+        if nested and not set(value) & set(KINDS):
             out.update(_flatten_space(value, path + "."))
         else:
             out[path] = value
