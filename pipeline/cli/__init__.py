@@ -9,9 +9,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import adapt_cmd, bank_cmd, config_cmd, shards_cmd, train_cmd, tune_cmd
+from pipeline.cli import (
+    adapt_cmd,
+    bank_cmd,
+    config_cmd,
+    evaluate_cmd,
+    shards_cmd,
+    train_cmd,
+    tune_cmd,
+)
 
-COMMANDS = [config_cmd, shards_cmd, bank_cmd, adapt_cmd, train_cmd, tune_cmd]
+COMMANDS = [config_cmd, shards_cmd, bank_cmd, adapt_cmd, train_cmd, tune_cmd, evaluate_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,110 @@
+"""Baselines for few-shot evaluation: multitask pretraining (no inner loop) and random init.
+
+The multitask baseline is the honest comparison for a meta-init: the same model, trained on
+the same training tasks' episodes for the same number of outer steps, with the outer
+optimizer of the run, but without the inner loop: it minimises the loss at the shared
+parameters (the core's `train_step` with 0 inner steps, first order). At evaluation it is
+fine-tuned through the same inner loop, with its learning rate tuned on validation tasks.
+Each step it sees as many examples per task as a meta-training step did (support + query).
+
+Classification caveat: labels are remapped per episode, so a multitask-trained head cannot
+learn which language is which; it learns a body and a prior. That is the standard "joint
+training" baseline of the MAML paper, reported as such.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from pipeline.data import episodes as ep
+from pipeline.meta import outer
+
+Params = dict[str, Tensor]
+
+
+def multitask_config(run_cfg: Any) -> tuple[Any, Any]:
+    """(inner, data) slices for pretraining: 0 inner steps; every example is a query example."""
+    inner = run_cfg.inner.model_copy(
+        update={"algorithm": "fomaml", "steps": 0, "first_order": True}
+    )
+    data = run_cfg.data
+    if data.episode != "classify":
+        # The support half is never used without an inner loop: fold it into the query.
+        data = data.model_copy(update={"k_support": 1, "k_query": data.k_support + data.k_query})
+    return inner, data
+
+
+def pretrain_multitask(
+    model: nn.Module,
+    run_cfg: Any,
+    read_task: Callable[[str], dict[str, np.ndarray]],
+    train_tasks: Sequence[str],
+    *,
+    steps: int,
+    seed: int,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> Params:
+    """Train the shared parameters on pooled training tasks for `steps` outer steps."""
+    inner, data = multitask_config(run_cfg)
+    state = outer.init_state(model, inner, run_cfg.outer, seed=seed)
+    metrics: dict[str, float] = {}
+    for step in range(steps):
+        batch = ep.build_step(
+            read_task, train_tasks, data, seed=seed, step=step, meta_batch=run_cfg.outer.meta_batch
+        )
+        state, metrics = outer.train_step(
+            state,
+            ep.to_torch(batch),
+            model=model,
+            inner_cfg=inner,
+            outer_cfg=run_cfg.outer,
+            pre_metrics=False,
+        )
+        if progress and (step + 1) % max(1, steps // 10) == 0:
+            progress(step + 1, metrics)
+    return {k: v.detach() for k, v in state.params.items()}
+
+
+def random_init(model: nn.Module, run_cfg: Any, seed: int) -> Params:
+    """A fresh seeded initialisation of the same architecture."""
+    return dict(outer.init_state(model, run_cfg.inner, run_cfg.outer, seed=seed).params)
+
+
+# ---------------------------------------------------------------- persistence (no pickle)
+def save_params(path: str | os.PathLike[str], params: Params, meta: dict[str, Any]) -> Path:
+    """safetensors with the provenance (steps, seed, source checkpoint) as JSON metadata."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tensors = {k: v.detach().contiguous() for k, v in params.items()}
+    save_file(tensors, str(tmp), metadata={"metaray": json.dumps(meta)})
+    os.replace(tmp, out)
+    return out
+
+
+def load_params(path: str | os.PathLike[str]) -> tuple[Params, dict[str, Any]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("metaray", "{}"))
+    return dict(load_file(str(path))), meta
+
+
+def matches(params: Params, reference: Params) -> bool:
+    """Same names and shapes (a cached baseline made for another architecture is stale)."""
+    return set(params) == set(reference) and all(
+        params[k].shape == reference[k].shape for k in reference
+    )
+
+
+def to_device(params: Params, device: torch.device | str) -> Params:
+    return {k: v.to(device) for k, v in params.items()}

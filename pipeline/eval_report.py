@@ -1,0 +1,169 @@
+"""The evaluation report: summaries, paired differences and groups as one JSON-able dict,
+the terminal table, and PNG plots (matplotlib Agg canvas, atomic writes)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from pipeline import eval_stats as st
+
+REFERENCE = "meta-init"  # paired differences are reference minus each other method
+
+
+def build(
+    raw: Mapping[str, Mapping[int, Mapping[int, Mapping[str, Sequence[float]]]]],
+    *,
+    kind: str,
+    metric: str,
+    higher_is_better: bool,
+    groups: Mapping[str, Sequence[str]] | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`raw[method][shot][step][task] = [metric per episode]` -> the report dict."""
+    methods = list(raw)
+    shots = sorted({k for m in raw.values() for k in m})
+    steps = sorted({s for m in raw.values() for per in m.values() for s in per})
+    groups = {g: list(ts) for g, ts in (groups or {}).items() if ts}
+    rep: dict[str, Any] = {
+        "kind": kind,
+        "metric": metric,
+        "higher_is_better": higher_is_better,
+        "methods": methods,
+        "shots": shots,
+        "steps": steps,
+        "groups": groups,
+        **dict(info or {}),
+        "results": {},
+        "paired": {},
+        "by_group": {},
+        "per_episode": {},
+    }
+    for k in shots:
+        res, pair, grp = {}, {}, {}
+        for m in methods:
+            res[m] = {str(s): st.summarize(raw[m][k][s]) for s in steps}
+        if REFERENCE in raw:
+            for m in methods:
+                if m != REFERENCE:
+                    pair[f"{REFERENCE} - {m}"] = {
+                        str(s): st.paired(raw[REFERENCE][k][s], raw[m][k][s]) for s in steps
+                    }
+        for g, tasks in groups.items():
+            chosen = set(tasks)
+            grp[g] = {
+                m: {str(s): st.summarize(st.subset(raw[m][k][s], chosen))["overall"] for s in steps}
+                for m in methods
+            }
+            if REFERENCE in raw:
+                for m in methods:
+                    if m != REFERENCE:
+                        grp[g][f"{REFERENCE} - {m}"] = {
+                            str(s): st.paired(
+                                st.subset(raw[REFERENCE][k][s], chosen),
+                                st.subset(raw[m][k][s], chosen),
+                            )["overall"]
+                            for s in steps
+                        }
+        rep["results"][str(k)] = res
+        rep["paired"][str(k)] = pair
+        rep["by_group"][str(k)] = grp
+        rep["per_episode"][str(k)] = {
+            m: {str(s): {t: list(map(float, v)) for t, v in raw[m][k][s].items()} for s in steps}
+            for m in methods
+        }
+    return rep
+
+
+def _row(label: str, cells: Sequence[str], width: int) -> str:
+    return f"{label:<30}" + "".join(f"{c:>{width}}" for c in cells)
+
+
+def table(rep: Mapping[str, Any]) -> str:
+    """The terminal table: per shot count, methods x inner steps, paired differences,
+    script groups, and per-task figures at the last step."""
+    steps = [str(s) for s in rep["steps"]]
+    better = "higher" if rep["higher_is_better"] else "lower"
+    w = 17
+    lines: list[str] = []
+    for k in map(str, rep["shots"]):
+        res = rep["results"][k]
+        any_m = next(iter(res.values()))[steps[0]]["overall"]
+        lines += [
+            "",
+            f"K={k} shots · {rep['metric']} ({better} is better) · mean ± 95% CI over "
+            f"{any_m['ci_over']} ({any_m['n_tasks']} tasks, {any_m['n_episodes']} task-episodes)",
+            _row("method \\ inner steps", steps, w),
+        ]
+        for m, per in res.items():
+            label = m + (f" (lr {rep['lrs'][m]:g})" if m in rep.get("lrs", {}) else "")
+            lines.append(_row(label, [st.fmt(per[s]["overall"]) for s in steps], w))
+        for name, per in rep["paired"][k].items():
+            lines.append(_row("Δ " + name, [st.fmt(per[s]["overall"]) for s in steps], w))
+        for g, per_g in rep["by_group"][k].items():
+            lines.append(f"  {g}: {', '.join(rep['groups'][g])}")
+            for name, per in per_g.items():
+                label = ("  Δ " if " - " in name else "  ") + name
+                lines.append(_row(label, [st.fmt(per[s]) for s in steps], w))
+        last = steps[-1]
+        lines.append(f"  per task after {last} steps:")
+        tasks = sorted(next(iter(res.values()))[last]["tasks"])
+        lines.append(_row("  task", list(res) + list(rep["paired"][k]), w))
+        for t in tasks:
+            cells = [st.fmt(res[m][last]["tasks"][t]) for m in res]
+            cells += [st.fmt(p[last]["tasks"][t]) for p in rep["paired"][k].values()]
+            lines.append(_row(f"  {t}", cells, w))
+    return "\n".join(lines).lstrip("\n")
+
+
+def write_json(rep: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+
+    def clean(x: Any) -> Any:  # JSON has no inf/nan: write null
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    tmp.write_text(json.dumps(clean(rep), indent=1), encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+def plots(rep: Mapping[str, Any], outdir: str | os.PathLike[str]) -> list[Path]:
+    """One PNG per shot count: metric against inner steps per method, 95% CI bars."""
+    out: list[Path] = []
+    steps = rep["steps"]
+    for k in map(str, rep["shots"]):
+        fig = Figure(figsize=(6.4, 4.2))
+        ax = fig.add_subplot(1, 1, 1)
+        for m, per in rep["results"][k].items():
+            means = [per[str(s)]["overall"]["mean"] for s in steps]
+            halves = [per[str(s)]["overall"]["half"] for s in steps]
+            halves = [h if math.isfinite(h) else 0.0 for h in halves]
+            ax.errorbar(steps, means, yerr=halves, marker="o", capsize=3, label=m)
+        ax.set_xlabel("inner steps")
+        ax.set_ylabel(rep["metric"])
+        ax.set_title(f"few-shot adaptation, K={k}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        path = Path(outdir) / f"eval_k{k}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.png")
+        FigureCanvasAgg(fig)
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        os.replace(tmp, path)
+        out.append(path)
+    return out

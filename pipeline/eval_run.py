@@ -1,0 +1,316 @@
+"""`metaray evaluate` end to end: checkpoint + shard set (+ bank) -> methods -> report -> outputs.
+
+The shell around `pipeline.evaluate`: reads the checkpoint (local or s3://, safetensors +
+JSON), opens the shard sets, trains or reloads the multitask baseline, tunes the baselines'
+fine-tuning learning rates on validation tasks, opens the memory bank snapshot in-process,
+writes JSON and PNGs, and logs them to MLflow when tracking is on.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline import baselines, eval_report
+from pipeline import evaluate as ev
+from pipeline.errors import EpisodeError, MetarayError
+
+LR_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+@dataclass
+class Options:
+    checkpoint: str
+    shards: str
+    bank: str | None = None
+    out_dir: str = "eval"
+    json_path: str | None = None
+    spec: ev.EvalSpec = ev.EvalSpec()
+    baseline: str | None = None  # a saved multitask baseline (safetensors) to reuse
+    baseline_steps: int | None = None  # default: as many steps as the checkpoint trained
+    lr_grid: tuple[float, ...] = LR_GRID
+    tune_episodes: int = 3
+    max_tasks: int | None = None
+    tracking: bool | None = None  # None: as the checkpoint's config says
+    s3_endpoint: str | None = None
+    device: str = "cpu"
+
+
+def find_checkpoint(uri: str, s3_endpoint: str | None = None) -> str:
+    """A local directory holding a complete checkpoint (meta.json + state.safetensors):
+    `uri` itself, or the highest-step checkpoint under it (a run directory); s3:// is copied
+    to a temporary directory first."""
+    import json
+
+    import pyarrow.fs as pafs
+
+    from pipeline.data.storage import resolve
+
+    loc = resolve(uri, s3_endpoint=s3_endpoint)
+    sel = pafs.FileSelector(loc.root, recursive=True, allow_not_found=True)
+    metas = [i.path for i in loc.fs.get_file_info(sel) if i.path.endswith("/meta.json")]
+    if loc.fs.get_file_info(loc.path("meta.json")).type == pafs.FileType.File:
+        metas.append(loc.path("meta.json"))
+    if not metas:
+        raise MetarayError(
+            f"{uri}: no checkpoint found (no meta.json there or below); give the checkpoint "
+            "directory or the run directory (checkpoint.storage/checkpoint.run_name)"
+        )
+
+    def step(path: str) -> int:
+        with loc.fs.open_input_stream(path) as f:
+            return int(json.loads(f.read()).get("step", -1))
+
+    best = posixpath.dirname(max(metas, key=step))
+    if not loc.is_s3:
+        return best
+    local = Path(tempfile.mkdtemp(prefix="metaray-ckpt-"))
+    for name in ("meta.json", "state.safetensors"):
+        with loc.fs.open_input_stream(posixpath.join(best, name)) as f:
+            (local / name).write_bytes(f.read())
+    return str(local)
+
+
+def _groups(family: str, train_tasks: list[str], test_tasks: list[str]) -> dict[str, list[str]]:
+    """wordlang: held-out languages whose script occurs among the training languages, apart
+    from those whose script does not."""
+    if family != "wordlang":
+        return {}
+    from pipeline.data.sources.languages import LANGUAGES
+
+    seen = {LANGUAGES[t].script for t in train_tasks if t in LANGUAGES}
+    known = [t for t in test_tasks if t in LANGUAGES]
+    return {
+        "seen script": [t for t in known if LANGUAGES[t].script in seen],
+        "unseen script": [t for t in known if LANGUAGES[t].script not in seen],
+    }
+
+
+def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from pipeline import config
+    from pipeline.data.shards import open_shard_set
+    from pipeline.meta.outer import trainable_names
+    from pipeline.models import build_model
+    from pipeline.runtime import checkpoint as ckpt
+
+    ck_dir = find_checkpoint(opts.checkpoint, opts.s3_endpoint)
+    loaded = ckpt.load(ck_dir)
+    cfg = config.from_dict(loaded.config, source=f"{opts.checkpoint} (checkpoint config)")
+    kind = cfg.data.episode
+    log(f"checkpoint {opts.checkpoint}: step {loaded.state.step}, {cfg.inner.algorithm}, {kind}")
+    endpoint = opts.s3_endpoint or cfg.data.s3_endpoint
+    shards = open_shard_set(opts.shards, s3_endpoint=endpoint)
+    test_tasks = shards.tasks("test")[: opts.max_tasks]
+    if not test_tasks:
+        raise MetarayError(f"{opts.shards}: no test tasks; build the shard set with a test split")
+    # Training tasks (baseline, script groups) are those of the run's own shard set.
+    train_set = shards if cfg.data.uri in (opts.shards, None) else _open_or(cfg.data.uri, endpoint)
+    train_tasks = train_set.tasks("train") if train_set else []
+    val_set, val_tasks = (
+        (shards, shards.tasks("val"))
+        if shards.tasks("val")
+        else (train_set, train_set.tasks("val") if train_set else [])
+    )
+
+    model = build_model(cfg.model, cfg.data).to(opts.device)
+    state = loaded.state
+    dev = baselines.to_device
+    spec = opts.spec
+    if not spec.shots or not spec.k_query:  # defaults: as trained (1- and 5-shot for classify)
+        shots = spec.shots or ((1, 5) if kind == "classify" else (cfg.data.k_support,))
+        spec = replace(spec, shots=shots, k_query=spec.k_query or cfg.data.k_query)
+    methods: list[ev.Method] = []
+    rand = dev(baselines.random_init(model, cfg, seed=spec.seed + 1), opts.device)
+    methods.append(ev.Method("random init", rand, cfg.inner.lr, note="fresh seeded init"))
+    mt = _multitask(opts, cfg, model, train_set, train_tasks, state.step, log)
+    if mt is not None:
+        methods.append(ev.Method("multitask", dev(mt, opts.device), cfg.inner.lr))
+    lrs = state.lrs if isinstance(state.lrs, dict) else float(state.lrs)
+    methods.append(
+        ev.Method(
+            "meta-init",
+            dev(state.params, opts.device),
+            dev(lrs, opts.device) if isinstance(lrs, dict) else lrs,
+            trainable_names(model, cfg.inner),
+        )
+    )
+    if opts.bank:
+        methods.append(_bank_method(opts, cfg, model, methods[-1], log))
+
+    read = shards.read_task
+    try:
+        if val_tasks:  # tune the fine-tuning baselines' learning rate, never on test tasks
+            tune_eps = ev.make_episodes(
+                val_set.read_task,
+                val_tasks[:4],
+                cfg.data,
+                shot=spec.shots[0],
+                k_query=spec.k_query,
+                n_episodes=opts.tune_episodes,
+                seed=spec.seed + 7,
+            )
+            for m in methods[: 2 if mt is not None else 1]:
+                m.lrs, scores = ev.tune_lr(
+                    model,
+                    m,
+                    tune_eps,
+                    opts.lr_grid,
+                    spec.steps,
+                    kind=kind,
+                    n_way=cfg.data.n_way,
+                    device=opts.device,
+                )
+                log(
+                    f"{m.name}: fine-tuning lr {m.lrs:g} (val {ev.METRIC[kind]}: "
+                    + ", ".join(f"{k:g}->{v:.3f}" for k, v in scores.items())
+                    + ")"
+                )
+        else:
+            log("no validation tasks: the baselines keep the run's inner lr (untuned)")
+        by_shot = {
+            k: ev.make_episodes(
+                read,
+                test_tasks,
+                cfg.data,
+                shot=k,
+                k_query=spec.k_query,
+                n_episodes=spec.episodes,
+                seed=spec.seed,
+            )
+            for k in spec.shots
+        }
+    except EpisodeError as exc:
+        raise MetarayError(f"{exc} (in `metaray evaluate`: lower --shots or --k-query)") from None
+    raw = ev.evaluate_methods(
+        model, methods, by_shot, spec, n_way=cfg.data.n_way, progress=log, device=opts.device
+    )
+    rep = eval_report.build(
+        raw,
+        kind=kind,
+        metric=ev.METRIC[kind],
+        higher_is_better=ev.HIGHER_IS_BETTER[kind],
+        groups=_groups(shards.family, train_tasks, test_tasks),
+        info={
+            "checkpoint": opts.checkpoint,
+            "shards": opts.shards,
+            "bank": opts.bank,
+            "checkpoint_step": state.step,
+            "algorithm": cfg.inner.algorithm,
+            "family": shards.family,
+            "test_tasks": test_tasks,
+            "k_query": spec.k_query,
+            "episodes_per_task": spec.episodes,
+            "lrs": {m.name: m.lrs for m in methods if isinstance(m.lrs, float)},
+            "notes": {m.name: m.note for m in methods if m.note},
+        },
+    )
+    _write_outputs(rep, opts, cfg, log)
+    return rep
+
+
+def _open_or(uri: str, endpoint: str | None):  # noqa: ANN202
+    from pipeline.data.shards import open_shard_set
+
+    try:
+        return open_shard_set(uri, s3_endpoint=endpoint)
+    except MetarayError:
+        return None
+
+
+def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):  # noqa: ANN001, ANN202
+    ref = dict(model.named_parameters())
+    if opts.baseline and Path(opts.baseline).is_file():
+        params, meta = baselines.load_params(opts.baseline)
+        if baselines.matches(params, ref):
+            log(f"multitask baseline: reusing {opts.baseline} ({meta.get('steps')} steps)")
+            return params
+        log(f"multitask baseline {opts.baseline} is for another architecture: retraining")
+    if not train_tasks:
+        log(f"multitask baseline skipped: training shards {cfg.data.uri} not readable here")
+        return None
+    steps = opts.baseline_steps or max(1, ck_steps)
+    log(f"multitask baseline: {steps} outer steps on {len(train_tasks)} training tasks")
+    params = baselines.pretrain_multitask(
+        model,
+        cfg,
+        train_set.read_task,
+        train_tasks,
+        steps=steps,
+        seed=opts.spec.seed + 3,
+        progress=lambda s, m: log(f"  multitask step {s}/{steps}: loss {m['loss_post']:.4f}"),
+    )
+    path = opts.baseline or str(Path(opts.out_dir) / "baseline.safetensors")
+    baselines.save_params(path, params, {"steps": steps, "checkpoint": opts.checkpoint})
+    return params
+
+
+def _bank_method(opts, cfg, model, meta: ev.Method, log) -> ev.Method:  # noqa: ANN001
+    from pipeline.adaptation import warm_start
+    from pipeline.bank.service import BankService
+
+    bank_cfg = cfg.bank.model_copy(update={"snapshot_uri": opts.bank, "wal": False})
+    service = BankService(bank_cfg)
+    log(f"memory bank {opts.bank}: {len(service.keys())} entries")
+    sources: list[str] = []
+
+    def start(support, kind):  # noqa: ANN001, ANN202
+        params, info = warm_start(model, meta.params, support, cfg=bank_cfg, query=service.query)
+        sources.extend(info.sources)
+        return params
+
+    return ev.Method(
+        "bank warm start",
+        meta.params,
+        meta.lrs,
+        meta.trainable,
+        start=start,
+        extra={"sources": sources},
+    )
+
+
+def _write_outputs(rep: dict[str, Any], opts: Options, cfg, log) -> None:  # noqa: ANN001
+    from pipeline.tracking import make_tracker
+
+    out = Path(opts.out_dir)
+    json_path = Path(opts.json_path) if opts.json_path else out / "eval.json"
+    text = eval_report.table(rep)
+    log(text)
+    eval_report.write_json(rep, json_path)
+    pngs = eval_report.plots(rep, out)
+    (out / "eval_table.txt").write_text(text + "\n", encoding="utf-8")
+    log(f"wrote {json_path}, {', '.join(map(str, pngs))}")
+    track = cfg.tracking.enabled if opts.tracking is None else opts.tracking
+    if not track:
+        return
+    tracker = make_tracker(cfg.tracking.model_copy(update={"enabled": True}))
+    tracker.start(
+        f"evaluate-{cfg.checkpoint.run_name}",
+        {
+            "checkpoint": opts.checkpoint,
+            "shards": opts.shards,
+            "bank": opts.bank,
+            "shots": ",".join(map(str, rep["shots"])),
+            "episodes": rep["episodes_per_task"],
+        },
+        tags={"metaray.kind": "evaluate"},
+    )
+    last = str(rep["steps"][-1])
+    for k, res in rep["results"].items():
+        tracker.log_metrics(
+            {
+                f"eval_k{k}_{m.replace(' ', '_')}_{s}": v["overall"]["mean"]
+                for m, per in res.items()
+                for s, v in per.items()
+            },
+            step=0,
+        )
+    tracker.log_text(text, "evaluation/eval_table.txt")
+    tracker.log_artifact(json_path, "evaluation")
+    for p in pngs:
+        tracker.log_artifact(p, "evaluation")
+    tracker.end("FINISHED")
+    log(f"logged to MLflow run {tracker.run_id} (last step {last})")
