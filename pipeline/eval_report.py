@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,8 @@ def build(
 
 
 def _row(label: str, cells: Sequence[str], width: int) -> str:
-    return f"{label:<30}" + "".join(f"{c:>{width}}" for c in cells)
+    # Cells are cut to fit their column so that a long method name never merges two columns.
+    return f"{label:<30}" + "".join(f"{c[: width - 1]:>{width}}" for c in cells)
 
 
 def table(rep: Mapping[str, Any]) -> str:
@@ -115,7 +116,8 @@ def table(rep: Mapping[str, Any]) -> str:
         last = steps[-1]
         lines.append(f"  per task after {last} steps:")
         tasks = sorted(next(iter(res.values()))[last]["tasks"])
-        lines.append(_row("  task", list(res) + list(rep["paired"][k]), w))
+        deltas = ["Δ vs " + name.split(" - ", 1)[1] for name in rep["paired"][k]]
+        lines.append(_row("  task", list(res) + deltas, w))
         for t in tasks:
             cells = [st.fmt(res[m][last]["tasks"][t]) for m in res]
             cells += [st.fmt(p[last]["tasks"][t]) for p in rep["paired"][k].values()]
@@ -167,3 +169,46 @@ def plots(rep: Mapping[str, Any], outdir: str | os.PathLike[str]) -> list[Path]:
         os.replace(tmp, path)
         out.append(path)
     return out
+
+
+def publish(
+    rep: Mapping[str, Any],
+    out_dir: str | os.PathLike[str],
+    *,
+    json_path: str | os.PathLike[str] | None = None,
+    tracking: Any = None,
+    run_name: str = "evaluate",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Print the table; write JSON, the table as text and the PNGs under `out_dir`; with a
+    `tracking` config slice, log them to an MLflow run (metric curves against inner steps)."""
+    out = Path(out_dir)
+    jpath = Path(json_path) if json_path else out / "eval.json"
+    text = table(rep)
+    log(text)
+    write_json(rep, jpath)
+    pngs = plots(rep, out)
+    (out / "eval_table.txt").write_text(text + "\n", encoding="utf-8")
+    log(f"wrote {jpath}, {out / 'eval_table.txt'}, {', '.join(map(str, pngs))}")
+    result: dict[str, Any] = {"json": jpath, "pngs": pngs, "run_id": None}
+    if tracking is None:
+        return result
+    from pipeline.tracking import make_tracker
+
+    tracker = make_tracker(tracking)
+    params = {k: rep.get(k) for k in ("checkpoint", "shards", "bank", "algorithm", "k_query")}
+    params.update(shots=",".join(map(str, rep["shots"])), episodes=rep.get("episodes_per_task"))
+    tracker.start(run_name, params, tags={"metaray.kind": "evaluate"})
+    for k, res in rep["results"].items():
+        for s in map(str, rep["steps"]):  # one curve per method: metric against inner steps
+            metrics = {f"eval_k{k}/{m.replace(' ', '_')}": per[s]["overall"]["mean"]
+                       for m, per in res.items()}  # fmt: skip
+            tracker.log_metrics({n: v for n, v in metrics.items() if math.isfinite(v)}, int(s))
+    tracker.log_text(text, "evaluation/eval_table.txt")
+    tracker.log_artifact(jpath, "evaluation")
+    for p in pngs:
+        tracker.log_artifact(p, "evaluation")
+    tracker.end("FINISHED")
+    result["run_id"] = tracker.run_id
+    log(f"logged the evaluation to MLflow run {tracker.run_id}")
+    return result

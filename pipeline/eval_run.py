@@ -120,9 +120,9 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
     state = loaded.state
     dev = baselines.to_device
     spec = opts.spec
-    if not spec.shots or not spec.k_query:  # defaults: as trained (1- and 5-shot for classify)
-        shots = spec.shots or ((1, 5) if kind == "classify" else (cfg.data.k_support,))
-        spec = replace(spec, shots=shots, k_query=spec.k_query or cfg.data.k_query)
+    if not spec.shots or not spec.k_query:
+        spec = replace(spec, k_query=spec.k_query or cfg.data.k_query)
+        spec = replace(spec, shots=spec.shots or _default_shots(cfg, shards, test_tasks, spec, log))
     methods: list[ev.Method] = []
     rand = dev(baselines.random_init(model, cfg, seed=spec.seed + 1), opts.device)
     methods.append(ev.Method("random init", rand, cfg.inner.lr, note="fresh seeded init"))
@@ -208,8 +208,29 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
             "notes": {m.name: m.note for m in methods if m.note},
         },
     )
-    _write_outputs(rep, opts, cfg, log)
+    track = cfg.tracking.enabled if opts.tracking is None else opts.tracking
+    eval_report.publish(
+        rep,
+        opts.out_dir,
+        json_path=opts.json_path,
+        tracking=cfg.tracking.model_copy(update={"enabled": True}) if track else None,
+        run_name=f"evaluate-{cfg.checkpoint.run_name}",
+        log=log,
+    )
     return rep
+
+
+def _default_shots(cfg, shards, tasks, spec, log) -> tuple[int, ...]:  # noqa: ANN001
+    """1 and 5 shots for classification; else K, 4K and 16K (the trained K and two larger
+    support sets), keeping those that the test tasks have rows for."""
+    if cfg.data.episode == "classify":
+        return (1, 5)
+    k = cfg.data.k_support
+    room = min(shards.rows(t) for t in tasks) - spec.k_query
+    shots = tuple(s for s in (k, 4 * k, 16 * k) if s <= room) or (k,)
+    if len(shots) < 3:
+        log(f"shots {shots}: the test tasks have at most {room} rows beside the query set")
+    return shots
 
 
 def _open_or(uri: str, endpoint: str | None):  # noqa: ANN202
@@ -270,47 +291,3 @@ def _bank_method(opts, cfg, model, meta: ev.Method, log) -> ev.Method:  # noqa: 
         start=start,
         extra={"sources": sources},
     )
-
-
-def _write_outputs(rep: dict[str, Any], opts: Options, cfg, log) -> None:  # noqa: ANN001
-    from pipeline.tracking import make_tracker
-
-    out = Path(opts.out_dir)
-    json_path = Path(opts.json_path) if opts.json_path else out / "eval.json"
-    text = eval_report.table(rep)
-    log(text)
-    eval_report.write_json(rep, json_path)
-    pngs = eval_report.plots(rep, out)
-    (out / "eval_table.txt").write_text(text + "\n", encoding="utf-8")
-    log(f"wrote {json_path}, {', '.join(map(str, pngs))}")
-    track = cfg.tracking.enabled if opts.tracking is None else opts.tracking
-    if not track:
-        return
-    tracker = make_tracker(cfg.tracking.model_copy(update={"enabled": True}))
-    tracker.start(
-        f"evaluate-{cfg.checkpoint.run_name}",
-        {
-            "checkpoint": opts.checkpoint,
-            "shards": opts.shards,
-            "bank": opts.bank,
-            "shots": ",".join(map(str, rep["shots"])),
-            "episodes": rep["episodes_per_task"],
-        },
-        tags={"metaray.kind": "evaluate"},
-    )
-    last = str(rep["steps"][-1])
-    for k, res in rep["results"].items():
-        tracker.log_metrics(
-            {
-                f"eval_k{k}_{m.replace(' ', '_')}_{s}": v["overall"]["mean"]
-                for m, per in res.items()
-                for s, v in per.items()
-            },
-            step=0,
-        )
-    tracker.log_text(text, "evaluation/eval_table.txt")
-    tracker.log_artifact(json_path, "evaluation")
-    for p in pngs:
-        tracker.log_artifact(p, "evaluation")
-    tracker.end("FINISHED")
-    log(f"logged to MLflow run {tracker.run_id} (last step {last})")
