@@ -114,6 +114,11 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
     all_reduce = mean_all_reduce(world)
     eval_steps = sorted({0, 1, cfg.inner.steps})
     stream = pool.stream(rank, world, start, total)
+    bank = None
+    if cfg.bank.enabled:  # adapted params + descriptors -> the shared memory bank (async)
+        from pipeline.bank.trainer_hook import BankHook
+
+        bank = BankHook(cfg, model, pool, rank, world)
     t0, last_t, last_step, metrics = time.perf_counter(), time.perf_counter(), start, {}
     status = "FAILED"
     try:
@@ -123,6 +128,8 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
                 state, ep.to_torch(batch, device), model=model, inner_cfg=cfg.inner,
                 outer_cfg=cfg.outer, buffers=buffers, all_reduce=all_reduce,
             )  # fmt: skip
+            if bank is not None:
+                bank.after_step(step, state, batch)
             done, last = step + 1, step + 1 == total
             # Rank 0 decides whether a metric-only report is due (ray.train.report blocks
             # when called faster than the controller polls); the flag rides the metrics' mean.
@@ -164,6 +171,8 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
                               config.to_dict(cfg))  # fmt: skip
         status = "FINISHED"
     finally:
+        if bank is not None:
+            tracker.log_metrics({f"bank_{k}": float(v) for k, v in bank.close().items()}, total)
         tracker.end(status)
 
 

@@ -1,0 +1,178 @@
+"""The shared bank actor on a real local Ray cluster: crash recovery, many writers, the writer."""
+
+import uuid
+
+import numpy as np
+import pytest
+
+from pipeline.config import BankConfig
+
+pytestmark = pytest.mark.integration
+
+
+def _batch(tag: str, n: int, dim: int = 16, p: int = 64, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "keys": [f"{tag}-{i}" for i in range(n)],
+        "descriptor": rng.standard_normal((n, dim)).astype(np.float32),
+        "params": rng.standard_normal((n, p)).astype(np.float32),
+        "step": np.full(n, 1),
+        "support": np.full(n, 16),
+        "loss": rng.random(n).astype(np.float32),
+    }
+
+
+def _cfg(tmp_path, **kw) -> BankConfig:
+    name = f"bank-{uuid.uuid4().hex[:8]}"
+    return BankConfig(name=name, snapshot_uri=str(tmp_path / name), **kw)
+
+
+def _wait_alive(bank, tries: int = 120):
+    import time
+
+    import ray
+
+    for _ in range(tries):
+        try:
+            return ray.get(bank.ping.remote(), timeout=5)
+        except Exception:  # noqa: BLE001 - restarting
+            time.sleep(0.5)
+    raise AssertionError("bank actor did not come back")
+
+
+def test_killed_bank_comes_back_with_every_acknowledged_entry(ray_cluster, tmp_path):
+    import ray
+
+    from pipeline.bank.actor import get_bank, put
+
+    cfg = _cfg(tmp_path, snapshot_every=4)
+    bank = get_bank(cfg)
+    batches = [_batch(f"b{i}", 8, seed=i) for i in range(12)]
+    refs = [put(bank, b) for b in batches[:5]]
+    ray.get(refs[-1])  # the bank is up and the first puts are in
+    for i, b in enumerate(batches[5:]):
+        refs.append(put(bank, b))
+        if i == 2:
+            ray.kill(bank, no_restart=False)  # crash mid-run, writes in flight
+    acked = []
+    for b, ref in zip(batches, refs, strict=True):
+        try:
+            ray.get(ref)
+            acked.append(b)
+        except ray.exceptions.RayActorError:
+            pass
+    assert acked, "no put was acknowledged at all"
+    _wait_alive(bank)
+    again = get_bank(cfg)  # found by name
+    keys = set(ray.get(again.keys.remote()))
+    for b in acked:
+        assert set(b["keys"]) <= keys
+        got = ray.get(again.get.remote(b["keys"][3]))
+        np.testing.assert_array_equal(got["params"], b["params"][3])
+    assert len(acked) >= 5
+    assert ray.get(again.stats.remote())["restored"]["entries"] >= 8 * len(acked)
+
+
+def test_concurrent_writers_and_readers_lose_nothing(ray_cluster, tmp_path):
+    import ray
+
+    cfg = _cfg(tmp_path, snapshot_every=5)
+    from pipeline.bank.actor import get_bank
+
+    ray.get(get_bank(cfg).ping.remote())
+
+    @ray.remote(num_cpus=0.25)
+    def writer(w: int, cfg_dict: dict) -> int:
+        from pipeline.bank.actor import get_bank, put
+        from pipeline.config import BankConfig
+
+        bank = get_bank(BankConfig.model_validate(cfg_dict))  # reached by name
+        for j in range(15):
+            ray.get(put(bank, _batch(f"w{w}-{j}", 10, seed=100 * w + j)))
+        return 150
+
+    @ray.remote(num_cpus=0.25)
+    def reader(cfg_dict: dict) -> int:
+        from pipeline.bank.actor import get_bank, query
+        from pipeline.config import BankConfig
+
+        bank = get_bank(BankConfig.model_validate(cfg_dict))
+        seen = 0
+        for _ in range(30):
+            out = query(bank, np.ones((4, 16), np.float32), 3)
+            seen += sum(len(k) for k in out["keys"])
+        return seen
+
+    from pipeline.config import to_dict
+
+    raw = to_dict(cfg)
+    written = ray.get([writer.remote(w, raw) for w in range(4)] + [reader.remote(raw)])
+    assert sum(written[:4]) == 600
+    bank = get_bank(cfg)
+    assert ray.get(bank.stats.remote())["entries"] == 600
+    for w in range(4):
+        b = _batch(f"w{w}-7", 10, seed=100 * w + 7)
+        got = ray.get(bank.get.remote(b["keys"][5]))
+        np.testing.assert_array_equal(got["params"], b["params"][5])
+    ray.kill(bank, no_restart=True)
+    from pipeline.bank.service import BankService
+
+    assert len(BankService(cfg).index) == 600  # and all of it is on disk
+
+
+def test_writer_is_bounded_and_flushes(ray_cluster, tmp_path):
+    import ray
+
+    from pipeline.bank.writer import BankWriter
+
+    cfg = _cfg(tmp_path, max_in_flight=2)
+    w = BankWriter(cfg)
+    accepted = [w.submit(_batch(f"s{i}", 4, seed=i)) for i in range(20)]
+    stats = w.flush()
+    assert stats["submitted"] == sum(accepted) and stats["dropped"] == 20 - sum(accepted)
+    assert stats["acked"] == stats["submitted"] and stats["in_flight"] == 0
+    entries = ray.get(w.bank.stats.remote())["entries"]
+    assert entries == 4 * stats["acked"]
+
+
+def test_trainer_hook_writes_each_task_adapted_params_to_the_bank(ray_cluster, tmp_path):
+    import types
+
+    import ray
+    import torch
+
+    from pipeline import config
+    from pipeline.adaptation import flatten
+    from pipeline.bank.trainer_hook import BankHook
+    from pipeline.data import episodes as ep
+    from pipeline.meta import outer
+    from pipeline.meta.inner import adapt
+    from pipeline.models import build_model
+
+    name = f"bank-{uuid.uuid4().hex[:8]}"
+    cfg = config.load(None, ["model.hidden=16", "model.embed=8", "data.max_len=8",
+                             "outer.meta_batch=4", "bank.enabled=true", f"bank.name={name}",
+                             "bank.write_every=2", "bank.descriptor=grad"])
+    words = {lang: {"text": np.array([f"{lang}{i}" for i in range(40)], dtype=object),
+                    "freq": np.ones(40, np.float32)} for lang in ("aa", "bb", "cc", "dd", "ee")}
+    pool = types.SimpleNamespace(train_tasks=sorted(words), seed=0, meta_batch=4)
+    model = build_model(cfg.model, cfg.data)
+    state = outer.init_state(model, cfg.inner, cfg.outer, seed=0)
+    hook = BankHook(cfg, model, pool, rank=0, world=1)
+    batch = ep.build_step(lambda k: words[k], pool.train_tasks, cfg.data, seed=0, step=1,
+                          meta_batch=4)
+    assert not hook.after_step(0, state, batch)  # write_every=2: step 0 is skipped
+    assert hook.after_step(1, state, batch)
+    assert hook.close()["acked"] == 1
+    keys = [s[0] for s in ep.plan_step(pool.train_tasks, 0, 1, 4)]
+    bank = hook.writer.bank
+    assert sorted(ray.get(bank.keys.remote())) == sorted(set(keys))
+    b = ep.to_torch(batch)
+    want = adapt(state.params, None, b.support, model=model, steps=cfg.inner.steps,
+                 lrs=state.lrs, first_order=True)
+    i = len(keys) - 1 - keys[::-1].index(keys[-1])  # a repeated key keeps its last slot
+    got = ray.get(bank.get.remote(keys[-1]))
+    np.testing.assert_allclose(
+        got["params"], flatten({k: v[i].detach() for k, v in want.items()}), atol=1e-6)
+    assert got["step"] == 2 and got["support"] == cfg.data.k_support
+    del torch
