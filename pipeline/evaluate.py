@@ -37,8 +37,8 @@ class EvaluationError(MetarayError):
 @dataclass(frozen=True)
 class EvalSpec:
     steps: tuple[int, ...] = (0, 1, 2, 5, 10)
-    shots: tuple[int, ...] = (16,)  # support examples per task (per class for classify)
-    k_query: int = 16
+    shots: tuple[int, ...] = ()  # support examples per task/class; () = from the checkpoint
+    k_query: int = 0  # query examples per task/class; 0 = the checkpoint's data.k_query
     episodes: int = 10  # per task (lm, regression) or per task in expectation (classify)
     seed: int = 20_251_128
     batch: int = 16  # episodes adapted at once (task-batched)
