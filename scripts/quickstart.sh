@@ -9,3 +9,7 @@ M=.venv/bin/metaray
 
 $M shards build wordlang --out data/quickstart-wordlang --top-n 300 --seed 0
 $M shards inspect data/quickstart-wordlang
+# Meta-train the quickstart on an embedded local Ray (2 workers; about 2-3 minutes on 2 CPUs).
+# Checkpoints go to runs/quickstart; running this again resumes that run (already finished:
+# it reports and stops). Start afresh with: $M train --config configs/quickstart.yaml checkpoint.run_name=other
+$M train --config configs/quickstart.yaml "$@"
