@@ -36,10 +36,11 @@ _TRANSIENT = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEED
 
 def _short_http_timeouts() -> None:
     # MLflow's defaults (7 retries with backoff, 120 s timeout) would hold a dead-server call
-    # for minutes; the user's own environment settings still win.
+    # for minutes and delay end(); sends run off the training thread, so 15 s costs no step
+    # (and a loaded server is not mistaken for a dead one). The user's settings still win.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 
 def _is_transient(exc: Exception) -> bool:

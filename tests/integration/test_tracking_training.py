@@ -1,0 +1,144 @@
+"""`metaray train` runs tracked in a real `mlflow server`, on a real local Ray cluster.
+
+A smoke run's params (secrets redacted), metric history, plots and final model read back
+through `MlflowClient`; a server killed mid-run does not stop training, and what it missed
+is replayed from the spilled buffer once it is back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import config
+from pipeline.runtime.launch import run_training
+from tests.fixtures.mlflow_server import start_mlflow_server
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "Sup3rS3cretPw"
+STEPS = 300
+
+
+def _cfg(shards: Path, tmp: Path, uri: str, experiment: str, *extra: str) -> config.RunConfig:
+    return config.load(
+        ROOT / "configs/smoke.yaml",
+        [
+            f"data.uri={shards}",
+            f"checkpoint.storage={tmp / 'runs'}",
+            "tracking.enabled=true",
+            f"tracking.uri={uri}",
+            f"tracking.experiment={experiment}",
+            f"bank.snapshot_uri=http://bank:{SECRET}@127.0.0.1:1/snapshots",
+            *extra,
+        ],
+    )
+
+
+def _only_run(client, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    (run,) = client.search_runs([exp.experiment_id])
+    return run
+
+
+def test_smoke_run_reads_back_params_metrics_plots_and_model(
+    ray_cluster, smoke_shards: Path, mlflow_server, tmp_path: Path
+) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    cfg = _cfg(smoke_shards, tmp_path, mlflow_server.uri, "train-it")
+    result = run_training(cfg, quiet=True)
+    assert result.steps == cfg.outer.steps == 6
+
+    client = MlflowClient(mlflow_server.uri)
+    run = _only_run(client, "train-it")
+    assert run.info.status == "FINISHED" and run.info.run_name == "smoke"
+    params = run.data.params
+    assert params["inner.lr"] == str(cfg.inner.lr) and params["outer.meta_batch"] == "4"
+    assert params["bank.snapshot_uri"] == "http://***@127.0.0.1:1/snapshots"
+    assert SECRET not in repr(params)
+
+    loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
+    assert sorted(loss) == [1, 2, 3, 4, 5, 6]
+    assert [loss[s] for s in sorted(loss)] == pytest.approx(
+        [h["loss_post"] for h in result.history]
+    )
+    val = client.get_metric_history(run.info.run_id, "val_loss_post")
+    assert sorted(m.step for m in val) == [3, 6]  # outer.val_every=3
+    assert val[-1].value == pytest.approx(result.metrics["val_loss_post"])
+    assert client.get_metric_history(run.info.run_id, "episodes_per_s")[0].value > 0
+
+    paths = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "plots"} <= paths
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/learning_curves.png", "plots/inner_steps.png"}
+    yaml_path = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    logged = config.read_yaml(yaml_path)
+    assert logged["inner"] == config.to_dict(cfg)["inner"]
+
+    # the logged model is the trained one: it predicts like the final checkpoint's params
+    import torch
+
+    from pipeline.models import build_model
+    from pipeline.runtime import checkpoint as ckpt
+
+    with result.result.checkpoint.as_directory() as d:
+        params_final = ckpt.load(d).state.params
+    model = build_model(cfg.model, cfg.data)
+    xs = [-2.0, 0.5, 3.0]
+    want = model.functional(params_final, torch.tensor(xs).reshape(1, 3, 1), torch.ones(1, 3))
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    (logged_model,) = client.search_logged_models([run.info.experiment_id])
+    got = mlflow.pyfunc.load_model(logged_model.model_uri).predict({"x": xs})
+    assert got.tolist() == pytest.approx(want.reshape(-1).tolist(), abs=1e-5)
+
+
+def test_tracking_server_killed_mid_run_training_completes(
+    ray_cluster, smoke_shards: Path, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    from pipeline.tracking import replay
+
+    server = start_mlflow_server(tmp_path / "srv")
+    buffer = tmp_path / "buffer"
+    try:
+        # long enough (a few seconds) that the server dies while steps are still running
+        cfg = _cfg(smoke_shards, tmp_path, server.uri, "outage", f"outer.steps={STEPS}",
+                   "outer.val_every=100", "checkpoint.every=100",
+                   "tracking.flush_timeout_s=2")  # fmt: skip
+        client = MlflowClient(server.uri)
+
+        def kill_once_steps_are_logged() -> None:  # the server goes away mid-run
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                exp = client.get_experiment_by_name("outage")
+                runs = client.search_runs([exp.experiment_id]) if exp else []
+                if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
+                    break
+                time.sleep(0.1)
+            server.stop()
+
+        killer = threading.Thread(target=kill_once_steps_are_logged, daemon=True)
+        killer.start()
+        result = run_training(
+            cfg, worker_env={"METARAY_TRACKING_BUFFER_DIR": str(buffer)}, quiet=True
+        )
+        killer.join(timeout=5)
+        assert result.steps == STEPS  # training finished although the server was gone
+        (spilled,) = buffer.glob("*.jsonl")  # what the server missed, kept on disk
+
+        server.start()  # back on the same port and database
+        run_id = replay(spilled)
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        steps = {m.step for m in client.get_metric_history(run_id, "loss")}
+        assert sorted(steps) == list(range(1, STEPS + 1))
+        assert "plots" in {a.path for a in client.list_artifacts(run_id)}
+        assert client.search_logged_models([run.info.experiment_id])  # the final model too
+    finally:
+        server.stop()
