@@ -273,7 +273,8 @@ def _bank_method(opts, cfg, model, meta: ev.Method, log) -> ev.Method:  # noqa: 
     from pipeline.adaptation import warm_start
     from pipeline.bank.service import BankService
 
-    bank_cfg = cfg.bank.model_copy(update={"snapshot_uri": opts.bank, "wal": False})
+    endpoint = opts.s3_endpoint or cfg.bank.s3_endpoint  # read-only: the WAL is replayed
+    bank_cfg = cfg.bank.model_copy(update={"snapshot_uri": opts.bank, "s3_endpoint": endpoint})
     service = BankService(bank_cfg)
     log(f"memory bank {opts.bank}: {len(service.keys())} entries")
     sources: list[str] = []
