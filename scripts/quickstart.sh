@@ -13,3 +13,7 @@ $M shards inspect data/quickstart-wordlang
 # Checkpoints go to runs/quickstart; running this again resumes that run (already finished:
 # it reports and stops). Start afresh with: $M train --config configs/quickstart.yaml checkpoint.run_name=other
 $M train --config configs/quickstart.yaml "$@"
+# Few-shot evaluation on the held-out languages (fa, ko, pt, ta): random init, a multitask
+# baseline (same tasks, no inner loop, tuned fine-tuning lr) and the meta-init after 0-10 inner
+# steps, 95% CIs, paired differences, seen/unseen scripts. Table + JSON + plots in runs/quickstart-eval.
+$M evaluate --checkpoint runs/quickstart --shards data/quickstart-wordlang --out runs/quickstart-eval
