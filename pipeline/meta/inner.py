@@ -27,15 +27,18 @@ def ref_dims(model: nn.Module) -> dict[str, int]:
     return dims
 
 
-def batch_params(model: nn.Module, params: Params, n_tasks: int, names: Iterable[str]) -> Params:
-    """Give the parameters in `names` a leading task dim (an expand view when shared)."""
+def batch_params(
+    model: nn.Module, params: Params, n_tasks: int, names: Iterable[str], leaf: bool = True
+) -> Params:
+    """Give the parameters in `names` a leading task dim (an expand view when shared).
+    With `leaf`, a tensor outside any autograd graph becomes a leaf that requires grad."""
     dims = ref_dims(model)
     out = dict(params)
     for k in names:
         p = params[k]
         if p.dim() == dims[k]:
             p = p.expand(n_tasks, *p.shape)
-        if not p.requires_grad:  # detached start (evaluation): a leaf we can differentiate
+        if leaf and not p.requires_grad:  # detached start (evaluation): a leaf we can differentiate
             p = p.detach().clone().requires_grad_()
         out[k] = p
     return out
@@ -69,8 +72,8 @@ def adapt(
     del buffers, kind
     n_tasks = support.x.shape[0]
     names = list(params) if trainable is None else [k for k in params if k in set(trainable)]
-    p = batch_params(model, params, n_tasks, names)
     analytic = getattr(model, "loss_and_grad", None)
+    p = batch_params(model, params, n_tasks, names, leaf=analytic is None)
     for _ in range(steps):
         if analytic is not None:
             # hand-derived backward (MLP): plain forward ops, no autograd call here

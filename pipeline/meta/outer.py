@@ -79,6 +79,56 @@ def _part(split, sl: slice):  # noqa: ANN001, ANN202
     return type(split)(*(t[sl] for t in split))
 
 
+MANUAL_ALGORITHMS = ("maml", "fomaml", "metasgd")
+
+
+def _manual_chunk(
+    model: nn.Module,
+    state: MetaState,
+    sup,
+    qry,
+    inner_cfg: Any,
+    n: int,  # noqa: ANN001
+) -> tuple[Params, Tensor, Params]:
+    """Meta-gradient of one chunk with no autograd at all (models with `grad_hvp`).
+
+    Forward: `adapt` one step at a time, keeping the trajectory theta_0..theta_S. Reverse:
+    v = dL_query/dtheta_S; for each step k from the last, Meta-SGD's lr gradient gets
+    -g_k * v, and (second order) v <- v - H_k (lr * v), H_k the support-loss Hessian at
+    theta_k, as a Hessian-vector product. Equal to differentiating through the inner loop
+    with autograd (tests), at a fraction of the ops.
+    """
+    alg = inner_cfg.algorithm
+    first_order = is_first_order(inner_cfg)
+    names = list(state.params)
+    with torch.no_grad():
+        t = sup.x.shape[0]
+        p = {k: v.expand(t, *v.shape) for k, v in state.params.items()}
+        traj = [p]
+        for _ in range(inner_cfg.steps):
+            p = adapt(p, None, sup, model=model, steps=1, lrs=state.lrs, first_order=True)
+            traj.append(p)
+        q, v = model.loss_and_grad(p, qry.x, qry.y, qry.mask, set(names))
+        v = {k: g / n for k, g in v.items()}
+        dlr = {k: torch.zeros_like(x) for k, x in state.lrs.items()} if alg == "metasgd" else {}
+        for k in range(inner_cfg.steps - 1, -1, -1):
+            if first_order:
+                if not dlr:
+                    break  # FOMAML: v passes through unchanged
+                _, g = model.loss_and_grad(traj[k], sup.x, sup.y, sup.mask, set(names))
+            else:
+                u = {k2: state.lrs[k2] * v[k2] for k2 in names}
+                g, hv = model.grad_hvp(traj[k], sup.x, sup.y, sup.mask, u, need_grad=bool(dlr))
+            if dlr:
+                for k2 in names:
+                    dlr[k2] -= (g[k2] * v[k2]).sum(0)
+            if not first_order:
+                v = {k2: v[k2] - hv[k2] for k2 in names}
+        grads = {k: g.sum(0) for k, g in v.items()}
+        grads.update({LR_PREFIX + k: g for k, g in dlr.items()})
+    return grads, q, p
+
+
 def meta_gradients(
     state: MetaState,
     buffers: Params | None,
@@ -90,6 +140,7 @@ def meta_gradients(
     chunk: int | None = None,
     pre_metrics: bool = True,
     return_adapted: bool = False,
+    manual: bool | None = None,
 ) -> tuple[Params, dict[str, float]] | tuple[Params, dict[str, float], Params]:
     """Mean meta-gradient over the batch's tasks, keyed like `meta_trainables`.
 
@@ -112,27 +163,43 @@ def meta_gradients(
         wrt.update({LR_PREFIX + k: v for k, v in lrs.items()})
     trainable = trainable_names(model, inner_cfg)
     grads: Params = {k: torch.zeros_like(v) for k, v in wrt.items()}
+    if manual is None:
+        manual = hasattr(model, "grad_hvp") and alg in MANUAL_ALGORITHMS
     post = torch.zeros(())
     pre = torch.zeros(())
     kept: list[Params] = []
     for sl in _chunks(n, chunk):
         sup, qry = _part(batch.support, sl), _part(batch.query, sl)
-        adapted = adapt(
-            leaves,
-            buffers,
-            sup,
-            model=model,
-            steps=inner_cfg.steps,
-            lrs=lrs,
-            first_order=first_order,
-            trainable=trainable,
-        )
-        if reptile:
+        if manual:  # no autograd: hand-derived reverse sweep (MLP)
+            g_chunk, q, adapted = _manual_chunk(model, state, sup, qry, inner_cfg, n)
+            for k, g in g_chunk.items():
+                grads[k] += g
+        elif reptile:
+            adapted = adapt(
+                leaves,
+                buffers,
+                sup,
+                model=model,
+                steps=inner_cfg.steps,
+                lrs=lrs,
+                first_order=True,
+                trainable=trainable,
+            )
             with torch.no_grad():
                 q = model_loss(model, adapted, qry)
                 for k in leaves:  # sum over tasks of (theta - phi_t), / n below
                     grads[k] += (leaves[k] * (sl.stop - sl.start) - adapted[k].sum(0)) / n
         else:
+            adapted = adapt(
+                leaves,
+                buffers,
+                sup,
+                model=model,
+                steps=inner_cfg.steps,
+                lrs=lrs,
+                first_order=first_order,
+                trainable=trainable,
+            )
             q = model_loss(model, adapted, qry)
             gs = torch.autograd.grad(q.sum() / n, list(wrt.values()), allow_unused=True)
             for k, g in zip(wrt, gs, strict=True):

@@ -27,6 +27,11 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     Task-batched weights need x with a matching leading T: `[T, ..., N, in]`; middle dims
     are flattened so the product is one bmm.
     """
+    if w.dim() == 3 and w.stride(0) == 0 and not w.requires_grad:
+        # an expand view outside autograd (no per-task gradient wanted): every task has the
+        # same weights, so one mm over all tasks beats a bmm
+        w = w[0]
+        b = None if b is None else b[0]
     if w.dim() == 2:
         y = x @ w.transpose(0, 1)
         return y if b is None else y + b

@@ -47,6 +47,17 @@ class MLP(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         return loss_and_grad(params, x, y, mask, self.layers, names)
 
+    def grad_hvp(
+        self,
+        params: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        mask: Tensor,
+        u: dict[str, Tensor],
+        need_grad: bool = True,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return grad_hvp(params, x, y, mask, self.layers, u, need_grad)
+
 
 def apply(params: dict[str, Tensor], x: Tensor, layers: int) -> Tensor:
     h = x
@@ -64,32 +75,89 @@ def loss_and_grad(
     d(sum_t loss_t)/dp_t is task t's own gradient. Every op here is differentiable, so the
     outer backward of second-order MAML flows through this function.
     """
-    acts = [x]
+    acts, pos = [x], []
     h = x
     for i in range(layers):
         h = torch.relu(linear(h, params[f"body.{i}.weight"], params[f"body.{i}.bias"]))
+        pos.append(h.sign())  # ReLU's derivative as 0/1 floats (cheaper than z > 0 on CPU)
         acts.append(h)
     out = linear(h, params["head.weight"], params["head.bias"])
     n = mask.sum(-1).clamp_min(1.0)  # [T]
     err = (out - y) * mask.unsqueeze(-1)  # [T, K, 1]
     loss = (err * err).sum((-1, -2)) / n
-    d_out = err * (2.0 / n)[:, None, None]  # dL/dout  [T, K, out]
+    d = err * (2.0 / n)[:, None, None]  # dL/dout  [T, K, out]
     grads: dict[str, Tensor] = {}
-    d = d_out
     weights = [f"body.{i}" for i in range(layers)] + ["head"]
+    wanted = [any(f"{w}.{p}" in names for p in ("weight", "bias")) for w in weights]
     for i in range(layers, -1, -1):
         name = weights[i]
         w = params[f"{name}.weight"]
-        a = acts[i]
         if f"{name}.weight" in names:
-            grads[f"{name}.weight"] = torch.bmm(d.transpose(1, 2), a)  # [T, out, in]
+            grads[f"{name}.weight"] = torch.bmm(d.transpose(1, 2), acts[i])  # [T, out, in]
         if f"{name}.bias" in names:
             grads[f"{name}.bias"] = d.sum(1)
-        if i == 0 or not any(
-            f"{weights[j]}.weight" in names or f"{weights[j]}.bias" in names for j in range(i)
-        ):
+        if not any(wanted[:i]):  # nothing below needs a gradient (ANIL: head only)
             break
-        # back through the linear then the ReLU of layer i-1 (acts[i] = relu(pre)).
-        d = (d @ w) if w.dim() == 2 else torch.bmm(d, w)
-        d = d * (acts[i] > 0)
+        d = ((d @ w) if w.dim() == 2 else torch.bmm(d, w)) * pos[i - 1]
     return loss, grads
+
+
+def grad_hvp(
+    params: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    mask: Tensor,
+    layers: int,
+    u: dict[str, Tensor],
+    need_grad: bool = True,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Per-task gradient of the masked MSE and its Hessian-vector product with `u`, by hand.
+
+    All parameters and `u` are task-batched `[T, ...]`. The HVP is Pearlmutter's R-operator
+    pushed through the forward pass and the hand-written backward pass above: about twice
+    the ops of one forward+backward, no autograd graph. This is what lets second-order MAML
+    on the MLP run without autograd: d(outer)/d(theta) = v - H (lr * v) per inner step.
+    """
+    names = [f"body.{i}" for i in range(layers)] + ["head"]
+    acts, pos = [x], []
+    h = x
+    for i in range(layers):
+        h = torch.relu(linear(h, params[f"{names[i]}.weight"], params[f"{names[i]}.bias"]))
+        pos.append(h.sign())
+        acts.append(h)
+    out = linear(h, params["head.weight"], params["head.bias"])
+    # R-forward: directional derivative of every activation along u
+    r_acts: list[Tensor | None] = [None]
+    r = None
+    for i, name in enumerate(names):
+        w = params[f"{name}.weight"]
+        rz = linear(acts[i], u[f"{name}.weight"], u[f"{name}.bias"])
+        if r is not None:
+            rz = torch.baddbmm(rz, r, w.transpose(1, 2))
+        if i < layers:
+            r = rz * pos[i]
+            r_acts.append(r)
+        else:
+            r_out = rz
+    m = mask.unsqueeze(-1)
+    c = (2.0 / mask.sum(-1).clamp_min(1.0))[:, None, None]
+    d = (out - y) * m * c
+    rd = r_out * m * c
+    g: dict[str, Tensor] = {}
+    hv: dict[str, Tensor] = {}
+    for i in range(layers, -1, -1):
+        name = names[i]
+        dt = d.transpose(1, 2)
+        if need_grad:  # Meta-SGD needs g for its lr gradient; MAML only the HVP
+            g[f"{name}.weight"] = torch.bmm(dt, acts[i])
+            g[f"{name}.bias"] = d.sum(1)
+        hw = torch.bmm(rd.transpose(1, 2), acts[i])
+        if r_acts[i] is not None:
+            hw = torch.baddbmm(hw, dt, r_acts[i])
+        hv[f"{name}.weight"] = hw
+        hv[f"{name}.bias"] = rd.sum(1)
+        if i > 0:
+            w = params[f"{name}.weight"]
+            rd = torch.baddbmm(torch.bmm(rd, w), d, u[f"{name}.weight"]) * pos[i - 1]
+            d = torch.bmm(d, w) * pos[i - 1]
+    return g, hv

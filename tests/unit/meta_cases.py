@@ -11,6 +11,10 @@ from pipeline.meta.losses import task_loss
 from pipeline.models.meta_rnn import MetaRNN
 from pipeline.models.mlp import MLP
 
+# Tiny tensors: intra-op threads only add synchronisation, and on a shared 2-core machine a
+# parallel region waits for a descheduled thread (measured: 300 s instead of 10 s under load).
+torch.set_num_threads(1)
+
 ALGORITHMS = ["maml", "fomaml", "metasgd", "anil", "reptile"]
 
 
