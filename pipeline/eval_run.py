@@ -38,6 +38,7 @@ class Options:
     tracking: bool | None = None  # None: as the checkpoint's config says
     s3_endpoint: str | None = None
     device: str = "cpu"
+    threads: int | None = None  # torch threads; None: the run's cluster.threads_per_worker
 
 
 def find_checkpoint(uri: str, s3_endpoint: str | None = None) -> str:
@@ -116,6 +117,11 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
         else (train_set, train_set.tasks("val") if train_set else [])
     )
 
+    threads = opts.threads or cfg.cluster.threads_per_worker
+    if threads:  # the run's per-worker setting: oversubscribed small matmuls run many times slower
+        import torch
+
+        torch.set_num_threads(threads)
     model = build_model(cfg.model, cfg.data).to(opts.device)
     state = loaded.state
     dev = baselines.to_device

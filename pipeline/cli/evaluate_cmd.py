@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (else AWS_ENDPOINT_URL)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, help="torch threads (default: the run's per worker)")
     p.set_defaults(func=_evaluate)
 
 
@@ -81,6 +82,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         tracking=args.tracking,
         s3_endpoint=args.s3_endpoint,
         device=args.device,
+        threads=args.threads,
     )
     eval_run.run(opts)
     return 0
