@@ -78,6 +78,9 @@ class ClusterConfig(_Slice):
     threads_per_worker: int | None = Field(None, gt=0, description="torch threads; None: from CPUs")
     episode_actors: int = Field(1, gt=0, description="episode-generator actors")
     prefetch: int = Field(2, gt=0, description="episode requests in flight per trainer rank")
+    episodes_per_request: int = Field(
+        256, gt=0, description="episodes per actor call: cheap steps are fetched several at once"
+    )
     episode_actor_cpus: float = Field(
         0.0, ge=0, description="CPUs reserved per episode actor (0: share the trainers' CPUs)"
     )

@@ -7,9 +7,10 @@
 - Determinism: which tasks fill step t's meta-batch (`episodes.plan_step`) and each slot's
   episode (`episodes.slot_rng(seed, t, slot)`) are pure functions of (seed, t, slot) and the
   rows, so the batch is the same for any number of actors, workers or restarts.
-- Flow: a trainer rank's `EpisodeStream` keeps `prefetch` steps requested ahead of the one it
-  trains on. Each request is one actor call per owner involved; the episodes come back as
-  ObjectRefs through the object store (numpy arrays, zero-copy reads), never via a queue actor.
+- Flow: a trainer rank's `EpisodeStream` requests steps in chunks (`episodes_per_request`) and
+  keeps `prefetch` chunks in flight ahead of the step it trains on. A chunk is one actor call
+  per owner involved; the episodes come back as ObjectRefs through the object store (numpy
+  arrays, zero-copy reads), never through a queue actor.
 - Faults: actors restart (`max_restarts`) and their calls are retried (`max_task_retries`);
   a restarted actor re-reads its tasks. A corrupt or missing shard file raises `ShardError`
   naming the file: application errors are not retried, so the run stops with that message.
@@ -28,6 +29,8 @@ import ray
 from pipeline.config import ClusterConfig, DataConfig, OuterConfig
 from pipeline.data import episodes as ep
 
+# One actor call: ([(step, slot indices)], ObjectRef of [EpisodeBatch per step]).
+Call = tuple[list[tuple[int, list[int]]], Any]
 ACTOR_MAX_RESTARTS = 4
 ACTOR_MAX_TASK_RETRIES = 4
 
@@ -67,12 +70,19 @@ class EpisodeActor:
         return self._rows[task]
 
     def episodes(
-        self, seed: int, step: int, slots: list[tuple[int, tuple[str, ...]]]
+        self, seed: int, jobs: list[tuple[int, list[tuple[int, tuple[str, ...]]]]]
     ) -> list[ep.EpisodeBatch]:
+        """For each `(step, slots)`: the slots' episodes stacked in the given order, untrimmed
+        (the trainer joins all owners' parts, then trims). A few arrays per step, not per
+        episode, and several steps per call: the call overhead is paid once per chunk."""
         kind = self._cfg.episode
         return [
-            ep.make_episode(kind, self._read, tasks, self._cfg, ep.slot_rng(seed, step, i))
-            for i, tasks in slots
+            ep.collate(
+                [ep.make_episode(kind, self._read, tasks, self._cfg, ep.slot_rng(seed, step, i))
+                 for i, tasks in slots],
+                trim=False,
+            )  # fmt: skip
+            for step, slots in jobs
         ]
 
     def cached_tasks(self) -> list[str]:
@@ -129,31 +139,36 @@ class EpisodePool:
     def request(
         self,
         tasks: Sequence[str],
-        step: int,
+        steps: Sequence[int],
         batch: int,
         rank: int,
         world: int,
         seed: int | None = None,
-    ) -> list[tuple[list[int], Any]]:
-        """Ask the owners for rank `rank`'s slots of step `step`; returns (slots, ObjectRef)s."""
+    ) -> list[Call]:
+        """Ask the owners for rank `rank`'s slots of `steps`: one actor call per owner."""
         seed = self.seed if seed is None else seed
-        plan = ep.plan_step(tasks, seed, step, batch, self._n_way())
         mine = ep.worker_slice(list(range(batch)), rank, world)
-        by_actor: dict[int, list[tuple[int, tuple[str, ...]]]] = {}
-        for i in mine:
-            by_actor.setdefault(self._owner[plan[i][0]], []).append((i, plan[i]))
-        return [
-            ([i for i, _ in slots], self.actors[a].episodes.remote(seed, step, slots))
-            for a, slots in sorted(by_actor.items())
-        ]
+        by_actor: dict[int, dict[int, list[tuple[int, tuple[str, ...]]]]] = {}
+        for step in steps:
+            plan = ep.plan_step(tasks, seed, step, batch, self._n_way())
+            for i in mine:
+                owner = by_actor.setdefault(self._owner[plan[i][0]], {})
+                owner.setdefault(step, []).append((i, plan[i]))
+        calls = []
+        for a, per_step in sorted(by_actor.items()):
+            jobs = sorted(per_step.items())
+            index = [(step, [i for i, _ in slots]) for step, slots in jobs]
+            calls.append((index, self.actors[a].episodes.remote(seed, jobs)))
+        return calls
 
     @staticmethod
-    def assemble(parts: list[tuple[list[int], Any]], got: list[list[ep.EpisodeBatch]]) -> Any:
-        """Episodes back in slot order, collated into one numpy batch."""
-        order: dict[int, ep.EpisodeBatch] = {}
-        for (slots, _), episodes in zip(parts, got, strict=True):
-            order.update(zip(slots, episodes, strict=True))
-        return ep.collate([order[i] for i in sorted(order)])
+    def assemble(calls: list[Call], got: list[list[ep.EpisodeBatch]]) -> dict[int, Any]:
+        """Step -> that step's batch: the owners' parts joined in slot order, then trimmed."""
+        parts: dict[int, list[tuple[list[int], ep.EpisodeBatch]]] = {}
+        for (index, _), batches in zip(calls, got, strict=True):
+            for (step, slots), b in zip(index, batches, strict=True):
+                parts.setdefault(step, []).append((slots, b))
+        return {step: _trim(_join(p)) for step, p in sorted(parts.items())}
 
     def stream(self, rank: int, world: int, start: int, stop: int) -> EpisodeStream:
         return EpisodeStream(self, rank, world, start, stop)
@@ -168,39 +183,71 @@ class EpisodePool:
         from pipeline.local_train import VAL_SEED_OFFSET
 
         n, seed = self.val_size(world), self.seed + VAL_SEED_OFFSET
-        parts = self.request(self.val_tasks, 0, n, rank, world, seed=seed)
-        return self.assemble(parts, ray.get([ref for _, ref in parts]))
+        calls = self.request(self.val_tasks, [0], n, rank, world, seed=seed)
+        return self.assemble(calls, ray.get([ref for _, ref in calls]))[0]
+
+
+def _join(parts: list[tuple[list[int], ep.EpisodeBatch]]) -> ep.EpisodeBatch:
+    if len(parts) == 1:
+        return parts[0][1]
+    order = np.argsort([i for slots, _ in parts for i in slots], kind="stable")
+    got = [b for _, b in parts]
+    return ep.EpisodeBatch(
+        *(ep.Split(*(np.concatenate(xs)[order] for xs in zip(*split, strict=True)))
+          for split in zip(*got, strict=True))
+    )  # fmt: skip
+
+
+def _trim(b: ep.EpisodeBatch) -> ep.EpisodeBatch:
+    """Cut sequences to the longest valid length in the batch (as `episodes.collate` does)."""
+    s, q = b.support, b.query
+    if s.mask.ndim != 3:
+        return b
+    n = int(max(s.mask.sum(-1).max(), q.mask.sum(-1).max(), 1))
+    lm = s.y.ndim == 3
+    return ep.EpisodeBatch(
+        ep.Split(s.x[..., :n], s.y[..., :n] if lm else s.y, s.mask[..., :n]),
+        ep.Split(q.x[..., :n], q.y[..., :n] if lm else q.y, q.mask[..., :n]),
+    )
 
 
 class EpisodeStream:
-    """Rank `rank`'s batches for steps `start..stop-1`, `prefetch` steps requested ahead.
+    """Rank `rank`'s batches for steps `start..stop-1`. Steps are requested in chunks of
+    about `cluster.episodes_per_request` episodes, `cluster.prefetch` chunks ahead of the step
+    being trained, so memory holds at most (prefetch + 1) chunks.
 
     `wait_s` accumulates the time `next()` spent blocked on episodes (the data stall)."""
 
     def __init__(self, pool: EpisodePool, rank: int, world: int, start: int, stop: int) -> None:
         self._pool, self._rank, self._world = pool, rank, world
         self._next, self._stop = start, stop
-        self._pending: deque[tuple[int, list[tuple[list[int], Any]]]] = deque()
+        per_rank = max(1, pool.meta_batch // world)
+        self._chunk = max(1, -(-pool.cluster_cfg.episodes_per_request // per_rank))
+        self._pending: deque[list[Call]] = deque()
+        self._ready: deque[tuple[int, Any]] = deque()
         self.wait_s = 0.0
 
     def _fill(self) -> None:
         while len(self._pending) < self._pool.cluster_cfg.prefetch and self._next < self._stop:
-            parts = self._pool.request(
-                self._pool.train_tasks, self._next, self._pool.meta_batch, self._rank, self._world
+            steps = range(self._next, min(self._next + self._chunk, self._stop))
+            p = self._pool
+            self._pending.append(
+                p.request(p.train_tasks, steps, p.meta_batch, self._rank, self._world)
             )
-            self._pending.append((self._next, parts))
-            self._next += 1
+            self._next = steps.stop
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         return self
 
     def __next__(self) -> tuple[int, Any]:
-        self._fill()
-        if not self._pending:
-            raise StopIteration
-        step, parts = self._pending.popleft()
-        self._fill()  # keep `prefetch` requests in flight while this step trains
-        t0 = time.perf_counter()
-        got = ray.get([ref for _, ref in parts])
-        self.wait_s += time.perf_counter() - t0
-        return step, EpisodePool.assemble(parts, got)
+        if not self._ready:
+            self._fill()
+            if not self._pending:
+                raise StopIteration
+            calls = self._pending.popleft()
+            self._fill()  # keep `prefetch` chunks in flight while these steps train
+            t0 = time.perf_counter()
+            got = ray.get([ref for _, ref in calls])
+            self.wait_s += time.perf_counter() - t0
+            self._ready.extend(EpisodePool.assemble(calls, got).items())
+        return self._ready.popleft()

@@ -158,6 +158,8 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
                 episodes = (done - last_step) * cfg.outer.meta_batch
                 metrics["episodes_per_s"] = episodes / max(now - last_t, 1e-9)
                 metrics["data_wait_frac"] = stream.wait_s / max(now - t0, 1e-9)
+                metrics["train_s"] = now - t0  # this attempt's loop time, start-up excluded
+                metrics["peak_rss_mb"] = _peak_rss_mb()  # this rank's process
                 last_t, last_step = now, done
                 tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, done)
                 if rank == 0 and (validate or last or done % max(1, total // 20) == 0):
@@ -174,6 +176,12 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
         if bank is not None:
             tracker.log_metrics({f"bank_{k}": float(v) for k, v in bank.close().items()}, total)
         tracker.end(status)
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def _say(line: str) -> None:

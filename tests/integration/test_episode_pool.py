@@ -4,7 +4,9 @@ retried; a corrupt shard stops the stream with an error naming the file."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -69,12 +71,13 @@ def test_killed_actor_restarts_and_corrupt_shard_is_named(ray_cluster, smoke_sha
     from pipeline.runtime.episode_actors import EpisodePool
 
     cfg = _cfg(smoke_shards, 2)
-    ref = _reference(cfg, range(0, 4))
-    pool = EpisodePool(cfg.data, cfg.cluster, cfg.outer)
-    stream = pool.stream(0, 1, 0, 4)
+    ref = _reference(cfg, range(0, 6))
+    one_step = cfg.cluster.model_copy(update={"episodes_per_request": 1, "prefetch": 1})
+    pool = EpisodePool(cfg.data, one_step, cfg.outer)
+    stream = pool.stream(0, 1, 0, 6)
     first = ray.get(pool.actors[0].pid.remote())
     _, b0 = next(stream)
-    ray.kill(pool.actors[0], no_restart=False)  # the actor process dies; Ray restarts it
+    os.kill(first, signal.SIGKILL)  # the actor process dies; Ray restarts it, calls retried
     rest = [b for _, b in stream]
     assert all(_equal(b, r) for b, r in zip([b0, *rest], ref, strict=True))
     assert ray.get(pool.actors[0].pid.remote()) != first
