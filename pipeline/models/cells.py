@@ -55,9 +55,11 @@ def gru_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
     """One GRU step given the precomputed input projection `gi = x W_ih^T + b_ih` `[..., 3H]`."""
     gh = _hidden_proj(h, w_hh, b_hh)
     hsz = h.shape[-1]
-    rz = torch.sigmoid(gi[..., : 2 * hsz] + gh[..., : 2 * hsz])
-    r, z = rz.chunk(2, dim=-1)
-    n = torch.tanh(gi[..., 2 * hsz :] + r * gh[..., 2 * hsz :])
+    # split (backward: one cat) rather than slicing (backward: zeros + copy per slice)
+    gi_rz, gi_n = gi.split([2 * hsz, hsz], dim=-1)
+    gh_rz, gh_n = gh.split([2 * hsz, hsz], dim=-1)
+    r, z = torch.sigmoid(gi_rz + gh_rz).chunk(2, dim=-1)
+    n = torch.tanh(gi_n + r * gh_n)
     return n + z * (h - n)  # == (1 - z) * n + z * h, one op fewer
 
 

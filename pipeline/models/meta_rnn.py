@@ -60,6 +60,9 @@ class MetaRNN(nn.Module):
         d_out = {"lm": vocab, "classify": n_way, "regression": 1}[task]
         self.head = nn.Linear(hidden, d_out)
         self.head_names = ("head.weight", "head.bias")
+        if cell == "gru" and task in ("lm", "classify"):
+            # hand-written BPTT (pipeline/models/gru_grad.py); the inner loop uses it if present
+            self.loss_and_grad = self._gru_loss_and_grad
 
     def functional(self, params: dict[str, Tensor], x: Tensor, mask: Tensor) -> Tensor:
         table = params["embed.weight"]
@@ -80,6 +83,15 @@ class MetaRNN(nn.Module):
             idx = last[..., None, None].expand(*last.shape, 1, h.shape[-1])
             h = h.gather(-2, idx).squeeze(-2)
         return linear(h, params["head.weight"], params["head.bias"])
+
+    def _gru_loss_and_grad(
+        self, params: dict[str, Tensor], x: Tensor, y: Tensor, mask: Tensor, names: set[str]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        from pipeline.models.gru_grad import gru_loss_and_grad
+
+        return gru_loss_and_grad(
+            params, x, y, mask, layers=self.n_layers, kind=self.kind, names=names
+        )
 
     def reinit(self) -> nn.Module:
         """A freshly initialised model of the same architecture (uses torch's global RNG)."""

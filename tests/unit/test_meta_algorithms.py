@@ -1,5 +1,6 @@
 """Algorithm-specific behaviour, the optimizer, checkpoint helpers and a short sinusoid run."""
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch.func import functional_call, vmap
@@ -7,6 +8,7 @@ from torch.func import functional_call, vmap
 from pipeline.config import InnerConfig, OuterConfig
 from pipeline.meta import inner, optim, outer
 from pipeline.meta.losses import model_loss
+from pipeline.models.meta_rnn import MetaRNN
 from pipeline.models.mlp import MLP
 from tests.unit.meta_cases import configs, seq_batch, sine_batch, tiny_mlp, tiny_rnn
 
@@ -128,3 +130,22 @@ def test_short_sinusoid_run_learns_to_adapt():
     assert trained[1] < trained[0]  # adaptation helps
     assert trained[1] < 0.8 * before[1]  # meta-training helps adaptation
     assert trained[10] < trained[1]
+
+
+@pytest.mark.parametrize("task", ["lm", "classify"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_hand_written_gru_bptt_equals_autograd(task, layers):
+    torch.manual_seed(0)
+    model = MetaRNN(cell="gru", vocab=11, embed=4, hidden=6, layers=layers, task=task, n_way=3)
+    batch = seq_batch(task)
+    shared = dict(model.named_parameters())
+    for names in (set(shared), set(model.head_names)):  # full MAML and ANIL's head only
+        p = inner.batch_params(model, shared, 3, names)
+        s = batch.support
+        loss, g = model.loss_and_grad(p, s.x, s.y, s.mask, names)
+        ref_loss = model_loss(model, p, s)
+        ref = torch.autograd.grad(ref_loss.sum(), [p[k] for k in names])
+        torch.testing.assert_close(loss, ref_loss)
+        assert g.keys() == names
+        for k, r in zip(names, ref, strict=True):
+            torch.testing.assert_close(g[k], r, rtol=1e-5, atol=1e-6, msg=k)

@@ -38,7 +38,7 @@ def test_batched_equals_per_task_loop_mlp(alg, manual):
 
 
 @pytest.mark.parametrize("alg", ALGORITHMS)
-@pytest.mark.parametrize("task,cell", [("lm", "gru"), ("classify", "lstm")])
+@pytest.mark.parametrize("task,cell", [("lm", "gru"), ("classify", "gru"), ("classify", "lstm")])
 def test_batched_equals_per_task_loop_rnn(alg, task, cell):
     model = tiny_rnn(task, cell)
     ic, oc = configs(alg, steps=2, lr=0.5)
