@@ -87,11 +87,10 @@ def lstm_cell(
     return lstm_step(x @ w_ih.t() + b_ih, h, c, w_hh, b_hh)
 
 
-def gru_sequence(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
-    """Run a GRU over x `[..., L, in]` from h0 = 0; returns every hidden state `[..., L, H]`."""
-    gi_all = linear(x, w_ih, b_ih)  # one matmul for all time steps
+def gru_recurrence(gi_all: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
+    """GRU over precomputed input projections `gi_all` `[..., L, 3H]`, h0 = 0 -> `[..., L, H]`."""
     hsz = w_hh.shape[-1]
-    h = x.new_zeros(*x.shape[:-2], hsz)
+    h = gi_all.new_zeros(*gi_all.shape[:-2], hsz)
     outs = []
     for gi in gi_all.unbind(dim=-2):  # unbind beats x[..., t, :] indexing (measured)
         h = gru_step(gi, h, w_hh, b_hh)
@@ -99,11 +98,10 @@ def gru_sequence(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tens
     return torch.stack(outs, dim=-2)
 
 
-def lstm_sequence(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
-    """Run an LSTM over x `[..., L, in]` from h0 = c0 = 0; returns hidden states `[..., L, H]`."""
-    gi_all = linear(x, w_ih, b_ih)
+def lstm_recurrence(gi_all: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
+    """LSTM over precomputed input projections `[..., L, 4H]` from h0 = c0 = 0 -> `[..., L, H]`."""
     hsz = w_hh.shape[-1]
-    h = x.new_zeros(*x.shape[:-2], hsz)
+    h = gi_all.new_zeros(*gi_all.shape[:-2], hsz)
     c = h
     outs = []
     for gi in gi_all.unbind(dim=-2):
@@ -112,5 +110,16 @@ def lstm_sequence(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Ten
     return torch.stack(outs, dim=-2)
 
 
+def gru_sequence(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+    """Run a GRU over x `[..., L, in]` from h0 = 0; returns every hidden state `[..., L, H]`."""
+    return gru_recurrence(linear(x, w_ih, b_ih), w_hh, b_hh)  # one matmul for all steps
+
+
+def lstm_sequence(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+    """Run an LSTM over x `[..., L, in]` from h0 = c0 = 0; returns hidden states `[..., L, H]`."""
+    return lstm_recurrence(linear(x, w_ih, b_ih), w_hh, b_hh)
+
+
 GATES = {"gru": 3, "lstm": 4}
 SEQUENCE = {"gru": gru_sequence, "lstm": lstm_sequence}
+RECURRENCE = {"gru": gru_recurrence, "lstm": lstm_recurrence}

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.models.cells import _hidden_proj, linear
+from pipeline.models.meta_rnn import embed, fold_embedding, input_projection
 
 Params = dict[str, Tensor]
 
@@ -33,12 +34,12 @@ def _wgrad(d: Tensor, a: Tensor) -> Tensor:
     return torch.bmm(d.reshape(t, -1, d.shape[-1]).transpose(1, 2), a.reshape(t, -1, a.shape[-1]))
 
 
-def _embed(table: Tensor, x: Tensor) -> Tensor:
-    if table.dim() == 3:
-        t, v, e = table.shape
-        offs = torch.arange(t, device=x.device).mul_(v).view(t, *([1] * (x.dim() - 1)))
-        return F.embedding(x + offs, table.reshape(t * v, e))
-    return F.embedding(x, table)
+def _scatter_rows(d: Tensor, x: Tensor, vocab: int) -> Tensor:
+    """Sum `d` `[T, ..., D]` into per-task vocabulary rows `[T, V, D]` (embedding backward)."""
+    t = x.shape[0]
+    offs = torch.arange(t, device=x.device).mul_(vocab).view(t, *([1] * (x.dim() - 1)))
+    flat = torch.zeros(t * vocab, d.shape[-1], dtype=d.dtype, device=d.device)
+    return flat.index_add(0, (x + offs).reshape(-1), d.reshape(-1, d.shape[-1])).view(t, vocab, -1)
 
 
 def gru_loss_and_grad(
@@ -46,14 +47,19 @@ def gru_loss_and_grad(
 ) -> tuple[Tensor, Params]:
     """Per-task loss `[T]` (as `losses.task_loss`) and per-task gradients for `names`."""
     t = x.shape[0]
-    inp = _embed(params["embed.weight"], x)  # [T, K, L, E]
+    table = params["embed.weight"]
+    folded = fold_embedding(table, x)
+    inp = None if folded else embed(table, x)  # [T, K, L, E]
     caches = []
     for i in range(layers):
         pre = f"rnn.{i}."
         w_hh, b_hh = params[pre + "w_hh"], params[pre + "b_hh"]
-        gi_all = linear(inp, params[pre + "w_ih"], params[pre + "b_ih"])
+        if i == 0:
+            gi_all = input_projection(params, x)
+        else:
+            gi_all = linear(inp, params[pre + "w_ih"], params[pre + "b_ih"])
         hsz = w_hh.shape[-1]
-        h = inp.new_zeros(*inp.shape[:-2], hsz)
+        h = gi_all.new_zeros(*gi_all.shape[:-2], hsz)
         steps = []
         for gi in gi_all.unbind(dim=-2):
             gh = _hidden_proj(h, w_hh, b_hh)
@@ -121,18 +127,20 @@ def gru_loss_and_grad(
             grads[pre + "w_hh"] = _wgrad(dgh_all, h_prev_all)
         if pre + "b_hh" in names:
             grads[pre + "b_hh"] = dgh_all.reshape(t, -1, dgh_all.shape[-1]).sum(1)
-        if pre + "w_ih" in names:
-            grads[pre + "w_ih"] = _wgrad(dgi_all, layer_in)
         if pre + "b_ih" in names:
             grads[pre + "b_ih"] = dgi_all.reshape(t, -1, dgi_all.shape[-1]).sum(1)
+        if i == 0 and folded:  # gi = P[x] with P = E W^T + b: back through the gather to P
+            d_proj = _scatter_rows(dgi_all, x, table.shape[-2])  # [T, V, G*H]
+            if pre + "w_ih" in names:
+                rows = table if table.dim() == 3 else table.expand(t, *table.shape)
+                grads[pre + "w_ih"] = _wgrad(d_proj, rows)
+            if "embed.weight" in names:
+                grads["embed.weight"] = _back(d_proj, w_ih)
+            break
+        if pre + "w_ih" in names:
+            grads[pre + "w_ih"] = _wgrad(dgi_all, layer_in)
         if i > 0 or "embed.weight" in names:
             d_out = _back(dgi_all, w_ih)  # gradient w.r.t. this layer's input sequence
-    if "embed.weight" in names:
-        table = params["embed.weight"]
-        v, e = table.shape[-2:]
-        offs = torch.arange(t, device=x.device).mul_(v).view(t, *([1] * (x.dim() - 1)))
-        flat = torch.zeros(t * v, e, dtype=d_out.dtype, device=d_out.device)
-        grads["embed.weight"] = flat.index_add(
-            0, (x + offs).reshape(-1), d_out.reshape(-1, e)
-        ).view(t, v, e)
+    if "embed.weight" in names and not folded:
+        grads["embed.weight"] = _scatter_rows(d_out, x, table.shape[-2])
     return loss, grads

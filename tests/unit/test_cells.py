@@ -5,6 +5,8 @@ from torch import nn
 
 from pipeline.models import cells
 
+torch.set_num_threads(1)  # tiny tensors: threads only add waiting on a shared 2-core box
+
 
 def _copy(cell: nn.Module) -> tuple[torch.Tensor, ...]:
     return tuple(t.detach() for t in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh))

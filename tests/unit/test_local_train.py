@@ -7,6 +7,8 @@ from pipeline import config
 from pipeline.errors import EpisodeError
 from pipeline.local_train import train
 
+ONE_THREAD = ["cluster.threads_per_worker=1"]  # tiny tensors; shared 2-core machine
+
 
 class MemorySource:
     """Same two methods as pipeline.data.shards.ShardSet."""
@@ -50,7 +52,7 @@ def word_source():
 def test_sinusoid_loop_lowers_validation_loss_and_is_deterministic():
     cfg = config.load(
         None,
-        [
+        ONE_THREAD + [
             "model.kind=mlp",
             "model.hidden=40",
             "model.layers=2",
@@ -74,7 +76,7 @@ def test_sinusoid_loop_lowers_validation_loss_and_is_deterministic():
 def test_byte_lm_loop_runs_on_words_and_improves():
     cfg = config.load(
         None,
-        [
+        ONE_THREAD + [
             "model.hidden=16",
             "model.embed=8",
             "inner.lr=0.5",

@@ -134,10 +134,12 @@ def test_short_sinusoid_run_learns_to_adapt():
 
 @pytest.mark.parametrize("task", ["lm", "classify"])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_hand_written_gru_bptt_equals_autograd(task, layers):
+@pytest.mark.parametrize("vocab", [11, 40], ids=["folded-embedding", "embedding"])
+def test_hand_written_gru_bptt_equals_autograd(task, layers, vocab):
+    # vocab 11 < K*L = 24 positions: layer 0 projects the table and gathers; 40: embeds first
     torch.manual_seed(0)
-    model = MetaRNN(cell="gru", vocab=11, embed=4, hidden=6, layers=layers, task=task, n_way=3)
-    batch = seq_batch(task)
+    model = MetaRNN(cell="gru", vocab=vocab, embed=4, hidden=6, layers=layers, task=task, n_way=3)
+    batch = seq_batch(task, vocab=vocab)
     shared = dict(model.named_parameters())
     for names in (set(shared), set(model.head_names)):  # full MAML and ANIL's head only
         p = inner.batch_params(model, shared, 3, names)
