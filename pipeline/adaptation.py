@@ -83,7 +83,8 @@ def warm_start(
     query: BankQuery | None,
     descriptors: np.ndarray | None = None,
 ) -> tuple[Params, StartInfo]:
-    """Task-batched starting parameters `[T, ...]` and where each came from."""
+    """Starting parameters and where each task's came from: task-batched `[T, ...]`, or the
+    shared meta-init itself when no task of the batch is close to a stored one."""
     t = support.x.shape[0]
     if descriptors is None:
         descriptors = describe(model, meta_params, support, kind=cfg.descriptor)
@@ -106,6 +107,8 @@ def warm_start(
         stored = np.asarray(hits["params"][i])[ok]
         rows.append((w[:, None] * stored).sum(0).astype(np.float32))
         info.sources.append("bank:" + ",".join(hits["keys"][i][j] for j in ok))
+    if not any(info.warm):  # nothing close: exactly the meta-init path (shared, not copied)
+        return base, info
     return unflatten(np.stack(rows), base), info
 
 
