@@ -124,12 +124,67 @@ def _puts(cfg, n, batch, desc, params, *, ray_actor: bool) -> float:
     return elapsed
 
 
+def hook_overhead(steps: int, write_every: list[int]) -> None:
+    """Meta-step time vs the cost of one bank write by the trainer's hook (real Ray bank).
+    Measured separately on the same steps (base step, then the hook's write), so the ratio is
+    not at the mercy of other processes' load between two runs; amortised per write_every."""
+    import types
+
+    import ray
+
+    from pipeline import config
+    from pipeline.bank.trainer_hook import BankHook
+    from pipeline.data import episodes as ep
+    from pipeline.data.sources.wordlang import top_words
+    from pipeline.meta import outer
+    from pipeline.models import build_model
+
+    langs = ["en", "de", "fr", "es", "it", "ru", "pl", "nl"]
+    rows = {}
+    for lang in langs:
+        w, f = top_words(lang, 1000)
+        rows[lang] = {"text": np.array(w, dtype=object), "freq": f}
+    cfg = config.load(None, ["outer.meta_batch=16", "bank.enabled=true", "bank.write_every=1",
+                             "bank.name=bench-hook"])
+    model = build_model(cfg.model, cfg.data)
+    state = outer.init_state(model, cfg.inner, cfg.outer, seed=0)
+    pool = types.SimpleNamespace(train_tasks=langs, seed=0, meta_batch=16)
+    hook = BankHook(cfg, model, pool, 0, 1)
+    base, write = [], []
+    for step in range(steps):
+        batch = ep.build_step(lambda k: rows[k], langs, cfg.data, seed=0, step=step,
+                              meta_batch=16)
+        t = time.perf_counter()
+        state, _ = outer.train_step(state, ep.to_torch(batch), model=model,
+                                    inner_cfg=cfg.inner, outer_cfg=cfg.outer)
+        t1 = time.perf_counter()
+        hook.after_step(step, state, batch)
+        write.append(time.perf_counter() - t1)
+        base.append(t1 - t)
+    stats = hook.close()
+    b, w = np.median(base), np.median(write)
+    print(f"trainer hook (GRU 128, maml 1 inner step, meta-batch 16 on one worker, {steps} "
+          f"steps): meta-step {b * 1e3:.0f} ms median, one bank write {w * 1e3:.0f} ms median "
+          f"({100 * w / b:.0f}% of a step); writer {stats}")
+    for every in write_every:
+        print(f"  bank.write_every={every:>3}: +{100 * w / b / every:.1f}% per step amortised")
+    ray.kill(hook.writer.bank)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--ray", action="store_true", help="also measure through the Ray actor")
+    ap.add_argument("--hook", action="store_true", help="only: trainer step cost of the hook")
     args = ap.parse_args()
     print(f"load: {os.getloadavg()}")
+    if args.hook:
+        import ray
+
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        hook_overhead(6 if args.quick else 20, [1, 10, 20, 50])
+        print(f"load: {os.getloadavg()}")
+        return
     if args.ray:
         import ray
 
