@@ -16,16 +16,27 @@ free_port() { "$VENV/python" -c 'import socket; s=socket.socket(); s.bind(("127.
 
 pids=()
 cleanup() {
+  local rc=$?
   set +e
+  if [ "$rc" != 0 ] && [ -d "$RAY_TMP/session_latest/logs" ]; then
+    cp -r "$RAY_TMP/session_latest/logs" "$WORK/ray-logs"  # keep them for the post-mortem
+  fi
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
   rm -rf "$RAY_TMP"
 }
 trap cleanup EXIT INT TERM
 
+http_probe='
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=2)
+except urllib.error.HTTPError:
+    pass'
 wait_http() {  # URL NAME LOG
   for _ in $(seq 1 240); do
-    if "$VENV/python" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$1" 2>/dev/null; then
+    # Any HTTP answer means up (Ray's API answers 401 to a client without the token).
+    if "$VENV/python" -c "$http_probe" "$1" 2>/dev/null; then
       return 0
     fi
     sleep 0.5
@@ -54,10 +65,13 @@ wait_http "$MLFLOW/health" "mlflow server" "$WORK/mlflow.log"
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$RAY_TMP/auth_token
 "$VENV/python" -c 'import secrets; print(secrets.token_hex(32), end="")' > "$RAY_AUTH_TOKEN_PATH"
 DASH_PORT=$(free_port); RAY=http://127.0.0.1:$DASH_PORT
-# The job's `python` is the first on the head's PATH: the venv's.
+# The job's `python` is the first on the head's PATH: the venv's. Free ports everywhere: other
+# Ray clusters on the same machine hold the defaults (10001, 52365).
 PATH="$VENV:$PATH" "$VENV/ray" start --head --block --port=0 --num-cpus=2 \
   --temp-dir="$RAY_TMP" --include-dashboard=true --dashboard-host=127.0.0.1 \
-  --dashboard-port="$DASH_PORT" --object-store-memory=300000000 > "$WORK/ray-head.log" 2>&1 &
+  --dashboard-port="$DASH_PORT" --ray-client-server-port="$(free_port)" \
+  --dashboard-agent-listen-port="$(free_port)" --object-store-memory=300000000 \
+  > "$WORK/ray-head.log" 2>&1 &
 pids+=($!)
 wait_http "$RAY/api/version" "ray head" "$WORK/ray-head.log"
 
