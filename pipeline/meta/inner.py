@@ -73,10 +73,13 @@ def adapt(
     n_tasks = support.x.shape[0]
     names = list(params) if trainable is None else [k for k in params if k in set(trainable)]
     analytic = getattr(model, "loss_and_grad", None)
-    p = batch_params(model, params, n_tasks, names, leaf=analytic is None)
+    # Hand-written gradients come out per task ([T, ...]) even from shared weights, so the
+    # first step keeps them shared: its matmuls are one mm over all tasks' rows (better than
+    # a bmm of T small ones); `p - lr * g` then gives task-batched params.
+    p = batch_params(model, params, n_tasks, names) if analytic is None else dict(params)
     for _ in range(steps):
         if analytic is not None:
-            # hand-derived backward (MLP): plain forward ops, no autograd call here
+            # hand-derived backward (MLP, GRU): plain forward ops, no autograd call here
             with torch.set_grad_enabled(torch.is_grad_enabled() and not first_order):
                 _, g = analytic(p, support.x, support.y, support.mask, set(names))
             grads = [g[k] for k in names]
@@ -89,4 +92,6 @@ def adapt(
         p = dict(p)
         for k, g in zip(names, grads, strict=True):
             p[k] = p[k] - _lr(lrs, k) * (g.detach() if first_order else g)
+    if analytic is not None and steps == 0:
+        p = batch_params(model, p, n_tasks, names, leaf=False)  # still [T, ...] as documented
     return p

@@ -28,6 +28,15 @@ def _back(d: Tensor, w: Tensor) -> Tensor:
     return torch.bmm(d.reshape(t, -1, d.shape[-1]), w).reshape(*d.shape[:-1], w.shape[-1])
 
 
+def _back_add(acc: Tensor, d: Tensor, w: Tensor) -> Tensor:
+    """`acc + d @ w` in one op (addmm / baddbmm)."""
+    if w.dim() == 2:
+        return torch.addmm(acc.reshape(-1, acc.shape[-1]), d.reshape(-1, d.shape[-1]), w).view(
+            acc.shape
+        )
+    return torch.baddbmm(acc, d, w)
+
+
 def _wgrad(d: Tensor, a: Tensor) -> Tensor:
     """Per-task weight gradient `sum_rows d^T a` -> `[T, out, in]` (one bmm)."""
     t = d.shape[0]
@@ -60,17 +69,18 @@ def gru_loss_and_grad(
             gi_all = linear(inp, params[pre + "w_ih"], params[pre + "b_ih"])
         hsz = w_hh.shape[-1]
         h = gi_all.new_zeros(*gi_all.shape[:-2], hsz)
-        steps = []
+        steps, hs_list = [], []
         for gi in gi_all.unbind(dim=-2):
             gh = _hidden_proj(h, w_hh, b_hh)
             gi_rz, gi_n = gi.split([2 * hsz, hsz], dim=-1)
             gh_rz, gh_n = gh.split([2 * hsz, hsz], dim=-1)
             r, z = torch.sigmoid(gi_rz + gh_rz).chunk(2, dim=-1)
             n = torch.tanh(gi_n + r * gh_n)
-            h_new = n + z * (h - n)
-            steps.append((r, z, n, gh_n, h))
-            h = h_new
-        hs = torch.stack([s[4] for s in steps[1:]] + [h], dim=-2)  # [T, K, L, H]
+            h_minus_n = h - n  # kept: the z gate's derivative needs it
+            steps.append((r, z, n, gh_n, h_minus_n))
+            h = n + z * h_minus_n
+            hs_list.append(h)
+        hs = torch.stack(hs_list, dim=-2)  # [T, K, L, H]
         caches.append((inp, hs, steps))
         inp = hs
     w_o = params["head.weight"]
@@ -108,16 +118,17 @@ def gru_loss_and_grad(
         layer_in, hs, steps = caches[i]
         dh = None
         dgis, dghs = [], []
-        for dh_t, (r, z, n, gh_n, h_prev) in zip(
+        for dh_t, (r, z, n, gh_n, h_minus_n) in zip(
             reversed(d_out.unbind(dim=-2)), reversed(steps), strict=True
         ):
             dh = dh_t if dh is None else dh + dh_t
-            da_n = dh * (1 - z) * (1 - n * n)
-            da_r = da_n * gh_n * r * (1 - r)
-            da_z = dh * (h_prev - n) * z * (1 - z)
+            # fused derivative ops (one kernel each, and differentiable for second order)
+            da_n = torch.ops.aten.tanh_backward(dh - dh * z, n)
+            da_r = torch.ops.aten.sigmoid_backward(da_n * gh_n, r)
+            da_z = torch.ops.aten.sigmoid_backward(dh * h_minus_n, z)
             dgi = torch.cat([da_r, da_z, da_n], dim=-1)
             dgh = torch.cat([da_r, da_z, da_n * r], dim=-1)
-            dh = dh * z + _back(dgh, w_hh)
+            dh = _back_add(dh * z, dgh, w_hh)
             dgis.append(dgi)
             dghs.append(dgh)
         dgi_all = torch.stack(dgis[::-1], dim=-2)  # [T, K, L, 3H]
