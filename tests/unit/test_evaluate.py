@@ -300,3 +300,38 @@ def test_evaluate_names_a_missing_checkpoint(tmp_path, capsys):
     argv = ["evaluate", "--checkpoint", str(tmp_path / "nope"), "--shards", str(tmp_path)]
     assert main(argv) == 1
     assert "no checkpoint found" in capsys.readouterr().err
+
+
+def test_metaray_evaluate_n_way_k_shot_classification_reports_accuracy(tmp_path, capsys):
+    from pipeline.cli import main
+
+    src = tmp_path / "corpus"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    alphabet = "abcdefghijkl"
+    for i in range(11):  # task "aa" writes a/b words, "bb" b/c words, ...
+        name, letters = alphabet[i] * 2, alphabet[i : i + 2]
+        sizes = rng.integers(2, 7, size=200)
+        lines = {"".join(rng.choice(list(letters), size=int(n))) for n in sizes}
+        (src / f"{name}.txt").write_text("\n".join(sorted(lines)) + "\n", encoding="utf-8")
+    shards = tmp_path / "text"
+    assert main(["shards", "build", "text", "--input", str(src), "--out", str(shards),
+                 "--val-keys", "ii,jj,kk", "--test-keys", "ff,gg,hh"]) == 0  # fmt: skip
+    _checkpoint(tmp_path, [f"data.uri={shards}", "data.episode=classify", "data.n_way=3",
+                           "model.hidden=8", "model.embed=4", "data.k_support=2",
+                           "data.k_query=3", "data.max_len=8", "outer.meta_batch=2",
+                           "inner.lr=0.1", "outer.val_every=1000"], steps=2)  # fmt: skip
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "run"), "--shards", str(shards),
+            "--out", str(out), "--episodes", "4", "--steps", "0,1", "--baseline-steps", "2",
+            "--lr-grid", "0.1", "--no-tracking"]  # fmt: skip
+    assert main(argv) == 0
+    rep = json.loads((out / "eval.json").read_text())
+    assert rep["metric"] == "accuracy" and rep["higher_is_better"] is True
+    assert rep["shots"] == [1, 5]  # 3-way 1-shot and 5-shot by default
+    for k in ("1", "5"):
+        for method in rep["results"][k].values():
+            for stat in method.values():
+                assert set(stat["tasks"]) == {"ff", "gg", "hh"}  # accuracy per language
+                assert 0.0 <= stat["overall"]["mean"] <= 1.0
+    assert "accuracy (higher is better)" in capsys.readouterr().out
