@@ -145,22 +145,39 @@ def write_json(rep: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
 
 
 def plots(rep: Mapping[str, Any], outdir: str | os.PathLike[str]) -> list[Path]:
-    """One PNG per shot count: metric against inner steps per method, 95% CI bars."""
+    """One PNG per shot count: metric against inner steps per method (left) and the paired
+    differences meta-init minus each method (right; tighter: same episodes), 95% CI bars."""
     out: list[Path] = []
     steps = rep["steps"]
+
+    def curve(ax, per: Mapping[str, Any], label: str, key: str | None = "overall") -> None:  # noqa: ANN001
+        stats = [per[str(s)][key] if key else per[str(s)] for s in steps]
+        halves = [h["half"] if h["half"] is not None and math.isfinite(h["half"]) else 0.0
+                  for h in stats]  # fmt: skip  (None: a report read back from JSON)
+        ax.errorbar(steps, [h["mean"] for h in stats], yerr=halves, marker="o", capsize=3,
+                    label=label)  # fmt: skip
+
     for k in map(str, rep["shots"]):
-        fig = Figure(figsize=(6.4, 4.2))
-        ax = fig.add_subplot(1, 1, 1)
+        pairs = rep["paired"].get(k, {})
+        fig = Figure(figsize=(12.4 if pairs else 6.4, 4.2))
+        ax = fig.add_subplot(1, 2 if pairs else 1, 1)
         for m, per in rep["results"][k].items():
-            means = [per[str(s)]["overall"]["mean"] for s in steps]
-            halves = [per[str(s)]["overall"]["half"] for s in steps]
-            halves = [h if math.isfinite(h) else 0.0 for h in halves]
-            ax.errorbar(steps, means, yerr=halves, marker="o", capsize=3, label=m)
+            curve(ax, per, m)
         ax.set_xlabel("inner steps")
         ax.set_ylabel(rep["metric"])
-        ax.set_title(f"few-shot adaptation, K={k}")
+        ax.set_title(f"few-shot adaptation, K={k} (CI over tasks)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
+        if pairs:
+            bx = fig.add_subplot(1, 2, 2)
+            for name, per in pairs.items():
+                curve(bx, per, name)
+            bx.axhline(0.0, color="black", lw=0.8)
+            bx.set_xlabel("inner steps")
+            bx.set_ylabel(f"paired difference in {rep['metric']}")
+            bx.set_title("meta-init minus each method (same episodes)")
+            bx.grid(alpha=0.3)
+            bx.legend(fontsize="small")
         path = Path(outdir) / f"eval_k{k}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.png")
