@@ -168,7 +168,7 @@ class EpisodePool:
         for (index, _), batches in zip(calls, got, strict=True):
             for (step, slots), b in zip(index, batches, strict=True):
                 parts.setdefault(step, []).append((slots, b))
-        return {step: _trim(_join(p)) for step, p in sorted(parts.items())}
+        return {step: _owned(_trim(_join(p))) for step, p in sorted(parts.items())}
 
     def stream(self, rank: int, world: int, start: int, stop: int) -> EpisodeStream:
         return EpisodeStream(self, rank, world, start, stop)
@@ -196,6 +196,13 @@ def _join(parts: list[tuple[list[int], ep.EpisodeBatch]]) -> ep.EpisodeBatch:
         *(ep.Split(*(np.concatenate(xs)[order] for xs in zip(*split, strict=True)))
           for split in zip(*got, strict=True))
     )  # fmt: skip
+
+
+def _owned(b: ep.EpisodeBatch) -> ep.EpisodeBatch:
+    """Writable arrays: object-store reads are read-only views, which torch warns about."""
+    return ep.EpisodeBatch(
+        *(ep.Split(*(a if a.flags.writeable else a.copy() for a in split)) for split in b)
+    )
 
 
 def _trim(b: ep.EpisodeBatch) -> ep.EpisodeBatch:
