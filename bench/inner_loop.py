@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import sys
@@ -99,6 +100,39 @@ def setup(workload: str, first_order: bool):
     return model, ic, oc, markov_batches(), (3, 30)
 
 
+def vmap_baseline_step(model, ic, oc):  # noqa: ANN001, ANN201
+    """The plain torch.func version (vmap over tasks of grad-of-grad through functional_call),
+    for comparing under the same machine load; same maths, same Adam."""
+    from torch.func import functional_call, grad, vmap
+
+    from pipeline.meta import optim
+    from pipeline.meta.losses import task_loss
+
+    def one_task(p, sx, sy, sm, qx, qy, qm):  # noqa: ANN001, ANN202
+        def loss(p, x, y, m):  # noqa: ANN001, ANN202
+            out = functional_call(model, p, (x, m))
+            return task_loss(model.kind, out[None], y[None], m[None])[0]
+
+        for _ in range(ic.steps):
+            g = grad(loss)(p, sx, sy, sm)
+            p = {k: p[k] - ic.lr * g[k] for k in p}
+        return loss(p, qx, qy, qm)
+
+    def meta_loss(p, batch):  # noqa: ANN001, ANN202
+        return vmap(one_task, in_dims=(None, 0, 0, 0, 0, 0, 0))(
+            p, *batch.support, *batch.query
+        ).mean()
+
+    def step(state, batch):  # noqa: ANN001, ANN202
+        g = grad(meta_loss)(state.params, batch)
+        updates, opt = optim.adam_update(g, state.opt, state.params, oc.lr)
+        return state._replace(params=optim.apply_updates(state.params, updates), opt=opt), {
+            "loss_post": float("nan")
+        }
+
+    return step
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workload", choices=["sine", "chargru"], required=True)
@@ -106,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="end with one JSON line (always printed)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--iters", type=int, default=None, help="override the timed iterations")
+    ap.add_argument(
+        "--baseline",
+        choices=["vmap"],
+        default=None,
+        help="time the plain torch.func vmap version instead (same load, same maths)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,10 +154,24 @@ def main(argv: list[str] | None = None) -> int:
     state = outer.init_state(model, ic, oc, seed=0)
     t_per = batches[0].support.x.shape[0]
 
-    def step(state, i):
-        return outer.train_step(
-            state, batches[i % POOL], model=model, inner_cfg=ic, outer_cfg=oc, pre_metrics=False
-        )
+    if args.baseline == "vmap":
+        if args.first_order:
+            ap.error("--baseline vmap is second order only")
+        base = vmap_baseline_step(model, ic, oc)
+
+        def step(state, i):
+            return base(state, batches[i % POOL])
+    else:
+
+        def step(state, i):
+            return outer.train_step(
+                state,
+                batches[i % POOL],
+                model=model,
+                inner_cfg=ic,
+                outer_cfg=oc,
+                pre_metrics=False,
+            )
 
     for i in range(warm):
         state, _ = step(state, i)
@@ -132,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "workload": args.workload,
         "order": "first" if args.first_order else "second",
+        "version": args.baseline or "metaray",
         "tasks_per_s": round(its * t_per, 1),
         "meta_iters_per_s": round(its, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -140,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "fraction_of_peak": round(flops * its / 1e9 / PEAK_GFLOPS, 4),
         "threads": torch.get_num_threads(),
         "timed_iters": timed,
-        "loss_post": round(metrics["loss_post"], 4),
+        "loss_post": None if math.isnan(metrics["loss_post"]) else round(metrics["loss_post"], 4),
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "torch": torch.__version__,
     }
