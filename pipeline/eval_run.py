@@ -105,6 +105,12 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
     log(f"checkpoint {opts.checkpoint}: step {loaded.state.step}, {cfg.inner.algorithm}, {kind}")
     endpoint = opts.s3_endpoint or cfg.data.s3_endpoint
     shards = open_shard_set(opts.shards, s3_endpoint=endpoint)
+    needs = "sinusoid" if kind == "regression" else "wordlang or text"
+    if (shards.family == "sinusoid") != (kind == "regression"):
+        raise MetarayError(
+            f"{opts.shards} is a {shards.family} shard set but the checkpoint was trained for "
+            f"{kind} episodes; evaluate it on a {needs} shard set"
+        )
     test_tasks = shards.tasks("test")[: opts.max_tasks]
     if not test_tasks:
         raise MetarayError(f"{opts.shards}: no test tasks; build the shard set with a test split")

@@ -335,3 +335,20 @@ def test_metaray_evaluate_n_way_k_shot_classification_reports_accuracy(tmp_path,
                 assert set(stat["tasks"]) == {"ff", "gg", "hh"}  # accuracy per language
                 assert 0.0 <= stat["overall"]["mean"] <= 1.0
     assert "accuracy (higher is better)" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_a_shard_set_of_the_wrong_family(sine_run, tmp_path, capsys):
+    from pipeline.cli import main
+
+    tmp, _ = sine_run
+    src = tmp_path / "corpus"
+    src.mkdir()
+    for name in ("aa", "bb", "cc"):
+        (src / f"{name}.txt").write_text("\n".join(f"{name}{i}" for i in range(30)) + "\n")
+    text = tmp_path / "text"
+    assert main(["shards", "build", "text", "--input", str(src), "--out", str(text),
+                 "--val-keys", "bb", "--test-keys", "cc"]) == 0  # fmt: skip
+    argv = ["evaluate", "--checkpoint", str(tmp / "run"), "--shards", str(text), "--no-tracking"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "is a text shard set" in err and "regression" in err and "sinusoid" in err
