@@ -43,6 +43,8 @@ def test_shipped_sweep_configs_load() -> None:
         ("  space: {inner.algorithm: {choice: [maml, metasdg]}}\n", "inner.algorithm='metasdg'"),
         ("  space: {inner.lr: {loguniform: [0.001, 0.1]}}\n  scheduler: pbt\n",
          "scheduler=pbt perturbs outer.lr only"),
+        ("  space: {outer.lr: {loguniform: [0.0001, 0.01]}}\n  scheduler: pbt\n",
+         "scheduler=pbt is not available yet"),
         ("  space: {inner.steps: {grid: [1, 2]}}\n  search: optuna\n", "cannot take grid"),
         ("  space: {inner.lr: {loguniform: [0.001, 0.1]}}\n  num_sample: 3\n",
          "tune.num_sample: unknown key; did you mean 'tune.num_samples'?"),
@@ -131,3 +133,16 @@ def test_best_config_yaml_trains_as_is_and_table_lists_trials(tmp_path: Path) ->
     out = write_best(best, str(tmp_path / "best.yaml"), sweep, rows[0])
     assert config.load(out) == best
     assert Path(out).read_text().startswith("# Best trial t_00000")
+
+
+def test_optuna_search_takes_the_space() -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from pipeline.runtime.tune import _search
+
+    _, sweep = load_sweep(ROOT / "configs/tune_inner_lr.yaml", ["tune.search=optuna"])
+    searcher = _search(sweep)
+    dists = searcher.convert_search_space(search_space(sweep.space))
+    assert isinstance(dists["inner.lr"], FloatDistribution) and dists["inner.lr"].log
+    assert isinstance(dists["inner.algorithm"], CategoricalDistribution)
+    assert set(dists) == set(sweep.space)
