@@ -8,6 +8,18 @@ file at `end()` if it never does; `python -m pipeline.tracking replay FILE` send
 
 Params pass through `safe_params` first: credentials and anything secret-looking are
 never logged.
+
+Where runs go: `tracking.uri`, else `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db`
+(artifacts beside it in `mlartifacts/`). The deployment path is a real server, started on
+loopback with one worker, a database backend and proxied artifacts (local disk or S3):
+
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port 5000 \
+        --workers 1 --backend-store-uri sqlite:////srv/mlflow/mlflow.db \
+        --artifacts-destination s3://bucket/mlflow    # or /srv/mlflow/artifacts
+    export MLFLOW_TRACKING_URI=http://127.0.0.1:5000
+
+(`postgresql://...` works as the backend too, with a driver installed; for S3-compatible
+stores give the server `MLFLOW_S3_ENDPOINT_URL` and credentials in its environment.)
 """
 
 from __future__ import annotations
