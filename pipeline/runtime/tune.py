@@ -131,11 +131,11 @@ def _storage(sweep: SweepConfig) -> str:
     return sweep.storage if "://" in sweep.storage else str(Path(sweep.storage).resolve())
 
 
-def _parent_run(base: RunConfig, sweep: SweepConfig, state_file: Path) -> Any:
-    """The sweep's MLflow parent run (reattached when the sweep resumes)."""
+def _parent_run(base: RunConfig, sweep: SweepConfig, state_file: Path | None) -> Any:
+    """The sweep's MLflow parent run (reattached when a sweep with local state resumes)."""
     from pipeline.tracking import make_tracker
 
-    known = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    known = json.loads(state_file.read_text()) if state_file and state_file.is_file() else {}
     tracker = make_tracker(base.tracking)
     params = {
         **config.flat_params(base),
@@ -144,7 +144,7 @@ def _parent_run(base: RunConfig, sweep: SweepConfig, state_file: Path) -> Any:
     }
     tracker.start(sweep.name, params, tags={"metaray.kind": "sweep"},
                   run_id=known.get("parent_run_id"))  # fmt: skip
-    if tracker.run_id and not known:
+    if state_file and tracker.run_id and not known:
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps({"parent_run_id": tracker.run_id}))
     return tracker
@@ -169,8 +169,8 @@ def run_sweep(
     try:
         limit = concurrency(base, sweep, ray.cluster_resources())
         local_state = Path(sweep_dir + "-" + STATE_FILE) if "://" not in storage else None
-        parent = _parent_run(base, sweep, local_state) if local_state else None
-        parent_id = parent.run_id if parent else None
+        parent = _parent_run(base, sweep, local_state)
+        parent_id = parent.run_id
         trainable = tune.with_resources(
             tune.with_parameters(_trial, base_tree=config.to_dict(base), sweep_dir=sweep_dir,
                                  parent_run_id=parent_id),
@@ -191,7 +191,11 @@ def run_sweep(
                 ),
                 run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=0),
             )  # fmt: skip
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        except BaseException:
+            parent.end("FAILED")  # an interrupted sweep: Tune state kept, rerun resumes
+            raise
         result = summarize(grid, base, sweep)
         out = best_out or (f"{sweep_dir}/best_config.yaml" if "://" not in storage else
                            f"best_config-{sweep.name}.yaml")  # fmt: skip
@@ -203,8 +207,7 @@ def run_sweep(
             result.best_config_path = write_best(best_cfg, out, sweep, result.best)
         result.experiment_path, result.parent_run_id = sweep_dir, parent_id
         result.concurrency = limit
-        if parent is not None:
-            _finish_parent(parent, base, result)
+        _finish_parent(parent, base, result)
         if not quiet:
             print(result.report(sweep))
         return result
