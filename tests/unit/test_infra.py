@@ -193,7 +193,12 @@ def test_one_image_for_all_nodes_matching_the_pins():
 
 
 def _entrypoints() -> list[tuple[str, str]]:
-    out = [(str(p), d["spec"]["entrypoint"]) for p, d in _k8s_docs() if d["kind"] == "RayJob"]
+    """`python /app/jobs/...` entry points (the metaray CLI ones are checked separately)."""
+    out = [
+        (str(p), d["spec"]["entrypoint"])
+        for p, d in _k8s_docs()
+        if d["kind"] == "RayJob" and d["spec"]["entrypoint"].startswith("python ")
+    ]
     header = (LAUNCHER / "aws-gpu.yaml").read_text().split("\ncluster_name", 1)[0]
     cmd = re.search(r"ray job submit[^\n]*--\s*\\\n(.*?)(?:\n#\s+ray down)", header, re.S)
     assert cmd, "the launcher's header shows no `ray job submit ... -- python ...` example"
@@ -247,3 +252,18 @@ def test_dockerfile_copies_what_exists_and_installs_from_the_constraints():
 def test_shell_scripts_are_valid_bash(script: str):
     proc = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_cli_entrypoints_parse_with_the_real_metaray_parser():
+    """A RayJob running `metaray <command> ...` (the console script the image installs) passes
+    arguments that the installed CLI accepts; S3 URIs for everything it reads."""
+    from pipeline.cli import build_parser
+
+    cli = [(p, d["spec"]["entrypoint"]) for p, d in _k8s_docs()
+           if d["kind"] == "RayJob" and d["spec"]["entrypoint"].startswith("metaray ")]  # fmt: skip
+    assert any(" evaluate " in e for _, e in cli), "a RayJob that runs `metaray evaluate`"
+    for where, entry in cli:
+        args = build_parser().parse_args(shlex.split(entry)[1:])  # exits (fails) on bad args
+        if args.command == "evaluate":
+            for uri in (args.checkpoint, args.shards, args.bank):
+                assert uri.startswith("s3://"), f"{where}: {uri} is not reachable from a pod"
