@@ -8,14 +8,12 @@ writes JSON and PNGs, and logs them to MLflow when tracking is on.
 
 from __future__ import annotations
 
-import posixpath
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline import baselines, eval_report
+from pipeline import baselines, eval_inputs, eval_report
 from pipeline import evaluate as ev
 from pipeline.errors import EpisodeError, MetarayError
 
@@ -41,56 +39,6 @@ class Options:
     threads: int | None = None  # torch threads; None: the run's cluster.threads_per_worker
 
 
-def find_checkpoint(uri: str, s3_endpoint: str | None = None) -> str:
-    """A local directory holding a complete checkpoint (meta.json + state.safetensors):
-    `uri` itself, or the highest-step checkpoint under it (a run directory); s3:// is copied
-    to a temporary directory first."""
-    import json
-
-    import pyarrow.fs as pafs
-
-    from pipeline.data.storage import resolve
-
-    loc = resolve(uri, s3_endpoint=s3_endpoint)
-    sel = pafs.FileSelector(loc.root, recursive=True, allow_not_found=True)
-    metas = [i.path for i in loc.fs.get_file_info(sel) if i.path.endswith("/meta.json")]
-    if loc.fs.get_file_info(loc.path("meta.json")).type == pafs.FileType.File:
-        metas.append(loc.path("meta.json"))
-    if not metas:
-        raise MetarayError(
-            f"{uri}: no checkpoint found (no meta.json there or below); give the checkpoint "
-            "directory or the run directory (checkpoint.storage/checkpoint.run_name)"
-        )
-
-    def step(path: str) -> int:
-        with loc.fs.open_input_stream(path) as f:
-            return int(json.loads(f.read()).get("step", -1))
-
-    best = posixpath.dirname(max(metas, key=step))
-    if not loc.is_s3:
-        return best
-    local = Path(tempfile.mkdtemp(prefix="metaray-ckpt-"))
-    for name in ("meta.json", "state.safetensors"):
-        with loc.fs.open_input_stream(posixpath.join(best, name)) as f:
-            (local / name).write_bytes(f.read())
-    return str(local)
-
-
-def _groups(family: str, train_tasks: list[str], test_tasks: list[str]) -> dict[str, list[str]]:
-    """wordlang: held-out languages whose script occurs among the training languages, apart
-    from those whose script does not."""
-    if family != "wordlang":
-        return {}
-    from pipeline.data.sources.languages import LANGUAGES
-
-    seen = {LANGUAGES[t].script for t in train_tasks if t in LANGUAGES}
-    known = [t for t in test_tasks if t in LANGUAGES]
-    return {
-        "seen script": [t for t in known if LANGUAGES[t].script in seen],
-        "unseen script": [t for t in known if LANGUAGES[t].script not in seen],
-    }
-
-
 def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
     from pipeline import config
     from pipeline.data.shards import open_shard_set
@@ -98,7 +46,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
     from pipeline.models import build_model
     from pipeline.runtime import checkpoint as ckpt
 
-    ck_dir = find_checkpoint(opts.checkpoint, opts.s3_endpoint)
+    ck_dir = eval_inputs.find_checkpoint(opts.checkpoint, opts.s3_endpoint)
     loaded = ckpt.load(ck_dir)
     cfg = config.from_dict(loaded.config, source=f"{opts.checkpoint} (checkpoint config)")
     kind = cfg.data.episode
@@ -115,7 +63,11 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
     if not test_tasks:
         raise MetarayError(f"{opts.shards}: no test tasks; build the shard set with a test split")
     # Training tasks (baseline, script groups) are those of the run's own shard set.
-    train_set = shards if cfg.data.uri in (opts.shards, None) else _open_or(cfg.data.uri, endpoint)
+    train_set = (
+        shards
+        if cfg.data.uri in (opts.shards, None)
+        else eval_inputs.open_or_none(cfg.data.uri, endpoint)
+    )
     train_tasks = train_set.tasks("train") if train_set else []
     val_set, val_tasks = (
         (shards, shards.tasks("val"))
@@ -134,7 +86,9 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
     spec = opts.spec
     if not spec.shots or not spec.k_query:
         spec = replace(spec, k_query=spec.k_query or cfg.data.k_query)
-        spec = replace(spec, shots=spec.shots or _default_shots(cfg, shards, test_tasks, spec, log))
+        spec = replace(
+            spec, shots=spec.shots or eval_inputs.default_shots(cfg, shards, test_tasks, spec, log)
+        )
     methods: list[ev.Method] = []
     rand = dev(baselines.random_init(model, cfg, seed=spec.seed + 1), opts.device)
     methods.append(ev.Method("random init", rand, cfg.inner.lr, note="fresh seeded init"))
@@ -155,10 +109,15 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
 
     read = shards.read_task
     try:
-        if val_tasks:  # tune the fine-tuning baselines' learning rate, never on test tasks
+        # N-way episodes need N validation tasks; lm/regression tune on up to 4 of them.
+        tune_tasks = val_tasks if kind == "classify" else val_tasks[:4]
+        if kind == "classify" and len(val_tasks) < cfg.data.n_way:
+            log(f"{len(val_tasks)} val tasks < n_way={cfg.data.n_way}: baseline lrs untuned")
+            tune_tasks = []
+        if tune_tasks:  # tune the fine-tuning baselines' learning rate, never on test tasks
             tune_eps = ev.make_episodes(
                 val_set.read_task,
-                val_tasks[:4],
+                tune_tasks,
                 cfg.data,
                 shot=spec.shots[0],
                 k_query=spec.k_query,
@@ -182,7 +141,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
                     + ")"
                 )
         else:
-            log("no validation tasks: the baselines keep the run's inner lr (untuned)")
+            log("no usable validation tasks: the baselines keep the run's inner lr (untuned)")
         by_shot = {
             k: ev.make_episodes(
                 read,
@@ -205,7 +164,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
         kind=kind,
         metric=ev.METRIC[kind],
         higher_is_better=ev.HIGHER_IS_BETTER[kind],
-        groups=_groups(shards.family, train_tasks, test_tasks),
+        groups=eval_inputs.script_groups(shards.family, train_tasks, test_tasks),
         info={
             "checkpoint": opts.checkpoint,
             "shards": opts.shards,
@@ -230,28 +189,6 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
         log=log,
     )
     return rep
-
-
-def _default_shots(cfg, shards, tasks, spec, log) -> tuple[int, ...]:  # noqa: ANN001
-    """1 and 5 shots for classification; else K, 4K and 16K (the trained K and two larger
-    support sets), keeping those that the test tasks have rows for."""
-    if cfg.data.episode == "classify":
-        return (1, 5)
-    k = cfg.data.k_support
-    room = min(shards.rows(t) for t in tasks) - spec.k_query
-    shots = tuple(s for s in (k, 4 * k, 16 * k) if s <= room) or (k,)
-    if len(shots) < 3:
-        log(f"shots {shots}: the test tasks have at most {room} rows beside the query set")
-    return shots
-
-
-def _open_or(uri: str, endpoint: str | None):  # noqa: ANN202
-    from pipeline.data.shards import open_shard_set
-
-    try:
-        return open_shard_set(uri, s3_endpoint=endpoint)
-    except MetarayError:
-        return None
 
 
 def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):  # noqa: ANN001, ANN202

@@ -84,8 +84,9 @@ def make_episodes(
         n = cfg.n_way
         if len(tasks) < n:
             raise EvaluationError(
-                f"{n}-way classification needs {n} test tasks, the shard set has {len(tasks)}; "
-                "hold out more languages (shards build --test-languages) or lower data.n_way"
+                f"{n}-way classification needs {n} held-out tasks, the split has {len(tasks)} "
+                f"({', '.join(tasks)}); hold out more (shards build --test-languages / "
+                "--val-languages, or --test-keys for text) or train with a smaller data.n_way"
             )
         # Enough episodes that each task appears about n_episodes times.
         count = max(1, int(np.ceil(n_episodes * len(tasks) / n)))

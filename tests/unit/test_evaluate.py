@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import baselines, eval_report, eval_run
+from pipeline import baselines, eval_inputs, eval_report, eval_run
 from pipeline import eval_stats as st
 from pipeline import evaluate as ev
 from pipeline.config import load
@@ -156,9 +156,9 @@ def test_classification_reports_per_language_accuracy_in_range():
 
 
 def test_script_groups_split_held_out_languages_by_seen_script():
-    g = eval_run._groups("wordlang", ["ar", "en", "ru"], ["fa", "ko", "pt", "ta", "uk"])
+    g = eval_inputs.script_groups("wordlang", ["ar", "en", "ru"], ["fa", "ko", "pt", "ta", "uk"])
     assert g == {"seen script": ["fa", "pt", "uk"], "unseen script": ["ko", "ta"]}
-    assert eval_run._groups("text", ["a"], ["b"]) == {}
+    assert eval_inputs.script_groups("text", ["a"], ["b"]) == {}
 
 
 def test_baseline_file_round_trip_without_pickle(tmp_path: Path, sine):
@@ -233,7 +233,7 @@ def test_bank_warm_start_starts_a_recurring_task_at_its_stored_quality(sine_run)
     from pipeline.runtime import checkpoint as ckpt
 
     tmp, shards = sine_run
-    loaded = ckpt.load(eval_run.find_checkpoint(str(tmp / "run")))
+    loaded = ckpt.load(eval_inputs.find_checkpoint(str(tmp / "run")))
     cfg = config.from_dict(loaded.config)
     model = build_model(cfg.model, cfg.data)
     sset = open_shard_set(str(shards))
