@@ -1,6 +1,8 @@
 """Ray overhead: steps/s of `metaray train` (Ray Train + episode actors) against the
 single-process loop (`pipeline/local_train.py`) on the same config; start-up separately;
-1 worker (2 threads) vs 2 workers (1 thread each) on a 2-core machine; peak RSS per worker.
+1 worker vs 2 workers (1 thread each) on a 2-core machine; peak RSS per worker. Threads are
+kept at 1 everywhere: on a shared, oversubscribed 2-core machine 2 OpenMP threads per process
+spin against each other and measure the load, not Ray.
 
     .venv/bin/python bench/ray_overhead.py                       # quickstart, 200 steps
     .venv/bin/python bench/ray_overhead.py --config configs/sinusoid.yaml --steps 300
@@ -71,19 +73,19 @@ def main() -> None:
             f"checkpoint.every={args.steps}"]  # fmt: skip
     cfg = config.load(args.config, over)
     print(f"{args.config}, {args.steps} steps; load average before: {os.getloadavg()}")
-    local_sps, local_start = _local(cfg, args.steps, 2)
+    local_sps, local_start = _local(cfg, args.steps, 1)
     local_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as storage:
-        one = _ray(cfg, args.steps, 1, 2, storage)
+        one = _ray(cfg, args.steps, 1, 1, storage)
         two = _ray(cfg, args.steps, 2, 1, storage)
     ray.shutdown()
     print("| run | steps/s | vs local | start-up s | peak RSS MB / worker | data wait |")
     print("|---|---|---|---|---|---|")
-    print(f"| local_train (1 process, 2 threads) | {local_sps:.1f} | 1.00 | {local_start:.1f} "
+    print(f"| local_train (1 process, 1 thread) | {local_sps:.1f} | 1.00 | {local_start:.1f} "
           f"| {local_rss:.0f} (whole process) | - |")  # fmt: skip
-    for name, r in (("metaray train, 1 worker x 2 threads", one),
+    for name, r in (("metaray train, 1 worker x 1 thread", one),
                     ("metaray train, 2 workers x 1 thread", two)):  # fmt: skip
         print(f"| {name} | {r['steps_per_s']:.1f} | {r['steps_per_s'] / local_sps:.2f} "
               f"| {r['startup_s']:.1f} | {r['peak_rss_mb']:.0f} | {100 * r['data_wait']:.1f}% |")
