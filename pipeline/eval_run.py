@@ -140,6 +140,8 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
                     + ", ".join(f"{k:g}->{v:.3f}" for k, v in scores.items())
                     + ")"
                 )
+                if len(opts.lr_grid) > 1 and m.lrs in (min(opts.lr_grid), max(opts.lr_grid)):
+                    log(f"  {m.name}: the best lr is at the edge of the grid; widen --lr-grid")
         else:
             log("no usable validation tasks: the baselines keep the run's inner lr (untuned)")
         by_shot = {
