@@ -5,12 +5,14 @@
 
 - The job's `python` is the one on the PATH of `ray start`: start the head from the
   project's virtualenv (`.venv/bin/ray start --head`), or ship one with the job's runtime_env.
-- Ray 2.60 turns token auth on for clusters started with `RAY_AUTH_MODE=token` (the default
-  in recent releases). The client (`ray job submit`) then needs the same token: export
-  `RAY_AUTH_MODE=token` and `RAY_AUTH_TOKEN_PATH=<token file>` (or `RAY_AUTH_TOKEN`) before
-  submitting; `ray get-auth-token --generate` writes ~/.ray/auth_token for local use. The job
-  itself inherits the head's settings and needs nothing. A head started with
-  `RAY_AUTH_MODE=disabled` accepts clients without a token (trusted networks only).
+- Token auth (Ray 2.60): a head started with `RAY_AUTH_MODE=token` (and a token in
+  ~/.ray/auth_token, `RAY_AUTH_TOKEN_PATH` or `RAY_AUTH_TOKEN`) refuses clients without it
+  ("Missing authentication token"). Export the same `RAY_AUTH_MODE=token` and token variable
+  before `ray job submit`; `ray get-auth-token --generate` writes ~/.ray/auth_token for local
+  use. The job itself inherits the head's settings and needs nothing. Measured here: a plain
+  `ray start --head` (no RAY_AUTH_MODE) accepted clients without a token, while an embedded
+  `ray.init()` turns token auth on by itself; `RAY_AUTH_MODE=disabled` opts out (trusted
+  networks only). tests/integration/test_train_job.py runs the token case end to end.
 - Paths in the config (data.uri, checkpoint.storage) are resolved against the job's working
   directory on the node that runs the driver; on a multi-node cluster use s3:// or a shared
   filesystem so that every node sees them.
