@@ -126,10 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         ref = f"{pub[0]} ({pub[1]})" if pub else "-"
         print(
             f"| {r['algorithm']} | {r['k']} | {r['steps']} | {r['train_s']} "
-            f"| {r['mse_1']:.3f} ± {r['ci_1']:.3f} | {r['mse_10']:.3f} ± {r['ci_10']:.3f} "
-            f"| {ref} |"
+            f"| {cell(r, 1)} | {cell(r, 10)} | {ref} |"
         )
-    print(json.dumps({"rows": rows}))
+    print(json.dumps({"rows": [{k: None if v != v else v for k, v in r.items()} for r in rows]}))
     return 0
 
 
