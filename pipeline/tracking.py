@@ -159,7 +159,7 @@ def make_tracker(cfg: TrackingConfig) -> Tracker:
     return MlflowTracker(cfg, resolve_uri(cfg))
 
 
-_END_STATUS = {"DONE": "FINISHED", "STOPPED": "KILLED", "ERROR": "FAILED"}
+_END_STATUS = {"DONE": "FINISHED", "STOPPED": "KILLED", "ERROR": "FAILED", "INTERRUPTED": "KILLED"}
 
 
 def close_children(
@@ -179,13 +179,14 @@ def close_children(
             [parent.info.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
             max_results=5000,
+            order_by=["attributes.start_time DESC"],
         )
         ids = {}
         for run in runs:
             name, state = run.info.run_name, states.get(run.info.run_name)
             if state is None:
                 continue
-            ids[name] = run.info.run_id
+            ids.setdefault(name, run.info.run_id)  # newest first: a resumed trial's own run
             client.set_tag(run.info.run_id, "tune.state", state)
             if run.info.status == "RUNNING":
                 client.set_terminated(run.info.run_id, _END_STATUS.get(state, "KILLED"))

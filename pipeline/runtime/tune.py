@@ -232,4 +232,9 @@ def _finish_parent(parent: Any, base: RunConfig, result: SweepResult) -> None:
             tags["best_child_run_id"] = children[b.run_name]
         parent.set_tags(tags)
         parent.log_text(Path(result.best_config_path).read_text(), "best_config.yaml")
-    parent.end("FINISHED" if result.best is not None else "FAILED")
+    if result.interrupted:  # KILLED until a rerun resumes (and reattaches to) it
+        parent.set_tags({"tune.interrupted": "true"})
+        parent.end("KILLED")
+    else:
+        parent.set_tags({"tune.interrupted": "false"})
+        parent.end("FINISHED" if result.best is not None else "FAILED")

@@ -24,7 +24,7 @@ class TrialRow:
     values: dict[str, Any]
     best: float  # best value of the sweep metric over the trial's reports (nan: none)
     steps: int  # meta-steps the trial trained
-    state: str  # DONE, STOPPED (early, by the scheduler), ERROR
+    state: str  # DONE, STOPPED (early, by the scheduler), ERROR, INTERRUPTED
     checkpoint: str | None  # last checkpoint the trial reported
 
 
@@ -38,10 +38,14 @@ class SweepResult:
     experiment_path: str | None = None
     parent_run_id: str | None = None
     concurrency: int = 0
+    interrupted: bool = False  # stopped (Ctrl+C, driver lost) before every trial ended
     extra: dict[str, Any] = field(default_factory=dict)
 
     def report(self, sweep: SweepConfig) -> str:
         lines = [self.table, ""]
+        if self.interrupted:
+            lines.append(f"[metaray] sweep {sweep.name!r} was interrupted: rerun the same "
+                         "command to resume it (finished trials are kept)")  # fmt: skip
         if self.best is None:
             lines.append(f"[metaray] sweep {sweep.name!r}: no trial reported {self.metric}")
             return "\n".join(lines)
@@ -65,10 +69,13 @@ def _last(df: Any, column: str) -> Any:
     return values.iloc[-1] if len(values) else None
 
 
-def _row(result: Any, base: RunConfig, sweep: SweepConfig) -> TrialRow:
+def _row(
+    result: Any, base: RunConfig, sweep: SweepConfig, statuses: dict[str, tuple[str, str]]
+) -> TrialRow:
     df = result.metrics_dataframe
     metrics = result.metrics or {}
-    trial_id = str(metrics.get("trial_id") or Path(str(result.path)).name)
+    trial_id = str(metrics.get("trial_id") or statuses.get(str(result.path), ("", ""))[0]
+                   or Path(str(result.path)).name)  # fmt: skip
     best = math.nan
     if df is not None and sweep.metric in df:
         series = df[sweep.metric].dropna()
@@ -78,6 +85,8 @@ def _row(result: Any, base: RunConfig, sweep: SweepConfig) -> TrialRow:
     steps = int(steps) if steps is not None else 0
     if result.error is not None:
         state = "ERROR"
+    elif statuses.get(trial_id, ("", "TERMINATED"))[1] not in ("TERMINATED", "ERROR"):
+        state = "INTERRUPTED"  # pending/running/paused when the sweep stopped
     else:
         state = "DONE" if steps >= base.outer.steps else "STOPPED"
     space_keys = list(sweep.space)
@@ -113,15 +122,34 @@ def format_table(rows: list[TrialRow], metric: str, keys: list[str]) -> str:
     return "\n".join(out)
 
 
+def _expected_trials(sweep: SweepConfig) -> int:
+    n = sweep.num_samples
+    for dist in sweep.space.values():
+        n *= len(dist.get("grid", [None]))
+    return n
+
+
 def summarize(grid: Any, base: RunConfig, sweep: SweepConfig) -> SweepResult:
-    rows = sorted((_row(r, base, sweep) for r in grid), key=lambda r: r.trial_id)
+    # Per-trial status is not on Result; the grid's analysis has it (absent: assume ended).
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    statuses = {str(key): (str(t.trial_id), str(t.status))
+                for t in trials for key in (t.trial_id, t.path)}  # fmt: skip
+    rows = sorted((_row(r, base, sweep, statuses) for r in grid), key=lambda r: r.trial_id)
     scored = [r for r in rows if not math.isnan(r.best)]
     best = None
     if scored:
         pick = min if sweep.mode == "min" else max
         best = pick(scored, key=lambda r: r.best)
+    interrupted = any(r.state == "INTERRUPTED" for r in rows)
+    interrupted = interrupted or len(rows) < _expected_trials(sweep)
+    if interrupted:  # Tune may mark a trial cut short by Ctrl+C as terminated: a trial that
+        # never reported the metric was not stopped by the scheduler (which needs the metric)
+        for r in rows:
+            if r.state == "STOPPED" and math.isnan(r.best):
+                r.state = "INTERRUPTED"
     table = format_table(rows, sweep.metric, list(sweep.space))
-    return SweepResult(metric=sweep.metric, rows=rows, best=best, table=table)
+    return SweepResult(metric=sweep.metric, rows=rows, best=best, table=table,
+                       interrupted=interrupted)  # fmt: skip
 
 
 def write_best(cfg: RunConfig, path: str, sweep: SweepConfig, best: TrialRow) -> str:
