@@ -198,7 +198,7 @@ def close_children(
 
 def replay(path: str | os.PathLike[str]) -> str | None:
     """Send a spilled buffer file to its tracking server; returns the run id."""
-    from pipeline.tracking_mlflow import replay_file
+    from pipeline.tracking_sender import replay_file
 
     return replay_file(Path(path))
 
