@@ -83,3 +83,27 @@ def test_same_name_and_storage_resumes_with_its_checkpointed_config(runs, smoke_
     assert loaded.state.step == STEPS + 2
     assert config.from_dict(loaded.config).outer.steps == STEPS + 2
     assert loaded.config["data"]["uri"] == str(smoke_shards)
+
+
+def test_corrupt_shard_stops_the_run_naming_the_file(ray_cluster, smoke_shards, tmp_path):
+    import shutil
+
+    from pipeline.data.shards import clear_cache
+    from pipeline.errors import ShardError
+    from pipeline.runtime.launch import run_training
+
+    bad = tmp_path / "bad"
+    shutil.copytree(smoke_shards, bad)
+    for victim in bad.glob("train-*.parquet"):  # every train file: the first step hits one
+        raw = bytearray(victim.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        victim.write_bytes(bytes(raw))
+    clear_cache()
+    cfg = config.load(
+        "configs/smoke.yaml",
+        [f"data.uri={bad}", f"checkpoint.storage={tmp_path / 'runs'}", "checkpoint.max_failures=0",
+         "cluster.num_workers=1"],
+    )  # fmt: skip
+    with pytest.raises(ShardError, match=r"train-\S+\.parquet: checksum mismatch") as info:
+        run_training(cfg, quiet=True)
+    assert "Traceback" not in str(info.value)  # the message alone, not Ray's wrapping
