@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from pipeline.meta import optim
 from pipeline.meta.inner import adapt, ref_dims
 from pipeline.meta.losses import model_loss
+from pipeline.meta.manual import MANUAL_ALGORITHMS, manual_meta_gradients
 
 Params = dict[str, Tensor]
 LR_PREFIX = "lr/"  # Meta-SGD learning rates in the flat gradient / optimizer dicts
@@ -79,56 +80,6 @@ def _part(split, sl: slice):  # noqa: ANN001, ANN202
     return type(split)(*(t[sl] for t in split))
 
 
-MANUAL_ALGORITHMS = ("maml", "fomaml", "metasgd")
-
-
-def _manual_chunk(
-    model: nn.Module,
-    state: MetaState,
-    sup,
-    qry,
-    inner_cfg: Any,
-    n: int,  # noqa: ANN001
-) -> tuple[Params, Tensor, Params]:
-    """Meta-gradient of one chunk with no autograd at all (models with `grad_hvp`).
-
-    Forward: `adapt` one step at a time, keeping the trajectory theta_0..theta_S. Reverse:
-    v = dL_query/dtheta_S; for each step k from the last, Meta-SGD's lr gradient gets
-    -g_k * v, and (second order) v <- v - H_k (lr * v), H_k the support-loss Hessian at
-    theta_k, as a Hessian-vector product. Equal to differentiating through the inner loop
-    with autograd (tests), at a fraction of the ops.
-    """
-    alg = inner_cfg.algorithm
-    first_order = is_first_order(inner_cfg)
-    names = list(state.params)
-    with torch.no_grad():
-        t = sup.x.shape[0]
-        p = {k: v.expand(t, *v.shape) for k, v in state.params.items()}
-        traj = [p]
-        for _ in range(inner_cfg.steps):
-            p = adapt(p, None, sup, model=model, steps=1, lrs=state.lrs, first_order=True)
-            traj.append(p)
-        q, v = model.loss_and_grad(p, qry.x, qry.y, qry.mask, set(names))
-        v = {k: g / n for k, g in v.items()}
-        dlr = {k: torch.zeros_like(x) for k, x in state.lrs.items()} if alg == "metasgd" else {}
-        for k in range(inner_cfg.steps - 1, -1, -1):
-            if first_order:
-                if not dlr:
-                    break  # FOMAML: v passes through unchanged
-                _, g = model.loss_and_grad(traj[k], sup.x, sup.y, sup.mask, set(names))
-            else:
-                u = {k2: state.lrs[k2] * v[k2] for k2 in names}
-                g, hv = model.grad_hvp(traj[k], sup.x, sup.y, sup.mask, u, need_grad=bool(dlr))
-            if dlr:
-                for k2 in names:
-                    dlr[k2] -= (g[k2] * v[k2]).sum(0)
-            if not first_order:
-                v = {k2: v[k2] - hv[k2] for k2 in names}
-        grads = {k: g.sum(0) for k, g in v.items()}
-        grads.update({LR_PREFIX + k: g for k, g in dlr.items()})
-    return grads, q, p
-
-
 def meta_gradients(
     state: MetaState,
     buffers: Params | None,
@@ -171,9 +122,21 @@ def meta_gradients(
     for sl in _chunks(n, chunk):
         sup, qry = _part(batch.support, sl), _part(batch.query, sl)
         if manual:  # no autograd: hand-derived reverse sweep (MLP)
-            g_chunk, q, adapted = _manual_chunk(model, state, sup, qry, inner_cfg, n)
+            g_chunk, dlr, q, adapted = manual_meta_gradients(
+                model,
+                state.params,
+                state.lrs,
+                sup,
+                qry,
+                steps=inner_cfg.steps,
+                first_order=first_order,
+                learn_lrs=alg == "metasgd",
+                n_total=n,
+            )
             for k, g in g_chunk.items():
                 grads[k] += g
+            for k, g in dlr.items():
+                grads[LR_PREFIX + k] += g
         elif reptile:
             adapted = adapt(
                 leaves,
