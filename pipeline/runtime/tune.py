@@ -88,14 +88,18 @@ def _trial(
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.runtime.launch import build_trainer, make_run_config
+    from pipeline.runtime.launch import build_trainer, make_run_config, release
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_config(
         base_tree, values, trial_id=trial_id, sweep_dir=sweep_dir, parent_run_id=parent_run_id
     )
     run_config = dataclasses.replace(make_run_config(cfg), callbacks=[TuneReportCallback()])
-    build_trainer(cfg, run_config=run_config).fit()
+    trainer = build_trainer(cfg, run_config=run_config)
+    try:
+        trainer.fit()
+    finally:  # the trial's episode actors would outlive it when Tune reuses the process
+        release(trainer)
 
 
 def _scheduler(base: RunConfig, sweep: SweepConfig) -> Any:
