@@ -130,8 +130,9 @@ class BankConfig(_Slice):
     snapshot_every: int = Field(100, gt=0, description="put batches between automatic snapshots")
     max_in_flight: int = Field(4, gt=0, description="bank writes a trainer keeps outstanding")
     write_every: int = Field(20, gt=0, description="meta-steps between a trainer's bank writes")
-    descriptor: Literal["hidden", "grad", "hidden+grad", "ngram"] = Field(
-        "hidden", description="task descriptor: model hidden state, head gradient, or byte n-grams"
+    descriptor: Literal["auto", "hidden", "grad", "hidden+grad", "ngram"] = Field(
+        "auto", description="task descriptor: auto (ngram for bytes, hidden for regression), "
+        "model hidden state, head-bias gradient, or byte n-grams"
     )
 
 

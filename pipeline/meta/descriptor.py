@@ -11,6 +11,9 @@ Variants (`bank.descriptor`):
 - `ngram`: hashed byte unigram + bigram frequencies of the support text; no model at all
   (a baseline, and a fallback that does not drift as the meta-model trains).
 
+- `auto` (the default): `ngram` for byte data, `hidden` for regression. On wordfreq
+  languages n-grams retrieved same-branch languages best and do not drift as the model trains.
+
 Deterministic: same support, same parameters -> the same vector (no sampling, fixed hashing).
 Novelty: a task is new when its best stored similarity is below the threshold (`is_novel`).
 """
@@ -88,8 +91,14 @@ def ngram_features(x: np.ndarray, mask: np.ndarray, dim: int = NGRAM_DIM) -> np.
 @torch.no_grad()
 def describe(model, params: dict[str, Tensor], support, *, kind: str = "hidden") -> np.ndarray:
     """Unit-norm descriptors `[T, D]` float32 for a task-batched support split (tensors)."""
+    if kind == "auto":  # measured best for byte data (bench/RESULTS.md); hidden otherwise
+        kind = "ngram" if model.kind != "regression" else "hidden"
     if kind not in KINDS:
-        raise ValueError(f"descriptor kind {kind!r}: use one of {', '.join(KINDS)}")
+        raise ValueError(f"descriptor kind {kind!r}: use auto or one of {', '.join(KINDS)}")
+    if model.kind == "regression" and kind != "hidden":
+        raise ValueError(
+            f"bank.descriptor={kind} needs byte sequences; for regression use hidden (or auto)"
+        )
     if kind == "ngram":
         x = support.x.cpu().numpy() if isinstance(support.x, Tensor) else support.x
         m = support.mask.cpu().numpy() if isinstance(support.mask, Tensor) else support.mask
@@ -113,6 +122,8 @@ def describe(model, params: dict[str, Tensor], support, *, kind: str = "hidden")
 
 
 def descriptor_dim(model, kind: str) -> int:
+    if kind == "auto":
+        kind = "ngram" if model.kind != "regression" else "hidden"
     hidden = model.head.weight.shape[-1]
     out = model.head.weight.shape[0]
     dims = {"hidden": 2 * hidden, "grad": out, "hidden+grad": 2 * hidden + out}

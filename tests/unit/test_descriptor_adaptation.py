@@ -106,3 +106,17 @@ def test_weighted_blend_mixes_hits_above_threshold_by_similarity():
     got = np.concatenate([start[k][0].reshape(-1).numpy() for k in params])
     np.testing.assert_allclose(got - base, np.full_like(base, w_a - (1 - w_a)), atol=1e-5)
     assert info.sources == ["bank:a,b"]
+
+
+def test_auto_descriptor_is_ngram_for_bytes_and_hidden_for_regression():
+    model, params = _model()
+    sup = _support(EN, RU)
+    np.testing.assert_array_equal(describe(model, params, sup, kind="auto"),
+                                  describe(model, params, sup, kind="ngram"))
+    torch.manual_seed(0)
+    mlp = build_model(ModelConfig(kind="mlp", hidden=8), DataConfig(episode="regression"))
+    mp = {k: v.detach() for k, v in mlp.named_parameters()}
+    reg = Split(torch.randn(2, 5, 1), torch.randn(2, 5, 1), torch.ones(2, 5))
+    assert describe(mlp, mp, reg, kind="auto").shape == (2, descriptor_dim(mlp, "auto"))
+    with pytest.raises(ValueError, match="needs byte sequences"):
+        describe(mlp, mp, reg, kind="ngram")
