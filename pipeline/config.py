@@ -116,7 +116,9 @@ class BankConfig(_Slice):
     namespace: str = Field("metaray", description="Ray namespace of the bank actor")
     capacity: int = Field(10_000, gt=0, description="entries before eviction")
     eviction: Literal["lru", "worst_loss"] = Field("lru", description="which entry goes first")
-    threshold: float = Field(0.9, ge=-1, le=1, description="cosine similarity to warm-start")
+    threshold: float = Field(
+        0.8, ge=-1, le=1, description="cosine similarity to warm-start (bench/RESULTS.md)"
+    )
     top_k: int = Field(1, gt=0, description="neighbours blended for a warm start")
     blend: Literal["nearest", "weighted"] = Field("nearest", description="how neighbours combine")
     snapshot_uri: str | None = Field(None, description="directory or s3:// prefix for snapshots")
