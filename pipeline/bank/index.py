@@ -254,7 +254,10 @@ class BankIndex:
 
     def params_of(self, slots: np.ndarray | Sequence[int]) -> np.ndarray:
         """Flat float32 parameters of the given rows (float16 storage is widened)."""
-        return self._params[np.asarray(slots, np.int64)].astype(np.float32)
+        slots = np.asarray(slots, np.int64)
+        if self.dim is None:  # never written: no rows to give
+            return np.zeros((len(slots), 0), np.float32)
+        return self._params[slots].astype(np.float32)
 
     def get(self, key: str) -> dict:
         slot = self._slot.get(key)

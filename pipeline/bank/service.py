@@ -151,7 +151,7 @@ class BankService:
         if with_params:
             b, kk = hits.slots.shape
             flat = self.index.params_of(hits.slots.ravel())
-            out["params"] = flat.reshape(b, kk, -1)
+            out["params"] = flat.reshape(b, kk, flat.shape[1])
         return out
 
     def neighbours(self, key: str, k: int = 5) -> dict:

@@ -131,5 +131,7 @@ def test_columns_round_trip_restores_identical_search():
 
 
 def test_empty_bank_answers_no_hits():
-    hits = BankIndex(capacity=5).search(np.ones(8), k=3)
+    idx = BankIndex(capacity=5)
+    hits = idx.search(np.ones(8), k=3)
     assert hits.keys == [[]] and hits.sims.shape == (1, 0)
+    assert idx.params_of(hits.slots.ravel()).shape == (0, 0)

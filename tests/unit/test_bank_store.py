@@ -141,3 +141,9 @@ def test_a_rejected_batch_never_reaches_the_wal(tmp_path):
     with pytest.raises(BankError, match="descriptor dim 4"):
         bank.put(bad)
     assert len(BankService(cfg).index) == 2
+
+
+def test_query_on_an_empty_bank_is_a_miss_not_an_error():
+    out = BankService(BankConfig()).query(np.ones((2, 8), np.float32))
+    assert out["keys"] == [[], []] and out["hit"].tolist() == [False, False]
+    assert out["params"].shape == (2, 0, 0)
