@@ -83,7 +83,8 @@ def _target(args: argparse.Namespace):
     from pipeline.bank.actor import lookup_bank
 
     try:
-        ray.init(address=cfg.cluster.address or "auto", log_to_driver=False)
+        if not ray.is_initialized():  # already connected (a notebook, a test): use that
+            ray.init(address=cfg.cluster.address or "auto", log_to_driver=False)
     except ConnectionError as exc:
         raise BankError(
             f"no running Ray cluster to find the bank on ({exc}); start one, set "

@@ -176,3 +176,26 @@ def test_trainer_hook_writes_each_task_adapted_params_to_the_bank(ray_cluster, t
         got["params"], flatten({k: v[i].detach() for k, v in want.items()}), atol=1e-6)
     assert got["step"] == 2 and got["support"] == cfg.data.k_support
     del torch
+
+
+def test_bank_inspect_against_the_running_actor(ray_cluster, tmp_path, capsys):
+    import json
+
+    import ray
+
+    from pipeline.bank.actor import get_bank, put, query
+    from pipeline.cli import main
+
+    cfg = _cfg(tmp_path)
+    bank = get_bank(cfg)
+    b = _batch("lang", 5)
+    ray.get(put(bank, b))
+    query(bank, b["descriptor"][:2], 1)  # two exact hits
+    args = ["bank", "inspect", "--neighbours", "lang-0", "-k", "2", "--list", "3", "--json",
+            f"bank.name={cfg.name}", f"bank.namespace={cfg.namespace}"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stats"]["entries"] == 5 and out["stats"]["hit_rate"] == 1.0
+    assert len(out["neighbours"]) == 2 and len(out["entries"]) == 3
+    assert main(["bank", "inspect", "bank.name=no-such-bank"]) == 1
+    assert "no memory bank actor named 'no-such-bank'" in capsys.readouterr().err
