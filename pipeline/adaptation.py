@@ -27,14 +27,21 @@ Params = dict[str, Tensor]
 BankQuery = Callable[[np.ndarray, int], dict]
 
 
+def _order(names) -> list[str]:  # noqa: ANN001
+    """THE order of a flat parameter vector: sorted names. Not the dict's order, which differs
+    between a fresh model (`named_parameters()`) and a checkpoint read back (safetensors sorts)."""
+    return sorted(names)
+
+
 def flatten(params: Params, names: list[str] | None = None) -> np.ndarray:
-    """Flat float32 vector of `params` in `names` order (default: the dict's order)."""
-    names = names or list(params)
+    """Flat float32 vector of `params` (names in sorted order, see `_order`)."""
+    names = _order(names or params)
     return np.concatenate([params[k].detach().reshape(-1).float().cpu().numpy() for k in names])
 
 
-def flatten_batched(params: Params, names: list[str]) -> np.ndarray:
-    """`[T, P]` from task-batched params `[T, ...]`."""
+def flatten_batched(params: Params, names: list[str] | None = None) -> np.ndarray:
+    """`[T, P]` from task-batched params `[T, ...]` (names in sorted order)."""
+    names = _order(names or params)
     t = params[names[0]].shape[0]
     return np.concatenate(
         [params[k].detach().reshape(t, -1).float().cpu().numpy() for k in names], axis=1
@@ -54,7 +61,8 @@ def unflatten(flat: np.ndarray | Tensor, like: Params) -> Params:
             "the bank was written by a different architecture; use a bank per model"
         )
     out, i = {}, 0
-    for k, v in like.items():
+    for k in _order(like):
+        v = like[k]
         n = v.numel()
         out[k] = flat[..., i : i + n].reshape(*lead, *v.shape).to(v.dtype)
         i += n

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.adaptation import adapt_with_bank, flatten, unflatten, warm_start
+from pipeline.adaptation import adapt_with_bank, flatten, flatten_batched, unflatten, warm_start
 from pipeline.bank.service import BankService
 from pipeline.config import BankConfig, DataConfig, ModelConfig
 from pipeline.data.episodes import Split, encode
@@ -87,9 +87,7 @@ def test_close_task_starts_from_its_stored_adapted_params():
     bank.put({"keys": ["en"], "descriptor": d, "params": stored[None]})
     start, info = warm_start(model, params, _support(EN), cfg=bank.cfg, query=bank.query)
     assert info.sources == ["bank:en"] and info.best_sims[0] == pytest.approx(1.0, abs=1e-5)
-    np.testing.assert_allclose(
-        np.concatenate([start[k][0].reshape(-1).numpy() for k in params]), stored, rtol=1e-6
-    )
+    np.testing.assert_allclose(flatten_batched(start)[0], stored, rtol=1e-6)
 
 
 def test_weighted_blend_mixes_hits_above_threshold_by_similarity():
@@ -103,7 +101,7 @@ def test_weighted_blend_mixes_hits_above_threshold_by_similarity():
     start, info = warm_start(model, params, _support(EN), cfg=bank.cfg, query=bank.query)
     s = float(q[0] @ other[0])
     w_a = 1.0 / (1.0 + s)
-    got = np.concatenate([start[k][0].reshape(-1).numpy() for k in params])
+    got = flatten_batched(start)[0]
     np.testing.assert_allclose(got - base, np.full_like(base, w_a - (1 - w_a)), atol=1e-5)
     assert info.sources == ["bank:a,b"]
 
@@ -120,3 +118,13 @@ def test_auto_descriptor_is_ngram_for_bytes_and_hidden_for_regression():
     assert describe(mlp, mp, reg, kind="auto").shape == (2, descriptor_dim(mlp, "auto"))
     with pytest.raises(ValueError, match="needs byte sequences"):
         describe(mlp, mp, reg, kind="ngram")
+
+
+def test_flat_order_does_not_depend_on_dict_order():
+    # a checkpoint read back (safetensors) lists names sorted; a fresh model does not
+    model, params = _model()
+    shuffled = dict(reversed(list(params.items())))
+    np.testing.assert_array_equal(flatten(params), flatten(shuffled))
+    back = unflatten(flatten(params), shuffled)
+    for k in params:
+        torch.testing.assert_close(back[k], params[k])
