@@ -26,21 +26,27 @@ class _Slice(BaseModel):
 
 
 class DataConfig(_Slice):
-    uri: str = Field("data/quickstart-wordlang", description="shard set: a directory or s3://bucket/prefix")
+    uri: str = Field(
+        "data/quickstart-wordlang", description="shard set: a directory or s3://bucket/prefix"
+    )
     episode: Literal["regression", "lm", "classify"] = Field(
         "lm", description="episode type: K-shot regression, byte-level LM, or N-way classification"
     )
     k_support: int = Field(16, gt=0, description="support examples per task (K shots)")
     k_query: int = Field(16, gt=0, description="query examples per task, disjoint from support")
     n_way: int = Field(5, ge=2, description="classes per classification episode")
-    max_len: int = Field(32, gt=1, description="bytes per sequence incl. BOS/EOS; longer words are cut")
+    max_len: int = Field(
+        32, gt=1, description="bytes per sequence incl. BOS/EOS; longer words are cut"
+    )
     s3_endpoint: str | None = Field(
         None, description="endpoint override for S3-compatible stores (else AWS_ENDPOINT_URL)"
     )
 
 
 class ModelConfig(_Slice):
-    kind: Literal["mlp", "gru", "lstm"] = Field("gru", description="mlp for sinusoid, gru/lstm for bytes")
+    kind: Literal["mlp", "gru", "lstm"] = Field(
+        "gru", description="mlp for sinusoid, gru/lstm for bytes"
+    )
     hidden: int = Field(128, gt=0, description="recurrent hidden size (or MLP width)")
     layers: int = Field(1, gt=0, description="recurrent layers (or MLP hidden layers)")
     embed: int = Field(32, gt=0, description="byte embedding size")
@@ -71,7 +77,9 @@ class OuterConfig(_Slice):
 
 
 class ClusterConfig(_Slice):
-    address: str | None = Field(None, description="Ray address; None: RAY_ADDRESS or embedded local Ray")
+    address: str | None = Field(
+        None, description="Ray address; None: RAY_ADDRESS or embedded local Ray"
+    )
     num_workers: int = Field(1, gt=0, description="Ray Train workers")
     use_gpu: bool = Field(False, description="one GPU per worker")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
@@ -106,7 +114,9 @@ class TrackingConfig(_Slice):
         None, description="MLflow run this run nests under (set by `metaray tune` per trial)"
     )
     flush_timeout_s: float = Field(
-        10.0, ge=0, description="seconds end() waits on an unreachable server before spilling to disk"
+        10.0,
+        ge=0,
+        description="seconds end() waits on an unreachable server before spilling to disk",
     )
 
 
@@ -133,8 +143,9 @@ class BankConfig(_Slice):
     max_in_flight: int = Field(4, gt=0, description="bank writes a trainer keeps outstanding")
     write_every: int = Field(20, gt=0, description="meta-steps between a trainer's bank writes")
     descriptor: Literal["auto", "hidden", "grad", "hidden+grad", "ngram"] = Field(
-        "auto", description="task descriptor: auto (ngram for bytes, hidden for regression), "
-        "model hidden state, head-bias gradient, or byte n-grams"
+        "auto",
+        description="task descriptor: auto (ngram for bytes, hidden for regression), "
+        "model hidden state, head-bias gradient, or byte n-grams",
     )
 
 
@@ -244,7 +255,9 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
     if not isinstance(tree, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(tree).__name__}")
+        raise ConfigError(
+            f"{p}: the top level must be a mapping of sections, got {type(tree).__name__}"
+        )
     return tree
 
 
@@ -270,7 +283,9 @@ def from_dict(tree: dict[str, Any], source: str = "config") -> RunConfig:
         raise _explain(exc, source, tree) from None
 
 
-def load(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load(
+    path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None
+) -> RunConfig:
     """Read `path` (optional), apply dotted overrides, validate everything."""
     tree = read_yaml(path) if path else {}
     source = str(path) if path else "defaults"

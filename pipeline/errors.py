@@ -20,4 +20,4 @@ class BankError(MetarayError):
 
 
 class CheckpointError(MetarayError):
-    """A run checkpoint that cannot be written or read back (names the directory/file and the fix)."""
+    """A run checkpoint that cannot be written or read back (names the file and the fix)."""

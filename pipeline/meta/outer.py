@@ -137,21 +137,6 @@ def meta_gradients(
                 grads[k] += g
             for k, g in dlr.items():
                 grads[LR_PREFIX + k] += g
-        elif reptile:
-            adapted = adapt(
-                leaves,
-                buffers,
-                sup,
-                model=model,
-                steps=inner_cfg.steps,
-                lrs=lrs,
-                first_order=True,
-                trainable=trainable,
-            )
-            with torch.no_grad():
-                q = model_loss(model, adapted, qry)
-                for k in leaves:  # sum over tasks of (theta - phi_t), / n below
-                    grads[k] += (leaves[k] * (sl.stop - sl.start) - adapted[k].sum(0)) / n
         else:
             adapted = adapt(
                 leaves,
@@ -160,14 +145,20 @@ def meta_gradients(
                 model=model,
                 steps=inner_cfg.steps,
                 lrs=lrs,
-                first_order=first_order,
+                first_order=first_order or reptile,
                 trainable=trainable,
             )
-            q = model_loss(model, adapted, qry)
-            gs = torch.autograd.grad(q.sum() / n, list(wrt.values()), allow_unused=True)
-            for k, g in zip(wrt, gs, strict=True):
-                if g is not None:
-                    grads[k] += g
+            if reptile:
+                with torch.no_grad():
+                    q = model_loss(model, adapted, qry)
+                    for k in leaves:  # sum over tasks of (theta - phi_t), / n below
+                        grads[k] += (leaves[k] * (sl.stop - sl.start) - adapted[k].sum(0)) / n
+            else:
+                q = model_loss(model, adapted, qry)
+                gs = torch.autograd.grad(q.sum() / n, list(wrt.values()), allow_unused=True)
+                for k, g in zip(wrt, gs, strict=True):
+                    if g is not None:
+                        grads[k] += g
         post = post + q.detach().sum()
         if pre_metrics:
             with torch.no_grad():

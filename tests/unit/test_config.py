@@ -36,9 +36,13 @@ def test_zero_tasks_rejected():
 
 
 def test_meta_batch_must_divide_across_workers():
-    with pytest.raises(ConfigError, match=r"meta_batch=25 is not divisible by cluster.num_workers=2"):
+    with pytest.raises(
+        ConfigError, match=r"meta_batch=25 is not divisible by cluster.num_workers=2"
+    ):
         config.load(None, ["outer.meta_batch=25", "cluster.num_workers=2"])
-    assert config.load(None, ["outer.meta_batch=24", "cluster.num_workers=2"]).outer.meta_batch == 24
+    assert (
+        config.load(None, ["outer.meta_batch=24", "cluster.num_workers=2"]).outer.meta_batch == 24
+    )
 
 
 def test_model_must_fit_episode_type():
