@@ -23,7 +23,11 @@ COMMANDS = [config_cmd, shards_cmd, bank_cmd, adapt_cmd, train_cmd, tune_cmd, ev
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="metaray", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="metaray",
+        description="Distributed meta-training of recurrent models on Ray: shards, train, tune, "
+        "evaluate, adapt, memory bank.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS:
         module.register(sub)
@@ -43,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except MetarayError as exc:
         print(f"metaray: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `metaray ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
