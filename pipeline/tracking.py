@@ -71,6 +71,20 @@ def safe_params(params: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def redact_tree(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A nested config dict with the same redactions as `safe_params`, for what is logged whole
+    (config.yaml, the checkpoint and model artifacts' config)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out[key] = redact_tree(value)
+        elif _SECRET_KEY.search(key) and value not in (None, ""):
+            out[key] = REDACTED
+        else:
+            out[key] = redact_value(value)
+    return out
+
+
 def resolve_uri(cfg: TrackingConfig) -> str:
     """Config URI, else MLFLOW_TRACKING_URI, else `sqlite:///<cwd>/mlflow.db`.
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import TrackingConfig
-from pipeline.tracking import safe_params
+from pipeline.tracking import redact_tree, safe_params
 from pipeline.tracking_sender import _is_transient, _Sender, _short_http_timeouts
 
 log = logging.getLogger("metaray.tracking")
@@ -121,7 +121,8 @@ class MlflowTracker:
 
             tensors = {k: v.detach().cpu().contiguous() for k, v in dict(weights).items()}
             save_file(tensors, str(data / "weights.safetensors"))
-        (data / "config.json").write_text(json.dumps(dict(run_config), indent=1), encoding="utf-8")
+        safe = redact_tree(run_config)  # what MLflow stores must not carry credentials
+        (data / "config.json").write_text(json.dumps(safe, indent=1), encoding="utf-8")
         self._put({"op": "model", "dir": str(data)})
 
     def end(self, status: str = "FINISHED") -> None:

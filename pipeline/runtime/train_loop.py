@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from pipeline import config
 from pipeline.data import episodes as ep
@@ -72,7 +73,9 @@ def _maybe_fault(step: int, rank: int) -> None:
 
 
 def _report(metrics: dict[str, float], state: outer.MetaState, cfg_tree: dict, history: list,
-            *, with_checkpoint: bool) -> None:  # fmt: skip
+            *, with_checkpoint: bool, tracker: Any = None) -> None:  # fmt: skip
+    """`ray.train.report`; with a checkpoint on rank 0. `tracker` (the final report only) also
+    gets the checkpoint as an MLflow artifact: it copies the directory before it is deleted."""
     import ray.train
 
     if not with_checkpoint:
@@ -80,6 +83,13 @@ def _report(metrics: dict[str, float], state: outer.MetaState, cfg_tree: dict, h
         return
     with tempfile.TemporaryDirectory(prefix="metaray-ckpt-") as d:
         ckpt.save(d, state, config=cfg_tree, history=history)
+        if tracker is not None:
+            from pipeline.tracking import redact_tree
+
+            with tempfile.TemporaryDirectory(prefix="metaray-ckpt-mlflow-") as shared:
+                # MLflow gets the same checkpoint with its config's credentials redacted
+                ckpt.save(shared, state, config=redact_tree(cfg_tree), history=history)
+                tracker.log_artifact(shared, "checkpoint")
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
@@ -161,10 +171,12 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
                 metrics["train_s"] = now - t0  # this attempt's loop time, start-up excluded
                 metrics["peak_rss_mb"] = _peak_rss_mb()  # this rank's process
                 last_t, last_step = now, done
-                tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, done)
+                logged = {k: v for k, v in metrics.items() if k not in ("step", "loss")}
+                tracker.log_metrics(logged, done)  # `loss` went out above, every step
                 if rank == 0 and (validate or last or done % max(1, total // 20) == 0):
                     _say(_line(metrics, total))
-                _report(metrics, state, cfg_tree, history, with_checkpoint=save and rank == 0)
+                _report(metrics, state, cfg_tree, history, with_checkpoint=save and rank == 0,
+                        tracker=tracker if last else None)  # fmt: skip
         if start >= total:  # nothing left to train: report the finished run's last metrics
             metrics = {"step": start, **(history[-1] if history else {})}
             ray.train.report(metrics)
@@ -202,12 +214,16 @@ def _line(m: dict[str, float], total: int) -> str:
 
 def _start_tracker(cfg: config.RunConfig, rank: int, start: int) -> Any:
     """Rank 0's tracker (`pipeline.tracking.make_tracker`); a no-op on other ranks."""
-    from pipeline.tracking import NullTracker, make_tracker
+    from pipeline.tracking import NullTracker, make_tracker, redact_tree
 
     if rank != 0:
         return NullTracker()
     tracker = make_tracker(cfg.tracking)
     tags = {"resumed_from_step": str(start)} if start else None
     tracker.start(cfg.checkpoint.run_name, config.flat_params(cfg), tags=tags)
-    tracker.log_text(config.to_yaml(cfg), "config.yaml")
+    safe = redact_tree(config.to_dict(cfg))  # credentials never reach MLflow
+    tracker.log_text(yaml.safe_dump(safe, sort_keys=False), "config.yaml")
+    if cfg.bank.enabled and cfg.bank.snapshot_uri:  # where this run's adapted tasks are kept
+        bank = safe["bank"]
+        tracker.set_tags({"bank.snapshot_uri": bank["snapshot_uri"], "bank.name": bank["name"]})
     return tracker

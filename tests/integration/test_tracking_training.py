@@ -73,10 +73,15 @@ def test_smoke_run_reads_back_params_metrics_plots_and_model(
     assert client.get_metric_history(run.info.run_id, "episodes_per_s")[0].value > 0
 
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "plots"} <= paths
+    assert {"config.yaml", "plots", "checkpoint"} <= paths
+    # what MLflow keeps whole (config, final checkpoint) carries no credentials either
+    ckpt_dir = client.download_artifacts(run.info.run_id, "checkpoint", str(tmp_path))
+    ckpt_meta = (Path(ckpt_dir) / "meta.json").read_text()
+    assert SECRET not in ckpt_meta and '"step": 6' in ckpt_meta
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/learning_curves.png", "plots/inner_steps.png"}
     yaml_path = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    assert SECRET not in Path(yaml_path).read_text()
     logged = config.read_yaml(yaml_path)
     assert logged["inner"] == config.to_dict(cfg)["inner"]
 

@@ -12,6 +12,7 @@ from pipeline.tracking import (
     NullTracker,
     make_tracker,
     pin_uri,
+    redact_tree,
     resolve_uri,
     safe_params,
 )
@@ -95,3 +96,11 @@ def test_plots_render_pngs(tmp_path: Path) -> None:
     for png in (curves, inner):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 5000
+
+
+def test_whole_config_trees_are_redacted_like_params() -> None:
+    cfg = config.load(None, ["bank.snapshot_uri=s3://ak:Sup3rS3cretPw@bucket/bank"])
+    tree = redact_tree(config.to_dict(cfg))
+    assert tree["bank"]["snapshot_uri"] == "s3://***@bucket/bank"
+    assert tree["inner"] == config.to_dict(cfg)["inner"]  # everything else untouched
+    assert redact_tree({"aws": {"secret_access_key": "x"}})["aws"]["secret_access_key"] == REDACTED
