@@ -29,7 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data.shards import clear_cache, open_shard_set, write_shard_set  # noqa: E402
+from pipeline.data.build import write_shard_set
+from pipeline.data.shards import clear_cache, open_shard_set  # noqa: E402
 from pipeline.data.sources import sinusoid, wordlang  # noqa: E402
 
 

@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline import config  # noqa: E402
-from pipeline.adaptation import flatten_batched, unflatten, warm_start  # noqa: E402
 from pipeline.bank.service import BankService  # noqa: E402
+from pipeline.bank.warm_start import flatten_batched, unflatten, warm_start  # noqa: E402
 from pipeline.config import BankConfig  # noqa: E402
 from pipeline.data import episodes as ep  # noqa: E402
 from pipeline.data.sources.languages import BRANCH, LANGUAGES  # noqa: E402

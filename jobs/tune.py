@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import ConfigError
     from pipeline.errors import MetarayError
     from pipeline.runtime.tune import run_sweep
-    from pipeline.tune_config import load_sweep
+    from pipeline.runtime.tune_config import load_sweep
 
     try:
         base, sweep = load_sweep(args.config, args.overrides)

@@ -24,8 +24,6 @@ from pipeline.data import episodes as ep
 from pipeline.meta import outer
 from pipeline.models import build_model
 
-VAL_SEED_OFFSET = 1_000_003  # validation episodes use their own stream, fixed across steps
-
 
 class TaskSource(Protocol):
     """What the loop needs from a shard set (`pipeline.data.shards.ShardSet` fits)."""
@@ -72,7 +70,7 @@ def validation_batch(read: Callable[[str], dict], tasks: list[str], cfg: Any) ->
         read,
         tasks,
         cfg.data,
-        seed=cfg.outer.seed + VAL_SEED_OFFSET,
+        seed=cfg.outer.seed + ep.VAL_SEED_OFFSET,
         step=0,
         meta_batch=cfg.outer.val_tasks,
     )

@@ -41,7 +41,7 @@ class BankHook:
         """Maybe write this step's tasks; returns whether a batch was submitted."""
         if (step + 1) % self.cfg.bank.write_every:
             return False
-        from pipeline.adaptation import flatten_batched
+        from pipeline.bank.warm_start import flatten_batched
         from pipeline.data import episodes as ep
         from pipeline.meta.descriptor import describe
         from pipeline.meta.inner import adapt

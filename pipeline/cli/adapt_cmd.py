@@ -47,14 +47,13 @@ def _adapt(args: argparse.Namespace) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from pipeline import config
-    from pipeline.adaptation import adapt_with_bank, flatten_batched
+    from pipeline import checkpoint, config
+    from pipeline.bank.warm_start import adapt_with_bank, flatten_batched
     from pipeline.data.episodes import Split, encode
     from pipeline.errors import MetarayError
     from pipeline.meta.losses import model_loss
     from pipeline.meta.outer import trainable_names
     from pipeline.models import build_model
-    from pipeline.runtime import checkpoint
 
     loaded = checkpoint.load(args.checkpoint)
     base = config.from_dict(loaded.config, f"{args.checkpoint}/meta.json")

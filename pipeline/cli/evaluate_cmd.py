@@ -58,8 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pipeline import eval_run
-    from pipeline.evaluate import EvalSpec
+    from pipeline.eval import run as eval_run
+    from pipeline.eval.methods import EvalSpec
 
     spec = EvalSpec(
         steps=args.steps,

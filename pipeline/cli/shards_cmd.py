@@ -103,8 +103,7 @@ def _human(n: float) -> str:
 def _build(args: argparse.Namespace) -> int:
     import time
 
-    from pipeline.data.build import command_line
-    from pipeline.data.shards import write_shard_set
+    from pipeline.data.build import command_line, write_shard_set
 
     prepared = _prepare(args)
     build = {**prepared.build, "command": command_line()}

@@ -1,7 +1,7 @@
 """`metaray tune --config configs/tune_inner_lr.yaml [section.key=value | tune.key=value ...]`.
 
 A sweep file is a run config plus a `tune:` section (search space, scheduler, search
-algorithm; see `pipeline/tune_config.py`). Prints a table of trials, writes the best
+algorithm; see `pipeline/runtime/tune_config.py`). Prints a table of trials, writes the best
 trial's config as a YAML file `metaray train --config` takes as is, and names the best
 checkpoint. Rerunning the same command (same tune.storage + tune.name) resumes the sweep.
 """
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from pipeline.tune_config import load_sweep
+    from pipeline.runtime.tune_config import load_sweep
 
     base, sweep = load_sweep(args.config, args.overrides)
     if args.check:

@@ -22,6 +22,8 @@ from pipeline.errors import EpisodeError
 
 BOS, EOS, PAD = 256, 257, 258
 VOCAB = 259
+# Validation episodes use their own seed stream (seed + this), fixed across training steps.
+VAL_SEED_OFFSET = 1_000_003
 Rows = dict[str, np.ndarray]
 
 

@@ -4,7 +4,7 @@ Opening reads and validates `manifest.json` only. A Parquet file is fetched the 
 one of its tasks is read in this process: its size and sha256 are checked against the
 manifest, its schema against the family, then its columns are kept (read-only numpy arrays)
 in a per-process cache, so reading a task afterwards is a slice. Writing lives in
-`pipeline/data/build.py` (`write_shard_set`, re-exported here).
+`pipeline/data/build.py` (`write_shard_set`).
 """
 
 from __future__ import annotations
@@ -22,16 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.data import manifest as mf
-from pipeline.data.build import BuildResult, write_shard_set
-from pipeline.data.storage import Location, resolve
+from pipeline.data.storage import Location, on_s3_exit, resolve
 from pipeline.errors import EpisodeError, ShardError
 
 __all__ = [
-    "BuildResult",
     "ShardSet",
     "clear_cache",
     "open_shard_set",
-    "write_shard_set",
 ]
 
 
@@ -53,6 +50,9 @@ def clear_cache() -> None:
     """Forget every loaded file (the next read fetches and verifies it again)."""
     with _CACHE_LOCK:
         _CACHE.clear()
+
+
+on_s3_exit(clear_cache)  # cached tables hold S3 clients, which must go before the SDK does
 
 
 def _rebuild_hint(m: mf.Manifest | None) -> str:

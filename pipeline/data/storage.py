@@ -19,6 +19,7 @@ import contextlib
 import os
 import posixpath
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -38,16 +39,24 @@ def s3_endpoint_from_env() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+# Callbacks that drop objects holding S3 clients (e.g. the shard reader's table cache); the
+# readers register them here so this module never imports its callers.
+_EXIT_CLEANUPS: list[Callable[[], None]] = []
+
+
+def on_s3_exit(cleanup: Callable[[], None]) -> None:
+    """Run `cleanup` before the AWS SDK is shut down at interpreter exit."""
+    if cleanup not in _EXIT_CLEANUPS:
+        _EXIT_CLEANUPS.append(cleanup)
+
+
 def _finalize_s3_at_exit() -> None:
     """Drop cached tables and S3 clients, then shut the AWS SDK down (avoids aborts at exit)."""
     import gc
 
-    try:
-        from pipeline.data import shards
-
-        shards.clear_cache()
-    except Exception:  # noqa: BLE001 - best effort during interpreter shutdown
-        pass
+    for cleanup in _EXIT_CLEANUPS:
+        with contextlib.suppress(Exception):  # best effort during interpreter shutdown
+            cleanup()
     gc.collect()
     with contextlib.suppress(Exception):
         pafs.finalize_s3()

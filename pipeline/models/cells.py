@@ -18,6 +18,7 @@ weights (`[3H, H]`) broadcast over any leading input dims. Gate order follows Py
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -44,7 +45,7 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     return y.reshape(*x.shape[:-1], w.shape[1])
 
 
-def _hidden_proj(h: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
+def hidden_proj(h: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
     # h: [T, B, H] with batched weights, or [..., H] with shared weights.
     if w_hh.dim() == 2:
         return h @ w_hh.t() + b_hh
@@ -53,7 +54,7 @@ def _hidden_proj(h: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
 
 def gru_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
     """One GRU step given the precomputed input projection `gi = x W_ih^T + b_ih` `[..., 3H]`."""
-    gh = _hidden_proj(h, w_hh, b_hh)
+    gh = hidden_proj(h, w_hh, b_hh)
     hsz = h.shape[-1]
     # split (backward: one cat) rather than slicing (backward: zeros + copy per slice)
     gi_rz, gi_n = gi.split([2 * hsz, hsz], dim=-1)
@@ -67,7 +68,7 @@ def lstm_step(
     gi: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_hh: Tensor
 ) -> tuple[Tensor, Tensor]:
     """One LSTM step given the precomputed input projection `gi` `[..., 4H]`."""
-    gates = gi + _hidden_proj(h, w_hh, b_hh)
+    gates = gi + hidden_proj(h, w_hh, b_hh)
     i, f, g, o = gates.chunk(4, dim=-1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
@@ -118,6 +119,32 @@ def gru_sequence(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tens
 def lstm_sequence(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
     """Run an LSTM over x `[..., L, in]` from h0 = c0 = 0; returns hidden states `[..., L, H]`."""
     return lstm_recurrence(linear(x, w_ih, b_ih), w_hh, b_hh)
+
+
+def embed(table: Tensor, x: Tensor) -> Tensor:
+    """Rows of `table` (`[V, D]`, or task-batched `[T, V, D]`) at ids x `[T, ...]`."""
+    if table.dim() == 3:  # offset each task's ids into its own rows of one flat table
+        t, v, d = table.shape
+        offs = torch.arange(t, device=x.device).mul_(v).view(t, *([1] * (x.dim() - 1)))
+        return F.embedding(x + offs, table.reshape(t * v, d))
+    return F.embedding(x, table)
+
+
+def fold_embedding(table: Tensor, x: Tensor) -> bool:
+    """Project the vocabulary table instead of the sequence when it has fewer rows."""
+    return table.shape[-2] < x[0].numel()
+
+
+def input_projection(params: dict[str, Tensor], x: Tensor) -> Tensor:
+    """Layer 0's `embed(x) @ W_ih^T + b_ih` `[T, K, L, G*H]`. Embedding then a linear map is
+    one linear map, so when V < K*L it is cheaper (same numbers) to project the V table rows
+    once and gather: `(E W^T + b)[x]` (vocab 64 vs 512 positions: 8x fewer FLOPs)."""
+    table, w, b = params["embed.weight"], params["rnn.0.w_ih"], params["rnn.0.b_ih"]
+    if fold_embedding(table, x):
+        if w.dim() == 3 and table.dim() == 2:
+            table = table.expand(w.shape[0], *table.shape)
+        return embed(linear(table, w, b), x)
+    return linear(embed(table, x), w, b)
 
 
 GATES = {"gru": 3, "lstm": 4}

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.models.cells import _hidden_proj, linear
-from pipeline.models.meta_rnn import embed, fold_embedding, input_projection
+from pipeline.models.cells import embed, fold_embedding, hidden_proj, input_projection, linear
 
 Params = dict[str, Tensor]
 
@@ -71,7 +70,7 @@ def gru_loss_and_grad(
         h = gi_all.new_zeros(*gi_all.shape[:-2], hsz)
         steps, hs_list = [], []
         for gi in gi_all.unbind(dim=-2):
-            gh = _hidden_proj(h, w_hh, b_hh)
+            gh = hidden_proj(h, w_hh, b_hh)
             gi_rz, gi_n = gi.split([2 * hsz, hsz], dim=-1)
             gh_rz, gh_n = gh.split([2 * hsz, hsz], dim=-1)
             r, z = torch.sigmoid(gi_rz + gh_rz).chunk(2, dim=-1)

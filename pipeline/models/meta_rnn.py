@@ -11,36 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.models.cells import GATES, RECURRENCE, SEQUENCE, linear
-
-
-def embed(table: Tensor, x: Tensor) -> Tensor:
-    """Rows of `table` (`[V, D]`, or task-batched `[T, V, D]`) at ids x `[T, ...]`."""
-    if table.dim() == 3:  # offset each task's ids into its own rows of one flat table
-        t, v, d = table.shape
-        offs = torch.arange(t, device=x.device).mul_(v).view(t, *([1] * (x.dim() - 1)))
-        return F.embedding(x + offs, table.reshape(t * v, d))
-    return F.embedding(x, table)
-
-
-def fold_embedding(table: Tensor, x: Tensor) -> bool:
-    """Project the vocabulary table instead of the sequence when it has fewer rows."""
-    return table.shape[-2] < x[0].numel()
-
-
-def input_projection(params: dict[str, Tensor], x: Tensor) -> Tensor:
-    """Layer 0's `embed(x) @ W_ih^T + b_ih` `[T, K, L, G*H]`. Embedding then a linear map is
-    one linear map, so when V < K*L it is cheaper (same numbers) to project the V table rows
-    once and gather: `(E W^T + b)[x]` (vocab 64 vs 512 positions: 8x fewer FLOPs)."""
-    table, w, b = params["embed.weight"], params["rnn.0.w_ih"], params["rnn.0.b_ih"]
-    if fold_embedding(table, x):
-        if w.dim() == 3 and table.dim() == 2:
-            table = table.expand(w.shape[0], *table.shape)
-        return embed(linear(table, w, b), x)
-    return linear(embed(table, x), w, b)
+from pipeline.models.cells import GATES, RECURRENCE, SEQUENCE, input_projection, linear
+from pipeline.models.gru_grad import gru_loss_and_grad
 
 
 class _Recurrent(nn.Module):
@@ -109,8 +83,6 @@ class MetaRNN(nn.Module):
     def _gru_loss_and_grad(
         self, params: dict[str, Tensor], x: Tensor, y: Tensor, mask: Tensor, names: set[str]
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        from pipeline.models.gru_grad import gru_loss_and_grad
-
         return gru_loss_and_grad(
             params, x, y, mask, layers=self.n_layers, kind=self.kind, names=names
         )

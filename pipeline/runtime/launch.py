@@ -148,7 +148,7 @@ def run_training(cfg: config.RunConfig, *, worker_env: dict[str, str] | None = N
     import ray
     import ray.train
 
-    from pipeline.runtime import checkpoint as ckpt
+    from pipeline import checkpoint as ckpt
 
     started = connect(cfg)
     t0 = time.perf_counter()

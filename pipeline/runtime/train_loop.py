@@ -20,10 +20,10 @@ from typing import Any
 import torch
 import yaml
 
+from pipeline import checkpoint as ckpt
 from pipeline import config
 from pipeline.data import episodes as ep
 from pipeline.meta import outer
-from pipeline.runtime import checkpoint as ckpt
 from pipeline.runtime.collective import mean_all_reduce, mean_metrics
 
 FAULT_ENV = "METARAY_FAULT_KILL"  # "step:rank:marker": SIGKILL that rank once (tests)

@@ -21,8 +21,8 @@ from typing import Any
 
 from pipeline import config
 from pipeline.config import ConfigError, RunConfig
+from pipeline.runtime.tune_config import SweepConfig, apply_overrides
 from pipeline.runtime.tune_report import SweepResult, summarize, write_best
-from pipeline.tune_config import SweepConfig, apply_overrides
 
 STATE_FILE = "metaray_sweep.json"  # beside Tune's state: the MLflow parent run id, for resume
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline import config
 from pipeline.config import RunConfig
-from pipeline.tune_config import SweepConfig
+from pipeline.runtime.tune_config import SweepConfig
 
 
 @dataclass

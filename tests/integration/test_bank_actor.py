@@ -142,8 +142,8 @@ def test_trainer_hook_writes_each_task_adapted_params_to_the_bank(ray_cluster, t
     import torch
 
     from pipeline import config
-    from pipeline.adaptation import flatten
     from pipeline.bank.trainer_hook import BankHook
+    from pipeline.bank.warm_start import flatten
     from pipeline.data import episodes as ep
     from pipeline.meta import outer
     from pipeline.meta.inner import adapt

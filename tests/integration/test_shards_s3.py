@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main as cli
-from pipeline.data.shards import clear_cache, open_shard_set, write_shard_set
+from pipeline.data.build import write_shard_set
+from pipeline.data.shards import clear_cache, open_shard_set
 from pipeline.data.sources import sinusoid, text, wordlang
 from pipeline.errors import ShardError
 
@@ -133,7 +134,7 @@ def test_checksum_mismatch_on_s3_names_the_object(s3_server):
 CRASH = textwrap.dedent(
     """
     import os, sys
-    from pipeline.data.shards import write_shard_set
+    from pipeline.data.build import write_shard_set
     from pipeline.data.sources import sinusoid
 
     p = sinusoid.prepare(train_tasks=30, val_tasks=3, test_tasks=3, points=10)

@@ -88,8 +88,8 @@ def test_smoke_run_reads_back_params_metrics_plots_and_model(
     # the logged model is the trained one: it predicts like the final checkpoint's params
     import torch
 
+    from pipeline import checkpoint as ckpt
     from pipeline.models import build_model
-    from pipeline.runtime import checkpoint as ckpt
 
     with result.result.checkpoint.as_directory() as d:
         params_final = ckpt.load(d).state.params

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.runtime import checkpoint as ckpt
+from pipeline import checkpoint as ckpt
 
 pytestmark = pytest.mark.integration
 

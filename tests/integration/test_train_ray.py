@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline import checkpoint as ckpt
 from pipeline import config
-from pipeline.runtime import checkpoint as ckpt
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 from pipeline import config
 from pipeline.runtime.launch import run_training
 from pipeline.runtime.tune import run_sweep
-from pipeline.tune_config import load_sweep
+from pipeline.runtime.tune_config import load_sweep
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

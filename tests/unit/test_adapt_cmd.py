@@ -3,11 +3,10 @@
 import torch
 from safetensors import safe_open
 
-from pipeline import config
+from pipeline import checkpoint, config
 from pipeline.cli import main
 from pipeline.meta import outer
 from pipeline.models import build_model
-from pipeline.runtime import checkpoint
 
 
 def _checkpoint(tmp_path):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline import checkpoint
 from pipeline.errors import CheckpointError
 from pipeline.meta.outer import MetaState
-from pipeline.runtime import checkpoint
 
 
 def _state() -> MetaState:

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.adaptation import adapt_with_bank, flatten, flatten_batched, unflatten, warm_start
 from pipeline.bank.service import BankService
+from pipeline.bank.warm_start import (
+    adapt_with_bank,
+    flatten,
+    flatten_batched,
+    unflatten,
+    warm_start,
+)
 from pipeline.config import BankConfig, DataConfig, ModelConfig
 from pipeline.data.episodes import Split, encode
 from pipeline.meta.descriptor import KINDS, describe, descriptor_dim, is_novel

@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import baselines, eval_inputs, eval_report, eval_run
-from pipeline import eval_stats as st
-from pipeline import evaluate as ev
 from pipeline.config import load
+from pipeline.eval import baselines
+from pipeline.eval import inputs as eval_inputs
+from pipeline.eval import methods as ev
+from pipeline.eval import report as eval_report
+from pipeline.eval import run as eval_run
+from pipeline.eval import stats as st
 from pipeline.models import build_model
 
 
@@ -171,8 +174,7 @@ def test_baseline_file_round_trip_without_pickle(tmp_path: Path, sine):
 
 # ---------------------------------------------------------------- `metaray evaluate` end to end
 def _checkpoint(tmp: Path, overrides: list[str], steps: int) -> Path:
-    from pipeline import config, local_train
-    from pipeline.runtime import checkpoint
+    from pipeline import checkpoint, config, local_train
 
     cfg = config.load(None, [*overrides, "tracking.enabled=false", "cluster.threads_per_worker=1"])
     res = local_train.train(cfg, steps=steps)
@@ -223,14 +225,14 @@ def test_metaray_evaluate_on_sinusoid_shards_writes_table_json_and_plots(sine_ru
 
 
 def test_bank_warm_start_starts_a_recurring_task_at_its_stored_quality(sine_run):
+    from pipeline import checkpoint as ckpt
     from pipeline import config
-    from pipeline.adaptation import flatten_batched
     from pipeline.bank.service import BankService
+    from pipeline.bank.warm_start import flatten_batched
     from pipeline.data import episodes as ep
     from pipeline.data.shards import open_shard_set
     from pipeline.meta.descriptor import describe
     from pipeline.meta.inner import adapt
-    from pipeline.runtime import checkpoint as ckpt
 
     tmp, shards = sine_run
     loaded = ckpt.load(eval_inputs.find_checkpoint(str(tmp / "run")))

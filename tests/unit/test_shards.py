@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.data import manifest as mf
-from pipeline.data.shards import clear_cache, open_shard_set, write_shard_set
+from pipeline.data.build import write_shard_set
+from pipeline.data.shards import clear_cache, open_shard_set
 from pipeline.data.sources import sinusoid, wordlang
 from pipeline.errors import ShardError
 

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main as cli
-from pipeline.data.shards import clear_cache, open_shard_set, write_shard_set
+from pipeline.data.build import write_shard_set
+from pipeline.data.shards import clear_cache, open_shard_set
 from pipeline.data.sources import SourceTask, sinusoid, text, wordlang
 from pipeline.errors import EpisodeError, ShardError
 
@@ -344,7 +345,7 @@ def test_unknown_task_and_split_names(tmp_path):
 CRASH = textwrap.dedent(
     """
     import os, sys
-    from pipeline.data.shards import write_shard_set
+    from pipeline.data.build import write_shard_set
     from pipeline.data.sources import sinusoid
 
     p = sinusoid.prepare(train_tasks=40, val_tasks=5, test_tasks=5, points=10)

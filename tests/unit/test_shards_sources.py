@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data.shards import clear_cache, open_shard_set, write_shard_set
+from pipeline.data.build import write_shard_set
+from pipeline.data.shards import clear_cache, open_shard_set
 from pipeline.data.sources import text, wordlang
 from pipeline.data.sources.languages import BRANCH, LANGUAGES
 

@@ -88,7 +88,7 @@ def test_disabled_tracking_is_a_null_tracker() -> None:
 
 
 def test_plots_render_pngs(tmp_path: Path) -> None:
-    from pipeline import plots
+    from pipeline.tracking import plots
 
     history = {"loss_post": [(0, 1.0), (1, 0.5)], "episodes_per_s": [(0, 10.0), (1, 12.0)]}
     curves = plots.learning_curves(history, tmp_path / "lc.png")

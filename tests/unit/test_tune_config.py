@@ -10,8 +10,8 @@ from pipeline import config
 from pipeline.cli import main
 from pipeline.config import ConfigError
 from pipeline.runtime.tune import concurrency, search_space, trial_config
+from pipeline.runtime.tune_config import load_sweep
 from pipeline.runtime.tune_report import TrialRow, format_table, write_best
-from pipeline.tune_config import load_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pipeline import eval_stats as st
+from pipeline.eval import stats as st
 
 REFERENCE = "meta-init"  # paired differences are reference minus each other method
 

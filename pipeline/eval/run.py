@@ -1,6 +1,6 @@
 """`metaray evaluate` end to end: checkpoint + shard set (+ bank) -> methods -> report -> outputs.
 
-The shell around `pipeline.evaluate`: reads the checkpoint (local or s3://, safetensors +
+The shell around `pipeline.eval.methods`: reads the checkpoint (local or s3://, safetensors +
 JSON), opens the shard sets, trains or reloads the multitask baseline, tunes the baselines'
 fine-tuning learning rates on validation tasks, opens the memory bank snapshot in-process,
 writes JSON and PNGs, and logs them to MLflow when tracking is on.
@@ -13,9 +13,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline import baselines, eval_inputs, eval_report
-from pipeline import evaluate as ev
 from pipeline.errors import EpisodeError, MetarayError
+from pipeline.eval import baselines
+from pipeline.eval import inputs as eval_inputs
+from pipeline.eval import methods as ev
+from pipeline.eval import report as eval_report
 
 LR_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
@@ -40,11 +42,11 @@ class Options:
 
 
 def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from pipeline import checkpoint as ckpt
     from pipeline import config
     from pipeline.data.shards import open_shard_set
     from pipeline.meta.outer import trainable_names
     from pipeline.models import build_model
-    from pipeline.runtime import checkpoint as ckpt
 
     ck_dir = eval_inputs.find_checkpoint(opts.checkpoint, opts.s3_endpoint)
     loaded = ckpt.load(ck_dir)
@@ -221,8 +223,8 @@ def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):  # noqa
 
 
 def _bank_method(opts, cfg, model, meta: ev.Method, log) -> ev.Method:  # noqa: ANN001
-    from pipeline.adaptation import warm_start
     from pipeline.bank.service import BankService
+    from pipeline.bank.warm_start import warm_start
 
     endpoint = opts.s3_endpoint or cfg.bank.s3_endpoint  # read-only: the WAL is replayed
     bank_cfg = cfg.bank.model_copy(update={"snapshot_uri": opts.bank, "s3_endpoint": endpoint})

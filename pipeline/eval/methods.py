@@ -1,8 +1,8 @@
 """Few-shot evaluation on held-out tasks: each method's metric after 0, 1, 2, 5, 10 inner steps.
 
 Methods are starting points for the core's ONE inner loop (`pipeline.meta.inner.adapt`):
-random init, a multitask-pretrained init (`pipeline.baselines`), the meta-init from a
-checkpoint, and the memory-bank warm start (`pipeline.adaptation`). Every method sees the
+random init, a multitask-pretrained init (`pipeline.eval.baselines`), the meta-init from a
+checkpoint, and the memory-bank warm start (`pipeline.bank.warm_start`). Every method sees the
 very same episodes (seeded by task, shot count and episode index), so differences between
 methods are paired episode by episode. Metrics: bits per byte (lm), MSE (regression),
 accuracy (classify; per language within each N-way episode). Statistics: `eval_stats`;

@@ -25,64 +25,12 @@ stores give the server `MLFLOW_S3_ENDPOINT_URL` and credentials in its environme
 from __future__ import annotations
 
 import os
-import re
-import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.config import RunConfig, TrackingConfig
-
-REDACTED = "***redacted***"
-# Key names that suggest a secret, matched anywhere in the dotted key.
-_SECRET_KEY = re.compile(r"secret|token|passw|key|credential|auth|cookie|session_id", re.I)
-# AWS access key ids (AKIA..., ASIA... temporary) anywhere in a value.
-_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA)[A-Z0-9]{16}\b")
-# A 40-character AWS-secret-shaped token (mixed case, digits, / or +), not a hex digest.
-_AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
-# scheme://user[:password]@host: the userinfo is stripped, the host kept (it is useful).
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
-
-
-def _looks_like_aws_secret(token: str) -> bool:
-    return all(re.search(p, token) for p in (r"[a-z]", r"[A-Z]", r"\d"))
-
-
-def redact_value(value: Any) -> Any:
-    """`value` without credentials: URI userinfo stripped, key-shaped strings hidden."""
-    if not isinstance(value, str):
-        return value
-    if _AWS_KEY_ID.search(value):
-        return REDACTED
-    if any(_looks_like_aws_secret(m.group(0)) for m in _AWS_SECRET.finditer(value)):
-        return REDACTED
-    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", value)
-
-
-def safe_params(params: Mapping[str, Any]) -> dict[str, str]:
-    """Params as MLflow stores them (strings, <= 6000 chars), with secrets redacted."""
-    out: dict[str, str] = {}
-    for key, value in params.items():
-        if _SECRET_KEY.search(key.rsplit(".", 1)[-1]) and value not in (None, ""):
-            out[key] = REDACTED
-        else:
-            out[key] = str(redact_value(value))[:6000]
-    return out
-
-
-def redact_tree(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """A nested config dict with the same redactions as `safe_params`, for what is logged whole
-    (config.yaml, the checkpoint and model artifacts' config)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out[key] = redact_tree(value)
-        elif _SECRET_KEY.search(key) and value not in (None, ""):
-            out[key] = REDACTED
-        else:
-            out[key] = redact_value(value)
-    return out
 
 
 def resolve_uri(cfg: TrackingConfig) -> str:
@@ -168,7 +116,7 @@ def make_tracker(cfg: TrackingConfig) -> Tracker:
     """The tracker for this process: MLflow when `tracking.enabled`, else a no-op."""
     if not cfg.enabled:
         return NullTracker()
-    from pipeline.tracking_mlflow import MlflowTracker
+    from pipeline.tracking.mlflow_tracker import MlflowTracker
 
     return MlflowTracker(cfg, resolve_uri(cfg))
 
@@ -212,12 +160,6 @@ def close_children(
 
 def replay(path: str | os.PathLike[str]) -> str | None:
     """Send a spilled buffer file to its tracking server; returns the run id."""
-    from pipeline.tracking_sender import replay_file
+    from pipeline.tracking.sender import replay_file
 
     return replay_file(Path(path))
-
-
-if __name__ == "__main__":  # python -m pipeline.tracking replay FILE
-    if len(sys.argv) != 3 or sys.argv[1] != "replay":
-        sys.exit("usage: python -m pipeline.tracking replay BUFFER.jsonl")
-    print(replay(sys.argv[2]))

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import TrackingConfig
-from pipeline.tracking import redact_tree, safe_params
-from pipeline.tracking_sender import _is_transient, _Sender, _short_http_timeouts
+from pipeline.tracking.redact import redact_tree, safe_params
+from pipeline.tracking.sender import _is_transient, _Sender, _short_http_timeouts
 
 log = logging.getLogger("metaray.tracking")
 RETRY_EVERY_S = 3.0
@@ -153,7 +153,7 @@ class MlflowTracker:
 
     def _log_plots(self) -> None:
         try:
-            from pipeline import plots
+            from pipeline.tracking import plots
 
             if self._history:
                 png = plots.learning_curves(self._history, self._staging / "learning_curves.png")

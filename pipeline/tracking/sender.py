@@ -123,7 +123,7 @@ class _Sender:
             flavor=mlflow.pyfunc,
             run_id=self.run_id,
             # Loaded by code + safetensors + JSON: nothing is pickled.
-            loader_module="pipeline.mlflow_model",
+            loader_module="pipeline.tracking.pyfunc_model",
             data_path=data_dir,
             pip_requirements=["metaray", "torch", "safetensors", "pydantic", "pyyaml"],
             registered_model_name=self.register_as,

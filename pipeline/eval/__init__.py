@@ -1,0 +1,1 @@
+"""Few-shot evaluation: inputs, methods and baselines, statistics, the report, the run."""
