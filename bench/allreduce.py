@@ -122,16 +122,22 @@ def main() -> None:
         p.join()
     load = os.getloadavg()
     if not args.json:
-        print(f"gloo all-reduce (mean), {args.world} processes on 127.0.0.1, 1 thread each; "
-              f"load average {load[0]:.2f}")
-        print(f"{'model':<26}{'params':>11}{'MB':>8}{'tensors':>8}{'per-tensor ms':>15}"
-              f"{'flat ms':>10}{'flat GB/s*':>11}")
+        print(
+            f"gloo all-reduce (mean), {args.world} processes on 127.0.0.1, 1 thread each; "
+            f"load average {load[0]:.2f}"
+        )
+        print(
+            f"{'model':<26}{'params':>11}{'MB':>8}{'tensors':>8}{'per-tensor ms':>15}"
+            f"{'flat ms':>10}{'flat GB/s*':>11}"
+        )
         for r in results:
             # Ring all-reduce moves 2(W-1)/W of the buffer per rank: "bus bandwidth".
             bus = 2 * (args.world - 1) / args.world * r["mbytes"] / 1e3 / (r["flat_ms"] / 1e3)
             r["bus_gbps"] = bus
-            print(f"{r['model']:<26}{r['params']:>11,}{r['mbytes']:>8.2f}{r['tensors']:>8}"
-                  f"{r['per_tensor_ms']:>15.3f}{r['flat_ms']:>10.3f}{bus:>11.2f}")
+            print(
+                f"{r['model']:<26}{r['params']:>11,}{r['mbytes']:>8.2f}{r['tensors']:>8}"
+                f"{r['per_tensor_ms']:>15.3f}{r['flat_ms']:>10.3f}{bus:>11.2f}"
+            )
         print("* bus bandwidth = 2(W-1)/W x bytes / time (the NCCL convention)")
     print(json.dumps({"world": args.world, "loadavg_1m": load[0], "results": results}))
 

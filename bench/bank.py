@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.bank.index import BankIndex  # noqa: E402
-from pipeline.bank.service import BankService  # noqa: E402
-from pipeline.config import BankConfig  # noqa: E402
+from pipeline.bank.index import BankIndex
+from pipeline.bank.service import BankService
+from pipeline.config import BankConfig
 
 FULL_PARAMS = 104_835  # 259*32 + 3*(32*128 + 128*128 + 2*128) + 128*259 + 259
 
@@ -68,8 +68,10 @@ def put_throughput(n: int, batch: int, dim: int, p: int, ray_too: bool) -> None:
     rng = np.random.default_rng(1)
     desc = rng.standard_normal((batch, dim), dtype=np.float32)
     params = rng.standard_normal((batch, p), dtype=np.float32)
-    print(f"put throughput (steady state at capacity {n}: each new key evicts; batches of "
-          f"{batch}, dim {dim}, {p} params/entry)")
+    print(
+        f"put throughput (steady state at capacity {n}: each new key evicts; batches of "
+        f"{batch}, dim {dim}, {p} params/entry)"
+    )
     rows = []
     for dtype in ("float32", "float16"):
         for mode in ("memory", "wal", "wal+ray") if ray_too else ("memory", "wal"):
@@ -91,8 +93,10 @@ def put_throughput(n: int, batch: int, dim: int, p: int, ray_too: bool) -> None:
             idx.upsert([f"k{s + i}" for i in range(batch)], desc, params)
         floor = p * (4 if dtype == "float32" else 2) + dim * 4
         per = idx.nbytes() / len(idx)
-        print(f"  memory/entry {dtype}: {per:,.0f} B (params+descriptor {floor:,} B, "
-              f"+{per - floor:.0f} B)")
+        print(
+            f"  memory/entry {dtype}: {per:,.0f} B (params+descriptor {floor:,} B, "
+            f"+{per - floor:.0f} B)"
+        )
         del idx
 
 
@@ -111,8 +115,12 @@ def _puts(cfg, n, batch, desc, params, *, ray_actor: bool) -> float:
     from pipeline.bank.actor import get_bank, put
 
     bank = get_bank(cfg)
-    ray.get([put(bank, {"keys": keys(s), "descriptor": desc, "params": params})
-             for s in range(0, n, batch)])
+    ray.get(
+        [
+            put(bank, {"keys": keys(s), "descriptor": desc, "params": params})
+            for s in range(0, n, batch)
+        ]
+    )
     t = time.perf_counter()
     refs = [
         put(bank, {"keys": keys(s), "descriptor": desc, "params": params})
@@ -144,28 +152,32 @@ def hook_overhead(steps: int, write_every: list[int]) -> None:
     for lang in langs:
         w, f = top_words(lang, 1000)
         rows[lang] = {"text": np.array(w, dtype=object), "freq": f}
-    cfg = config.load(None, ["outer.meta_batch=16", "bank.enabled=true", "bank.write_every=1",
-                             "bank.name=bench-hook"])
+    cfg = config.load(
+        None,
+        ["outer.meta_batch=16", "bank.enabled=true", "bank.write_every=1", "bank.name=bench-hook"],
+    )
     model = build_model(cfg.model, cfg.data)
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=0)
     pool = types.SimpleNamespace(train_tasks=langs, seed=0, meta_batch=16)
     hook = BankHook(cfg, model, pool, 0, 1)
     base, write = [], []
     for step in range(steps):
-        batch = ep.build_step(lambda k: rows[k], langs, cfg.data, seed=0, step=step,
-                              meta_batch=16)
+        batch = ep.build_step(lambda k: rows[k], langs, cfg.data, seed=0, step=step, meta_batch=16)
         t = time.perf_counter()
-        state, _ = outer.train_step(state, ep.to_torch(batch), model=model,
-                                    inner_cfg=cfg.inner, outer_cfg=cfg.outer)
+        state, _ = outer.train_step(
+            state, ep.to_torch(batch), model=model, inner_cfg=cfg.inner, outer_cfg=cfg.outer
+        )
         t1 = time.perf_counter()
         hook.after_step(step, state, batch)
         write.append(time.perf_counter() - t1)
         base.append(t1 - t)
     stats = hook.close()
     b, w = np.median(base), np.median(write)
-    print(f"trainer hook (GRU 128, maml 1 inner step, meta-batch 16 on one worker, {steps} "
-          f"steps): meta-step {b * 1e3:.0f} ms median, one bank write {w * 1e3:.0f} ms median "
-          f"({100 * w / b:.0f}% of a step); writer {stats}")
+    print(
+        f"trainer hook (GRU 128, maml 1 inner step, meta-batch 16 on one worker, {steps} "
+        f"steps): meta-step {b * 1e3:.0f} ms median, one bank write {w * 1e3:.0f} ms median "
+        f"({100 * w / b:.0f}% of a step); writer {stats}"
+    )
     for every in write_every:
         print(f"  bank.write_every={every:>3}: +{100 * w / b / every:.1f}% per step amortised")
     ray.kill(hook.writer.bank)

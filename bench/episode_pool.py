@@ -81,8 +81,10 @@ def main() -> None:
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     print(f"load average before: {os.getloadavg()}")
-    print("| config | pool 1 actor ep/s | pool 2 actors ep/s | trainer consumes ep/s "
-          "| pool/consumption | data wait (prefetch) |")  # fmt: skip
+    print(
+        "| config | pool 1 actor ep/s | pool 2 actors ep/s | trainer consumes ep/s "
+        "| pool/consumption | data wait (prefetch) |"
+    )
     print("|---|---|---|---|---|---|")
     for name, (path, over) in CONFIGS.items():
         cfg = config.load(path, over)
@@ -92,8 +94,10 @@ def main() -> None:
         one = _pool_rate(cfg, 1, args.steps * 3)
         two = _pool_rate(cfg, 2, args.steps * 3)
         consume, wait = _consumption(cfg, args.steps)
-        print(f"| {name} | {one:.0f} | {two:.0f} | {consume:.0f} | {max(one, two) / consume:.1f}x "
-              f"| {100 * wait:.1f}% ({cfg.cluster.prefetch}) |")  # fmt: skip
+        print(
+            f"| {name} | {one:.0f} | {two:.0f} | {consume:.0f} | {max(one, two) / consume:.1f}x "
+            f"| {100 * wait:.1f}% ({cfg.cluster.prefetch}) |"
+        )
     print(f"load average after: {os.getloadavg()}")
     ray.shutdown()
 

@@ -32,11 +32,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import InnerConfig, OuterConfig  # noqa: E402
-from pipeline.data.episodes import EpisodeBatch, Split  # noqa: E402
-from pipeline.meta import outer  # noqa: E402
-from pipeline.models.meta_rnn import MetaRNN  # noqa: E402
-from pipeline.models.mlp import MLP  # noqa: E402
+from pipeline.config import InnerConfig, OuterConfig
+from pipeline.data.episodes import EpisodeBatch, Split
+from pipeline.meta import outer
+from pipeline.models.meta_rnn import MetaRNN
+from pipeline.models.mlp import MLP
 
 PEAK_GFLOPS = 210.0  # this CPU's float32 matmul peak on 2 threads (issue 3)
 POOL = 10
@@ -100,7 +100,7 @@ def setup(workload: str, first_order: bool):
     return model, ic, oc, markov_batches(), (3, 30)
 
 
-def vmap_baseline_step(model, ic, oc):  # noqa: ANN001, ANN201
+def vmap_baseline_step(model, ic, oc):
     """The plain torch.func version (vmap over tasks of grad-of-grad through functional_call),
     for comparing under the same machine load; same maths, same Adam."""
     from torch.func import functional_call, grad, vmap
@@ -108,8 +108,8 @@ def vmap_baseline_step(model, ic, oc):  # noqa: ANN001, ANN201
     from pipeline.meta import optim
     from pipeline.meta.losses import task_loss
 
-    def one_task(p, sx, sy, sm, qx, qy, qm):  # noqa: ANN001, ANN202
-        def loss(p, x, y, m):  # noqa: ANN001, ANN202
+    def one_task(p, sx, sy, sm, qx, qy, qm):
+        def loss(p, x, y, m):
             out = functional_call(model, p, (x, m))
             return task_loss(model.kind, out[None], y[None], m[None])[0]
 
@@ -118,12 +118,12 @@ def vmap_baseline_step(model, ic, oc):  # noqa: ANN001, ANN201
             p = {k: p[k] - ic.lr * g[k] for k in p}
         return loss(p, qx, qy, qm)
 
-    def meta_loss(p, batch):  # noqa: ANN001, ANN202
+    def meta_loss(p, batch):
         return vmap(one_task, in_dims=(None, 0, 0, 0, 0, 0, 0))(
             p, *batch.support, *batch.query
         ).mean()
 
-    def step(state, batch):  # noqa: ANN001, ANN202
+    def step(state, batch):
         g = grad(meta_loss)(state.params, batch)
         updates, opt = optim.adam_update(g, state.opt, state.params, oc.lr)
         return state._replace(params=optim.apply_updates(state.params, updates), opt=opt), {

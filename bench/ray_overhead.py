@@ -45,11 +45,14 @@ def _ray(cfg, steps: int, workers: int, threads: int, storage: str) -> dict[str,
                 "threads_per_worker": threads,
                 "cpus_per_worker": 2 / workers,
             },
-            "checkpoint": {**config.to_dict(cfg.checkpoint), "storage": storage,
-                           "run_name": f"overhead-{workers}w-{time.time_ns()}"},
+            "checkpoint": {
+                **config.to_dict(cfg.checkpoint),
+                "storage": storage,
+                "run_name": f"overhead-{workers}w-{time.time_ns()}",
+            },
             "tracking": {**config.to_dict(cfg.tracking), "enabled": False},
         }
-    )  # fmt: skip
+    )
     r = run_training(run, quiet=True)
     m = r.metrics
     return {
@@ -69,8 +72,11 @@ def main() -> None:
 
     from pipeline import config
 
-    over = [f"outer.steps={args.steps}", f"outer.val_every={args.steps}",
-            f"checkpoint.every={args.steps}"]  # fmt: skip
+    over = [
+        f"outer.steps={args.steps}",
+        f"outer.val_every={args.steps}",
+        f"checkpoint.every={args.steps}",
+    ]
     cfg = config.load(args.config, over)
     print(f"{args.config}, {args.steps} steps; load average before: {os.getloadavg()}")
     local_sps, local_start = _local(cfg, args.steps, 1)
@@ -83,12 +89,18 @@ def main() -> None:
     ray.shutdown()
     print("| run | steps/s | vs local | start-up s | peak RSS MB / worker | data wait |")
     print("|---|---|---|---|---|---|")
-    print(f"| local_train (1 process, 1 thread) | {local_sps:.1f} | 1.00 | {local_start:.1f} "
-          f"| {local_rss:.0f} (whole process) | - |")  # fmt: skip
-    for name, r in (("metaray train, 1 worker x 1 thread", one),
-                    ("metaray train, 2 workers x 1 thread", two)):  # fmt: skip
-        print(f"| {name} | {r['steps_per_s']:.1f} | {r['steps_per_s'] / local_sps:.2f} "
-              f"| {r['startup_s']:.1f} | {r['peak_rss_mb']:.0f} | {100 * r['data_wait']:.1f}% |")
+    print(
+        f"| local_train (1 process, 1 thread) | {local_sps:.1f} | 1.00 | {local_start:.1f} "
+        f"| {local_rss:.0f} (whole process) | - |"
+    )
+    for name, r in (
+        ("metaray train, 1 worker x 1 thread", one),
+        ("metaray train, 2 workers x 1 thread", two),
+    ):
+        print(
+            f"| {name} | {r['steps_per_s']:.1f} | {r['steps_per_s'] / local_sps:.2f} "
+            f"| {r['startup_s']:.1f} | {r['peak_rss_mb']:.0f} | {100 * r['data_wait']:.1f}% |"
+        )
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -52,8 +52,10 @@ def main() -> None:
     ap.add_argument("--actor-eps", type=float, default=1400.0, help="episodes/s per actor")
     args = ap.parse_args()
     nodes = [1, 2, 4, 8, 16, 32, 64]
-    print(f"F={args.fixed_ms} ms, G={args.tflops} TFLOP/s, {args.gbps} Gbit/s, "
-          f"alpha={args.alpha_us} us, {PARAMS * 4 * args.param_mult / 1e6:.2f} MB gradient")
+    print(
+        f"F={args.fixed_ms} ms, G={args.tflops} TFLOP/s, {args.gbps} Gbit/s, "
+        f"alpha={args.alpha_us} us, {PARAMS * 4 * args.param_mult / 1e6:.2f} MB gradient"
+    )
     print("\nStrong scaling: global meta-batch 256 split over N GPUs (TorchOpt's setting)\n")
     print("| N | B/GPU | compute ms | ring ms | step ms | tasks/s | speed-up | eff. | tree ms |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -64,8 +66,10 @@ def main() -> None:
         _, t, _ = step(n, b, args, tree=True)
         tps = b * n / s * 1e3
         base = base or tps
-        print(f"| {n} | {b} | {c:.1f} | {r:.2f} | {s:.1f} | {tps:,.0f} | {tps / base:.2f}x "
-              f"| {tps / base / n:.0%} | {t:.2f} |")
+        print(
+            f"| {n} | {b} | {c:.1f} | {r:.2f} | {s:.1f} | {tps:,.0f} | {tps / base:.2f}x "
+            f"| {tps / base / n:.0%} | {t:.2f} |"
+        )
     print("\nWeak scaling: 64 tasks per GPU (global meta-batch 64N)\n")
     print("| N | step ms (ring) | tasks/s | eff. | episodes/s needed | actors needed |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -74,8 +78,10 @@ def main() -> None:
         _, _, s = step(n, 64, args, tree=False)
         tps = 64 * n / s * 1e3
         base = base or tps
-        print(f"| {n} | {s:.1f} | {tps:,.0f} | {tps / base / n:.0%} | {tps:,.0f} "
-              f"| {math.ceil(tps / args.actor_eps)} |")
+        print(
+            f"| {n} | {s:.1f} | {tps:,.0f} | {tps / base / n:.0%} | {tps:,.0f} "
+            f"| {math.ceil(tps / args.actor_eps)} |"
+        )
 
 
 if __name__ == "__main__":

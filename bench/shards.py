@@ -30,8 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.data.build import write_shard_set
-from pipeline.data.shards import clear_cache, open_shard_set  # noqa: E402
-from pipeline.data.sources import sinusoid, wordlang  # noqa: E402
+from pipeline.data.shards import clear_cache, open_shard_set
+from pipeline.data.sources import sinusoid, wordlang
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:
@@ -39,8 +39,11 @@ def start_moto() -> tuple[subprocess.Popen, str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     exe = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -79,12 +82,19 @@ def measure(name: str, prepare, uri: str) -> dict:
             ss.read_task(k)
     t_warm = (time.perf_counter() - t0) / reps
     return {
-        "workload": name, "where": "s3" if uri.startswith("s3://") else "local",
-        "tasks": len(keys), "rows": rows, "files": len(res.manifest.files), "bytes": size,
-        "source_s": round(t_source, 3), "write_s": round(t_write, 3),
-        "build_s": round(t_build, 3), "build_rows_per_s": round(rows / t_build),
+        "workload": name,
+        "where": "s3" if uri.startswith("s3://") else "local",
+        "tasks": len(keys),
+        "rows": rows,
+        "files": len(res.manifest.files),
+        "bytes": size,
+        "source_s": round(t_source, 3),
+        "write_s": round(t_write, 3),
+        "build_s": round(t_build, 3),
+        "build_rows_per_s": round(rows / t_build),
         "write_rows_per_s": round(rows / t_write),
-        "read_cold_s": round(t_cold, 3), "read_cold_rows_per_s": round(rows / t_cold),
+        "read_cold_s": round(t_cold, 3),
+        "read_cold_rows_per_s": round(rows / t_cold),
         "read_warm_tasks_per_s": round(len(keys) / t_warm),
         "read_warm_rows_per_s": round(rows / t_warm),
     }
@@ -110,15 +120,20 @@ def main() -> None:
 
     workloads = {
         "sinusoid": lambda: sinusoid.prepare(
-            train_tasks=args.sin_tasks, val_tasks=200, test_tasks=200, points=50),
+            train_tasks=args.sin_tasks, val_tasks=200, test_tasks=200, points=50
+        ),
         "wordlang": lambda: wordlang.prepare(top_n=args.top_n),
     }
     proc, endpoint = start_moto()
-    os.environ.update({
-        "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    })
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
     import boto3
 
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
@@ -137,8 +152,16 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    print(json.dumps({"bench": "shards", "quick": args.quick, "wordfreq_load_s": round(load_s, 2),
-                      "results": results}))
+    print(
+        json.dumps(
+            {
+                "bench": "shards",
+                "quick": args.quick,
+                "wordfreq_load_s": round(load_s, 2),
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import InnerConfig, OuterConfig  # noqa: E402
-from pipeline.data.episodes import EpisodeBatch, Split  # noqa: E402
-from pipeline.meta import outer  # noqa: E402
-from pipeline.meta.inner import adapt  # noqa: E402
-from pipeline.meta.losses import task_loss  # noqa: E402
-from pipeline.models.mlp import MLP  # noqa: E402
+from pipeline.config import InnerConfig, OuterConfig
+from pipeline.data.episodes import EpisodeBatch, Split
+from pipeline.meta import outer
+from pipeline.meta.inner import adapt
+from pipeline.meta.losses import task_loss
+from pipeline.models.mlp import MLP
 
 PUBLISHED = {  # (algorithm, K) -> (MSE, source)
     ("maml", 5): (1.13, "Meta-SGD paper (MAML)"),

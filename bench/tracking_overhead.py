@@ -63,11 +63,17 @@ def run(cfg: config.RunConfig, tracker, data: list[EpisodeBatch]) -> dict[str, f
     cpu0 = time.thread_time()
     for i, batch in enumerate(data):
         t0 = time.perf_counter()
-        state, m = outer.train_step(state, batch, model=model, inner_cfg=cfg.inner,
-                                    outer_cfg=cfg.outer)  # fmt: skip
+        state, m = outer.train_step(
+            state, batch, model=model, inner_cfg=cfg.inner, outer_cfg=cfg.outer
+        )
         t1 = time.perf_counter()
-        metrics = {"loss": m["loss_post"], "loss_pre": m["loss_pre"], "loss_post": m["loss_post"],
-                   "episodes_per_s": cfg.outer.meta_batch / (t1 - t0), "data_wait_frac": 0.0}
+        metrics = {
+            "loss": m["loss_post"],
+            "loss_pre": m["loss_pre"],
+            "loss_post": m["loss_post"],
+            "episodes_per_s": cfg.outer.meta_batch / (t1 - t0),
+            "data_wait_frac": 0.0,
+        }
         tracker.log_metrics(metrics, i + 1)
         if (i + 1) % 10 == 0:
             tracker.log_inner_curve({0: m["loss_pre"], 1: m["loss_post"]}, i + 1)
@@ -89,19 +95,34 @@ def run(cfg: config.RunConfig, tracker, data: list[EpisodeBatch]) -> dict[str, f
 
 
 def per_step(args: argparse.Namespace, server_uri: str, tmp: Path) -> None:
-    shapes = {"smoke (MLP 16, meta-batch 4, K=5)": (16, 4, 5),
-              "sinusoid (MLP 40, meta-batch 25, K=10)": (40, 25, 10)}  # fmt: skip
+    shapes = {
+        "smoke (MLP 16, meta-batch 4, K=5)": (16, 4, 5),
+        "sinusoid (MLP 40, meta-batch 25, K=10)": (40, 25, 10),
+    }
     print(f"{args.steps} steps per run, median of {args.rounds} interleaved runs per mode")
-    print("| step shape | tracker | step ms (wall) | training-thread CPU ms/step "
-          "| in-call µs/step | sender CPU µs/step | overhead (CPU) | end() s |")  # fmt: skip
+    print(
+        "| step shape | tracker | step ms (wall) | training-thread CPU ms/step "
+        "| in-call µs/step | sender CPU µs/step | overhead (CPU) | end() s |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for label, (hidden, mb, k) in shapes.items():
-        cfg = config.load(None, ["data.episode=regression", "model.kind=mlp",
-                                 f"model.hidden={hidden}", f"outer.meta_batch={mb}",
-                                 f"data.k_support={k}", f"data.k_query={k}"])  # fmt: skip
+        cfg = config.load(
+            None,
+            [
+                "data.episode=regression",
+                "model.kind=mlp",
+                f"model.hidden={hidden}",
+                f"outer.meta_batch={mb}",
+                f"data.k_support={k}",
+                f"data.k_query={k}",
+            ],
+        )
         data = batches(args.steps, mb, k)
-        uris = {"none": None, "mlflow sqlite": f"sqlite:///{tmp}/bench.db",
-                "mlflow server": server_uri}  # fmt: skip
+        uris = {
+            "none": None,
+            "mlflow sqlite": f"sqlite:///{tmp}/bench.db",
+            "mlflow server": server_uri,
+        }
         res: dict[str, list[dict[str, float]]] = {k: [] for k in uris}
         for _ in range(args.rounds):
             for name, uri in uris.items():
@@ -114,25 +135,52 @@ def per_step(args: argparse.Namespace, server_uri: str, tmp: Path) -> None:
             med = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
             extra_us = med["call_us"] - base_call + med["sender_us"]
             over = f"{100 * extra_us / (1e3 * base_cpu):.1f}%" if name != "none" else "-"
-            print(f"| {label} | {name} | {med['step_ms']:.2f} | {med['train_cpu_ms']:.2f} "
-                  f"| {med['call_us']:.0f} | {med['sender_us']:.0f} | {over} "
-                  f"| {med['end_s']:.2f} |")  # fmt: skip
+            print(
+                f"| {label} | {name} | {med['step_ms']:.2f} | {med['train_cpu_ms']:.2f} "
+                f"| {med['call_us']:.0f} | {med['sender_us']:.0f} | {over} "
+                f"| {med['end_s']:.2f} |"
+            )
 
 
 def sweep(tmp: Path) -> None:
     venv = Path(sys.executable).parent
     shards = tmp / "smoke-sinusoid"
-    subprocess.run([str(venv / "metaray"), "shards", "build", "sinusoid", "--out", str(shards),
-                    "--train-tasks", "24", "--val-tasks", "8", "--test-tasks", "4",
-                    "--points", "40", "--rows-per-file", "320"], check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
-    cmd = [str(venv / "metaray"), "tune", "--config", str(ROOT / "configs/tune_smoke.yaml"),
-           f"data.uri={shards}", f"tracking.uri=sqlite:///{tmp}/sweep.db",
-           f"tune.storage={tmp / 'tune'}", f"checkpoint.storage={tmp / 'runs'}"]  # fmt: skip
+    subprocess.run(
+        [
+            str(venv / "metaray"),
+            "shards",
+            "build",
+            "sinusoid",
+            "--out",
+            str(shards),
+            "--train-tasks",
+            "24",
+            "--val-tasks",
+            "8",
+            "--test-tasks",
+            "4",
+            "--points",
+            "40",
+            "--rows-per-file",
+            "320",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    cmd = [
+        str(venv / "metaray"),
+        "tune",
+        "--config",
+        str(ROOT / "configs/tune_smoke.yaml"),
+        f"data.uri={shards}",
+        f"tracking.uri=sqlite:///{tmp}/sweep.db",
+        f"tune.storage={tmp / 'tune'}",
+        f"checkpoint.storage={tmp / 'runs'}",
+    ]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t0
-    table = out.stdout[out.stdout.index("trial "):].split("\n\n")[0]
+    table = out.stdout[out.stdout.index("trial ") :].split("\n\n")[0]
     print(f"\ntune smoke sweep (3 trials, ASHA, 2 side by side): {wall:.1f} s wall")
     print(table)
     t0 = time.perf_counter()

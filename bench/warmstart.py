@@ -27,25 +27,40 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline import config  # noqa: E402
-from pipeline.bank.service import BankService  # noqa: E402
-from pipeline.bank.warm_start import flatten_batched, unflatten, warm_start  # noqa: E402
-from pipeline.config import BankConfig  # noqa: E402
-from pipeline.data import episodes as ep  # noqa: E402
-from pipeline.data.sources.languages import BRANCH, LANGUAGES  # noqa: E402
-from pipeline.data.sources.wordlang import top_words  # noqa: E402
-from pipeline.meta import outer  # noqa: E402
-from pipeline.meta.descriptor import KINDS, describe  # noqa: E402
-from pipeline.meta.inner import adapt  # noqa: E402
-from pipeline.meta.losses import LN2, model_loss  # noqa: E402
-from pipeline.models import build_model  # noqa: E402
+from pipeline import config
+from pipeline.bank.service import BankService
+from pipeline.bank.warm_start import flatten_batched, unflatten, warm_start
+from pipeline.config import BankConfig
+from pipeline.data import episodes as ep
+from pipeline.data.sources.languages import BRANCH, LANGUAGES
+from pipeline.data.sources.wordlang import top_words
+from pipeline.meta import outer
+from pipeline.meta.descriptor import KINDS, describe
+from pipeline.meta.inner import adapt
+from pipeline.meta.losses import LN2, model_loss
+from pipeline.models import build_model
 
 RELATED = ["uk", "sk", "ca", "nb", "ms", "pt"]  # ru/bg/mk, cs/pl, es/it/fr, da/sv, id, es
 UNRELATED = ["ko", "ta", "el", "he", "vi", "tr"]  # no same-branch language in TRAIN
 TRAIN = sorted(set(LANGUAGES) - set(RELATED) - set(UNRELATED))
 STEPS = (0, 1, 2, 5, 10)
-T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26,
-        10: 2.23, 15: 2.13, 20: 2.09, 30: 2.04, 60: 2.00, 120: 1.98}
+T975 = {
+    1: 12.71,
+    2: 4.30,
+    3: 3.18,
+    4: 2.78,
+    5: 2.57,
+    6: 2.45,
+    7: 2.36,
+    8: 2.31,
+    9: 2.26,
+    10: 2.23,
+    15: 2.13,
+    20: 2.09,
+    30: 2.04,
+    60: 2.00,
+    120: 1.98,
+}
 
 
 def t975(df: int) -> float:
@@ -98,14 +113,30 @@ def meta_train(cfg, model, even, log):
     hist = []
     for step in range(cfg.outer.steps):
         b = ep.to_torch(
-            ep.build_step(lambda k: even[k], TRAIN, cfg.data, seed=cfg.outer.seed, step=step,
-                          meta_batch=cfg.outer.meta_batch)
+            ep.build_step(
+                lambda k: even[k],
+                TRAIN,
+                cfg.data,
+                seed=cfg.outer.seed,
+                step=step,
+                meta_batch=cfg.outer.meta_batch,
+            )
         )
-        state, m = outer.train_step(state, b, model=model, inner_cfg=cfg.inner,
-                                    outer_cfg=cfg.outer, pre_metrics=step % 25 == 0)
+        state, m = outer.train_step(
+            state,
+            b,
+            model=model,
+            inner_cfg=cfg.inner,
+            outer_cfg=cfg.outer,
+            pre_metrics=step % 25 == 0,
+        )
         if step % 25 == 0 or step == cfg.outer.steps - 1:
-            rec = {"step": step, "bpb_pre": m.get("loss_pre", float("nan")) / LN2,
-                   "bpb_post": m["loss_post"] / LN2, "s": time.perf_counter() - t0}
+            rec = {
+                "step": step,
+                "bpb_pre": m.get("loss_pre", float("nan")) / LN2,
+                "bpb_post": m["loss_post"] / LN2,
+                "s": time.perf_counter() - t0,
+            }
             hist.append(rec)
             log(f"meta step {step}: {rec}")
     return state, hist
@@ -117,24 +148,40 @@ def fill_bank(model, state, even, args, trainable):
     eps = episodes(even, TRAIN, args.fill_shots, 64, args.max_len, 1, seed=7)
     names = list(state.params)
     for langs, b in batched(eps, 8):
-        p = adapt(state.params, None, b.support, model=model, steps=args.fill_steps,
-                  lrs=state.lrs, first_order=True, trainable=trainable)
+        p = adapt(
+            state.params,
+            None,
+            b.support,
+            model=model,
+            steps=args.fill_steps,
+            lrs=state.lrs,
+            first_order=True,
+            trainable=trainable,
+        )
         p = {k: v.detach() for k, v in p.items()}
         flat = flatten_batched(p, names)
         loss = bpb(model, p, b.query)
         desc = {kind: describe(model, state.params, b.support, kind=kind) for kind in KINDS}
         for i, lang in enumerate(langs):
-            rows[lang] = {"params": flat[i], "loss": float(loss[i]),
-                          "desc": {k: v[i] for k, v in desc.items()}}
+            rows[lang] = {
+                "params": flat[i],
+                "loss": float(loss[i]),
+                "desc": {k: v[i] for k, v in desc.items()},
+            }
     return rows
 
 
 def bank_for(rows, kind, threshold, exclude=()):
     bank = BankService(BankConfig(capacity=1000, threshold=threshold, descriptor=kind))
     keys = [k for k in rows if k not in exclude]
-    bank.put({"keys": keys, "descriptor": np.stack([rows[k]["desc"][kind] for k in keys]),
-              "params": np.stack([rows[k]["params"] for k in keys]),
-              "loss": [rows[k]["loss"] for k in keys]})
+    bank.put(
+        {
+            "keys": keys,
+            "descriptor": np.stack([rows[k]["desc"][kind] for k in keys]),
+            "params": np.stack([rows[k]["params"] for k in keys]),
+            "loss": [rows[k]["loss"] for k in keys],
+        }
+    )
     return bank
 
 
@@ -147,8 +194,16 @@ def after_steps(model, params, b, steps, lrs, trainable) -> dict[int, np.ndarray
     out, done, p = {}, 0, {k: v.detach() for k, v in params.items()}
     for s in sorted(steps):
         if s > done:
-            p = adapt(p, None, b.support, model=model, steps=s - done, lrs=lrs, first_order=True,
-                      trainable=trainable)
+            p = adapt(
+                p,
+                None,
+                b.support,
+                model=model,
+                steps=s - done,
+                lrs=lrs,
+                first_order=True,
+                trainable=trainable,
+            )
             p = {k: v.detach() for k, v in p.items()}
             done = s
         out[s] = bpb(model, p, b.query)
@@ -181,9 +236,12 @@ def calibrate(model, state, rows, even, args, trainable, log):
         totals = [gains[sims >= c].sum() for c in cands]
         best = int(np.argmax(totals))
         thr = float(cands[best]) if totals[best] > 0 else 1.0  # only exact duplicates warm-start
-        out[kind] = {"loo_precision_at_1": float(np.mean(same)), "threshold": thr,
-                     "loo_gain_above_threshold": float(totals[best]),
-                     "loo_warm_fraction": float((sims >= thr).mean())}
+        out[kind] = {
+            "loo_precision_at_1": float(np.mean(same)),
+            "threshold": thr,
+            "loo_gain_above_threshold": float(totals[best]),
+            "loo_warm_fraction": float((sims >= thr).mean()),
+        }
         log(f"calibration {kind}: {out[kind]}")
     return out
 
@@ -195,38 +253,66 @@ def evaluate(model, state, rows, odd, args, kind, thr, rand_params, trainable, l
     scen = {"recurring": list(recurring), "related": RELATED, "unrelated": UNRELATED}
     res = {}
     for name, langs in scen.items():
-        eps = episodes(odd, langs, args.shots, args.k_query, args.max_len, args.episodes,
-                       seed=args.seed)
+        eps = episodes(
+            odd, langs, args.shots, args.k_query, args.max_len, args.episodes, seed=args.seed
+        )
         vals = {m: {s: [] for s in STEPS} for m in ("meta-init", "bank", "random", "stored")}
         info_all, lang_all = [], []
         for langs_b, b in batched(eps):
             lang_all += langs_b
-            start, info = warm_start(model, state.params, b.support, cfg=bank.cfg,
-                                     query=bank.query)
+            start, info = warm_start(model, state.params, b.support, cfg=bank.cfg, query=bank.query)
             info_all += info.sources
-            stored = unflatten(np.stack([rows[x]["params"] for x in langs_b]), state.params) \
-                if name == "recurring" else None
-            for m, p in (("meta-init", state.params), ("bank", start), ("random", rand_params),
-                         ("stored", stored)):
+            stored = (
+                unflatten(np.stack([rows[x]["params"] for x in langs_b]), state.params)
+                if name == "recurring"
+                else None
+            )
+            for m, p in (
+                ("meta-init", state.params),
+                ("bank", start),
+                ("random", rand_params),
+                ("stored", stored),
+            ):
                 if p is None:
                     continue
                 done = 0
                 p = {k: v.detach() for k, v in p.items()}
                 for s in STEPS:
                     if s > done:
-                        p = adapt(p, None, b.support, model=model, steps=s - done, lrs=state.lrs,
-                                  first_order=True, trainable=trainable)
+                        p = adapt(
+                            p,
+                            None,
+                            b.support,
+                            model=model,
+                            steps=s - done,
+                            lrs=state.lrs,
+                            first_order=True,
+                            trainable=trainable,
+                        )
                         p = {k: v.detach() for k, v in p.items()}
                         done = s
                     vals[m][s] += bpb(model, p, b.query).tolist()
         warm = [s != "meta-init" for s in info_all]
-        right = [s != "meta-init" and (s[5:].split(",")[0] == lg if name == "recurring"
-                                       else same_branch(lg, s[5:].split(",")[0]))
-                 for s, lg in zip(info_all, lang_all, strict=True)]
-        seen = np.array([LANGUAGES[lg].script in {LANGUAGES[t].script for t in TRAIN}
-                         for lg in lang_all])
-        r = {"languages": langs, "episodes": len(lang_all), "warm_fraction": float(np.mean(warm)),
-             "warm_right_fraction": float(np.mean(right)), "sources": {}, "steps": {}}
+        right = [
+            s != "meta-init"
+            and (
+                s[5:].split(",")[0] == lg
+                if name == "recurring"
+                else same_branch(lg, s[5:].split(",")[0])
+            )
+            for s, lg in zip(info_all, lang_all, strict=True)
+        ]
+        seen = np.array(
+            [LANGUAGES[lg].script in {LANGUAGES[t].script for t in TRAIN} for lg in lang_all]
+        )
+        r = {
+            "languages": langs,
+            "episodes": len(lang_all),
+            "warm_fraction": float(np.mean(warm)),
+            "warm_right_fraction": float(np.mean(right)),
+            "sources": {},
+            "steps": {},
+        }
         for lg, s in zip(lang_all, info_all, strict=True):
             r["sources"].setdefault(lg, {}).setdefault(s, 0)
             r["sources"][lg][s] += 1
@@ -258,11 +344,11 @@ def retrieval(model, state, rows, odd, args):
         for name, eps in (("related_same_branch", eps_rel), ("recurring_same_language", eps_rec)):
             ok, nn = [], {}
             for langs, b in batched(eps):
-                hits = bank.query(describe(model, state.params, b.support, kind=kind), 1,
-                                  with_params=False)
+                hits = bank.query(
+                    describe(model, state.params, b.support, kind=kind), 1, with_params=False
+                )
                 for lg, keys in zip(langs, hits["keys"], strict=True):
-                    good = same_branch(lg, keys[0]) if name.startswith("related") \
-                        else keys[0] == lg
+                    good = same_branch(lg, keys[0]) if name.startswith("related") else keys[0] == lg
                     ok.append(good)
                     nn.setdefault(lg, {}).setdefault(keys[0], 0)
                     nn[lg][keys[0]] += 1
@@ -282,10 +368,18 @@ def cached(args, cfg, model, even, trainable, log):
             side = json.load(f)
         state = outer.MetaState(
             {k[7:]: torch.from_numpy(v) for k, v in flat.items() if k.startswith("params/")},
-            {k[4:]: torch.from_numpy(v) for k, v in flat.items() if k.startswith("lrs/")}, {}, 0)
-        rows = {lang: {"params": flat[f"bank/{lang}/params"], "loss": side["loss"][lang],
-                       "desc": {kd: flat[f"bank/{lang}/{kd}"] for kd in KINDS}}
-                for lang in TRAIN}
+            {k[4:]: torch.from_numpy(v) for k, v in flat.items() if k.startswith("lrs/")},
+            {},
+            0,
+        )
+        rows = {
+            lang: {
+                "params": flat[f"bank/{lang}/params"],
+                "loss": side["loss"][lang],
+                "desc": {kd: flat[f"bank/{lang}/{kd}"] for kd in KINDS},
+            }
+            for lang in TRAIN
+        }
         log(f"loaded meta-state and bank fill from {path}")
         return state, side["hist"], rows
     state, hist = meta_train(cfg, model, even, log)
@@ -293,8 +387,12 @@ def cached(args, cfg, model, even, trainable, log):
     if path:
         os.makedirs(args.cache, exist_ok=True)
         flat = {f"params/{k}": v.numpy() for k, v in state.params.items()}
-        flat.update({f"lrs/{k}": v.reshape(-1).numpy() if v.dim() == 0 else v.numpy()
-                     for k, v in state.lrs.items()})
+        flat.update(
+            {
+                f"lrs/{k}": v.reshape(-1).numpy() if v.dim() == 0 else v.numpy()
+                for k, v in state.lrs.items()
+            }
+        )
         for lang, r in rows.items():
             flat[f"bank/{lang}/params"] = r["params"]
             flat.update({f"bank/{lang}/{kd}": r["desc"][kd] for kd in KINDS})
@@ -307,35 +405,49 @@ def cached(args, cfg, model, even, trainable, log):
 def render(report: dict) -> str:
     """Markdown tables from a report JSON (`--render FILE`)."""
     f = lambda st: f"{st['mean']:.3f} ± {st['ci']:.3f}"  # noqa: E731
-    lines = [f"descriptor chosen on TRAIN languages only: `{report['descriptor']}`, threshold "
-             f"{report['calibration'][report['descriptor']]['threshold']}", ""]
+    lines = [
+        f"descriptor chosen on TRAIN languages only: `{report['descriptor']}`, threshold "
+        f"{report['calibration'][report['descriptor']]['threshold']}",
+        "",
+    ]
     for name, r in report["scenarios"].items():
-        lines += [f"**{name}** ({', '.join(r['languages'])}; {r['episodes']} episodes; warm "
-                  f"start taken {r['warm_fraction']:.0%}, from a right source "
-                  f"{r['warm_right_fraction']:.0%})", "",
-                  "| steps | meta-init bpb | bank bpb | random bpb | bank - meta (95% CI) |"
-                  + (" stored-entry start bpb |" if name == "recurring" else ""),
-                  "|---|---|---|---|---|" + ("---|" if name == "recurring" else "")]
+        lines += [
+            f"**{name}** ({', '.join(r['languages'])}; {r['episodes']} episodes; warm "
+            f"start taken {r['warm_fraction']:.0%}, from a right source "
+            f"{r['warm_right_fraction']:.0%})",
+            "",
+            "| steps | meta-init bpb | bank bpb | random bpb | bank - meta (95% CI) |"
+            + (" stored-entry start bpb |" if name == "recurring" else ""),
+            "|---|---|---|---|---|" + ("---|" if name == "recurring" else ""),
+        ]
         for s, row in r["steps"].items():
             extra = f" {f(row['stored'])} |" if "stored" in row else ""
-            lines.append(f"| {s} | {f(row['meta-init'])} | {f(row['bank'])} | "
-                         f"{f(row['random'])} | {f(row['bank-meta'])} |{extra}")
+            lines.append(
+                f"| {s} | {f(row['meta-init'])} | {f(row['bank'])} | "
+                f"{f(row['random'])} | {f(row['bank-meta'])} |{extra}"
+            )
             for k in ("bank-meta seen_script", "bank-meta unseen_script"):
                 if k in row:
                     lines.append(f"| {s} ({k[10:]}) | | | | {f(row[k])} |")
         if "stored_bank_fill_bpb" in r:
-            lines.append(f"\nstored entries' own bpb at bank fill (their K=256 query): "
-                         f"{f(r['stored_bank_fill_bpb'])}")
+            lines.append(
+                f"\nstored entries' own bpb at bank fill (their K=256 query): "
+                f"{f(r['stored_bank_fill_bpb'])}"
+            )
         lines.append("")
-    lines += ["| descriptor | LOO p@1 same branch (TRAIN) | related p@1 same branch | "
-              "recurring p@1 same language | threshold | LOO warm fraction |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "| descriptor | LOO p@1 same branch (TRAIN) | related p@1 same branch | "
+        "recurring p@1 same language | threshold | LOO warm fraction |",
+        "|---|---|---|---|---|---|",
+    ]
     for kind, c in report["calibration"].items():
         rr = report["retrieval"][kind]
-        lines.append(f"| {kind} | {c['loo_precision_at_1']:.2f} | "
-                     f"{rr['related_same_branch']['precision_at_1']:.2f} | "
-                     f"{rr['recurring_same_language']['precision_at_1']:.2f} | "
-                     f"{c['threshold']} | {c['loo_warm_fraction']:.2f} |")
+        lines.append(
+            f"| {kind} | {c['loo_precision_at_1']:.2f} | "
+            f"{rr['related_same_branch']['precision_at_1']:.2f} | "
+            f"{rr['recurring_same_language']['precision_at_1']:.2f} | "
+            f"{c['threshold']} | {c['loo_warm_fraction']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -357,9 +469,12 @@ def main() -> None:
     ap.add_argument("--recurring", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/warmstart.json")
-    ap.add_argument("--calib-steps", default="0,1,2",
-                    help="inner-step counts at which a warm start must beat the meta-init "
-                         "(leave-one-language-out on TRAIN) to set the threshold")
+    ap.add_argument(
+        "--calib-steps",
+        default="0,1,2",
+        help="inner-step counts at which a warm start must beat the meta-init "
+        "(leave-one-language-out on TRAIN) to set the threshold",
+    )
     ap.add_argument("--cache", help="directory: reuse/save the meta-state and the bank fill")
     args = ap.parse_args()
     if args.render:
@@ -370,31 +485,53 @@ def main() -> None:
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     log = lambda m: print(f"[{time.perf_counter() - t0:7.1f}s] {m}", flush=True)  # noqa: E731
-    cfg = config.load(None, [
-        f"inner.algorithm={args.algorithm}", f"inner.steps={args.inner_steps}",
-        f"inner.lr={args.inner_lr}", f"model.hidden={args.hidden}", "model.embed=16",
-        f"data.max_len={args.max_len}", f"data.k_support={args.shots}", "data.k_query=16",
-        f"outer.meta_batch={args.meta_batch}", f"outer.steps={args.meta_steps}",
-        "outer.lr=0.003", f"outer.seed={args.seed}",
-    ])
+    cfg = config.load(
+        None,
+        [
+            f"inner.algorithm={args.algorithm}",
+            f"inner.steps={args.inner_steps}",
+            f"inner.lr={args.inner_lr}",
+            f"model.hidden={args.hidden}",
+            "model.embed=16",
+            f"data.max_len={args.max_len}",
+            f"data.k_support={args.shots}",
+            "data.k_query=16",
+            f"outer.meta_batch={args.meta_batch}",
+            f"outer.steps={args.meta_steps}",
+            "outer.lr=0.003",
+            f"outer.seed={args.seed}",
+        ],
+    )
     even, odd = load_rows(TRAIN + RELATED + UNRELATED, 1000)
     model = build_model(cfg.model, cfg.data)
     trainable = outer.trainable_names(model, cfg.inner)
     state, hist, rows = cached(args, cfg, model, even, trainable, log)
-    log(f"bank filled: {len(rows)} languages, mean stored bpb "
-        f"{np.mean([r['loss'] for r in rows.values()]):.3f}")
+    log(
+        f"bank filled: {len(rows)} languages, mean stored bpb "
+        f"{np.mean([r['loss'] for r in rows.values()]):.3f}"
+    )
     calib = calibrate(model, state, rows, even, args, trainable, log)
-    kind = max(KINDS, key=lambda k: (calib[k]["loo_gain_above_threshold"],
-                                     calib[k]["loo_precision_at_1"]))
+    kind = max(
+        KINDS, key=lambda k: (calib[k]["loo_gain_above_threshold"], calib[k]["loo_precision_at_1"])
+    )
     log(f"chosen on TRAIN only: descriptor={kind}, threshold={calib[kind]['threshold']}")
     torch.manual_seed(1234)
     rand = {k: v.detach() for k, v in model.reinit().named_parameters()}
-    res = evaluate(model, state, rows, odd, args, kind, calib[kind]["threshold"], rand,
-                   trainable, log)
+    res = evaluate(
+        model, state, rows, odd, args, kind, calib[kind]["threshold"], rand, trainable, log
+    )
     retr = retrieval(model, state, rows, odd, args)
-    report = {"args": vars(args), "train_languages": TRAIN, "meta_training": hist,
-              "calibration": calib, "descriptor": kind, "scenarios": res, "retrieval": retr,
-              "wall_s": time.perf_counter() - t0, "load": os.getloadavg()}
+    report = {
+        "args": vars(args),
+        "train_languages": TRAIN,
+        "meta_training": hist,
+        "calibration": calib,
+        "descriptor": kind,
+        "scenarios": res,
+        "retrieval": retr,
+        "wall_s": time.perf_counter() - t0,
+        "load": os.getloadavg(),
+    }
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
     log(f"wrote {args.out}")

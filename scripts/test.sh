@@ -6,5 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export AWS_EC2_METADATA_DISABLED=true
+# Lint and format are part of the suite: a finding fails CI like a failing test.
+.venv/bin/ruff check pipeline jobs tests bench infra
+.venv/bin/ruff format --check --quiet pipeline jobs tests bench infra
 # pytest exits 5 when it collected no test: that is a failure here too.
 exec .venv/bin/python -m pytest "$@"

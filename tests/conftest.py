@@ -5,9 +5,9 @@ import os
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
-from tests.fixtures.mlflow_server import mlflow_server  # noqa: E402, F401
-from tests.fixtures.ray_cluster import ray_cluster, ray_head, smoke_shards  # noqa: E402, F401
-from tests.fixtures.s3 import (  # noqa: E402, F401
+from tests.fixtures.mlflow_server import mlflow_server  # noqa: F401
+from tests.fixtures.ray_cluster import ray_cluster, ray_head, smoke_shards  # noqa: F401
+from tests.fixtures.s3 import (  # noqa: F401
     _moto_threaded,
     finalize_pyarrow_s3,
     s3_server,

@@ -71,18 +71,38 @@ def submit(svc: Services, name: str, entrypoint: list[str], timeout: float = 300
     """`ray job submit` (waits, streams logs), then `ray job status` for the final state."""
     sid = f"{name}-{int(time.time() * 1000)}"
     runtime_env = json.dumps({"env_vars": svc.job_env()})
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", svc.ray_address, "--submission-id",
-           sid, "--runtime-env-json", runtime_env, "--", *entrypoint]  # fmt: skip
+    cmd = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        svc.ray_address,
+        "--submission-id",
+        sid,
+        "--runtime-env-json",
+        runtime_env,
+        "--",
+        *entrypoint,
+    ]
     t0 = time.monotonic()
-    done = subprocess.run(cmd, env=_client_env(svc), capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    done = subprocess.run(
+        cmd, env=_client_env(svc), capture_output=True, text=True, timeout=timeout
+    )
     seconds = time.monotonic() - t0
     status = subprocess.run(
         [str(BIN / "ray"), "job", "status", "--address", svc.ray_address, sid],
-        env=_client_env(svc), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    return Job(sid, job_state(status.stdout + status.stderr, sid), done.returncode,
-               done.stdout + done.stderr, seconds)  # fmt: skip
+        env=_client_env(svc),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return Job(
+        sid,
+        job_state(status.stdout + status.stderr, sid),
+        done.returncode,
+        done.stdout + done.stderr,
+        seconds,
+    )
 
 
 def job_state(text: str, sid: str) -> str:
@@ -95,37 +115,87 @@ def job_state(text: str, sid: str) -> str:
     return other.group(1).rsplit(".", 1)[-1] if other else "UNKNOWN"
 
 
-def flow(svc: Services, workdir: Path, log=print) -> dict[str, Any]:  # noqa: ANN001
+def flow(svc: Services, workdir: Path, log=print) -> dict[str, Any]:
     """Build shards in S3, train as a Ray job, evaluate as a Ray job; return what happened."""
     workdir.mkdir(parents=True, exist_ok=True)
     shards, runs, bank = svc.uri("shards/wordlang"), svc.uri("runs"), svc.uri("bank/e2e")
     log(f"building shards into {shards}")
     build = subprocess.run(
-        [str(BIN / "metaray"), "shards", "build", "wordlang", "--out", shards, "--languages",
-         LANGUAGES, "--top-n", "80", "--seed", "0", "--s3-endpoint", svc.s3_endpoint],
-        env=_client_env(svc), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            str(BIN / "metaray"),
+            "shards",
+            "build",
+            "wordlang",
+            "--out",
+            shards,
+            "--languages",
+            LANGUAGES,
+            "--top-n",
+            "80",
+            "--seed",
+            "0",
+            "--s3-endpoint",
+            svc.s3_endpoint,
+        ],
+        env=_client_env(svc),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if build.returncode:
         raise RuntimeError(f"shards build failed:\n{build.stdout}{build.stderr}")
     log("ray job submit: training")
-    train = submit(svc, "e2e-train", [
-        "python", str(ROOT / "jobs" / "train.py"), "--config", str(CONFIG),
-        f"data.uri={shards}", f"data.s3_endpoint={svc.s3_endpoint}",
-        f"checkpoint.storage={runs}", f"bank.snapshot_uri={bank}",
-        f"bank.s3_endpoint={svc.s3_endpoint}", f"tracking.uri={svc.mlflow_uri}",
-    ])  # fmt: skip
+    train = submit(
+        svc,
+        "e2e-train",
+        [
+            "python",
+            str(ROOT / "jobs" / "train.py"),
+            "--config",
+            str(CONFIG),
+            f"data.uri={shards}",
+            f"data.s3_endpoint={svc.s3_endpoint}",
+            f"checkpoint.storage={runs}",
+            f"bank.snapshot_uri={bank}",
+            f"bank.s3_endpoint={svc.s3_endpoint}",
+            f"tracking.uri={svc.mlflow_uri}",
+        ],
+    )
     log(f"training job {train.submission_id}: {train.status} in {train.seconds:.0f} s")
     result: dict[str, Any] = {"train": train, "eval": None, "report": None}
     if train.status != "SUCCEEDED":
         return result
     out = workdir / "eval"
     log("ray job submit: evaluation")
-    ev = submit(svc, "e2e-eval", [
-        str(BIN / "metaray"), "evaluate", "--checkpoint", f"{runs}/e2e", "--shards", shards,
-        "--bank", bank, "--s3-endpoint", svc.s3_endpoint, "--out", str(out),
-        "--json", str(out / "eval.json"), "--episodes", "3", "--shots", "8,32",
-        "--baseline-steps", "10", "--lr-grid", "0.3,1.0", "--tracking",
-    ])  # fmt: skip
+    ev = submit(
+        svc,
+        "e2e-eval",
+        [
+            str(BIN / "metaray"),
+            "evaluate",
+            "--checkpoint",
+            f"{runs}/e2e",
+            "--shards",
+            shards,
+            "--bank",
+            bank,
+            "--s3-endpoint",
+            svc.s3_endpoint,
+            "--out",
+            str(out),
+            "--json",
+            str(out / "eval.json"),
+            "--episodes",
+            "3",
+            "--shots",
+            "8,32",
+            "--baseline-steps",
+            "10",
+            "--lr-grid",
+            "0.3,1.0",
+            "--tracking",
+        ],
+    )
     log(f"evaluation job {ev.submission_id}: {ev.status} in {ev.seconds:.0f} s")
     result["eval"] = ev
     if ev.status == "SUCCEEDED" and (out / "eval.json").is_file():
@@ -143,6 +213,7 @@ def mlflow_runs(uri: str, experiment: str = "metaray-e2e") -> dict[str, Any]:
         return {}
     out = {}
     for run in client.search_runs([exp.experiment_id]):
+
         def walk(path: str | None = None, run_id: str = run.info.run_id) -> list[str]:
             files = []
             for f in client.list_artifacts(run_id, path):
@@ -188,8 +259,11 @@ def main() -> int:
     a = ap.parse_args()
     names = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
     ray_env = {k: os.environ[k] for k in names if k in os.environ}
-    aws = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                      "AWS_DEFAULT_REGION") if k in os.environ}  # fmt: skip
+    aws = {
+        k: os.environ[k]
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+        if k in os.environ
+    }
     svc = Services(a.s3, a.bucket, a.mlflow, a.ray, ray_env, aws)
     result = flow(svc, Path(a.workdir))
     if result["eval"] is not None:

@@ -129,7 +129,7 @@ class BankStore:
             header_len = int.from_bytes(data[:8], "little")
             header = json.loads(data[8 : 8 + header_len])
             keys = json.loads(header["__metadata__"]["keys"])
-        except Exception as exc:  # noqa: BLE001 - any decoding failure means a damaged record
+        except Exception as exc:  # any decoding failure means a damaged record
             raise BankError(
                 f"bank WAL record {self.uri}/wal/{seq:0{_SEQ_WIDTH}d}.safetensors is corrupt "
                 f"({exc}); move it aside to restore the entries before it"
@@ -171,8 +171,7 @@ class BankStore:
                 "key": pa.array(keys, pa.string()),
                 "descriptor": descriptor,
                 **{
-                    m: pa.array(np.asarray(cols.get(m, []), dt)[:n])
-                    for m, dt in META_TYPES.items()
+                    m: pa.array(np.asarray(cols.get(m, []), dt)[:n]) for m, dt in META_TYPES.items()
                 },
             }
         )
@@ -219,7 +218,7 @@ class BankStore:
         try:
             m = json.loads(self._read(path))
             m["files"]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise BankError(
                 f"bank snapshot manifest {self.snapshot_name(seq)}/manifest.json is unreadable "
                 f"({exc}); restore the previous snapshot or delete this one"

@@ -32,12 +32,15 @@ class BankHook:
         from pipeline.data import episodes as ep
 
         n_way = self.cfg.data.n_way if self.cfg.data.episode == "classify" else None
-        slots = ep.plan_step(self.pool.train_tasks, self.pool.seed, step, self.pool.meta_batch,
-                             n_way)  # fmt: skip
-        return ["+".join(s) if isinstance(s, tuple) else str(s)
-                for s in ep.worker_slice(slots, self.rank, self.world)]  # fmt: skip
+        slots = ep.plan_step(
+            self.pool.train_tasks, self.pool.seed, step, self.pool.meta_batch, n_way
+        )
+        return [
+            "+".join(s) if isinstance(s, tuple) else str(s)
+            for s in ep.worker_slice(slots, self.rank, self.world)
+        ]
 
-    def after_step(self, step: int, state, batch) -> bool:  # noqa: ANN001
+    def after_step(self, step: int, state, batch) -> bool:
         """Maybe write this step's tasks; returns whether a batch was submitted."""
         if (step + 1) % self.cfg.bank.write_every:
             return False
@@ -50,31 +53,45 @@ class BankHook:
         device = next(iter(state.params.values())).device
         b = ep.to_torch(batch, device)
         params = {k: v.detach() for k, v in state.params.items()}
-        adapted = adapt(params, None, b.support, model=self.model, steps=self.cfg.inner.steps,
-                        lrs=state.lrs, first_order=True, trainable=self.trainable)  # fmt: skip
+        adapted = adapt(
+            params,
+            None,
+            b.support,
+            model=self.model,
+            steps=self.cfg.inner.steps,
+            lrs=state.lrs,
+            first_order=True,
+            trainable=self.trainable,
+        )
         adapted = {k: v.detach() for k, v in adapted.items()}
         with torch.no_grad():
             loss = model_loss(self.model, adapted, b.query).cpu().numpy()
         desc = describe(self.model, params, b.support, kind=self.cfg.bank.descriptor)
         keys = self._keys(step)
         names = list(params)
-        full = {k: adapted[k] if adapted[k].dim() > params[k].dim()
-                else adapted[k].expand(len(keys), *params[k].shape) for k in names}  # fmt: skip
+        full = {
+            k: adapted[k]
+            if adapted[k].dim() > params[k].dim()
+            else adapted[k].expand(len(keys), *params[k].shape)
+            for k in names
+        }
         last = sorted({k: i for i, k in enumerate(keys)}.values())  # a repeated task: last wins
-        return self.writer.submit({
-            "keys": [keys[i] for i in last],
-            "descriptor": desc[last],
-            "params": flatten_batched(full, names)[last],
-            "step": np.full(len(last), step + 1),
-            "support": np.full(len(last), int(b.support.x.shape[1])),
-            "loss": loss[last].astype(np.float32),
-        })  # fmt: skip
+        return self.writer.submit(
+            {
+                "keys": [keys[i] for i in last],
+                "descriptor": desc[last],
+                "params": flatten_batched(full, names)[last],
+                "step": np.full(len(last), step + 1),
+                "support": np.full(len(last), int(b.support.x.shape[1])),
+                "loss": loss[last].astype(np.float32),
+            }
+        )
 
     def close(self) -> dict:
         """Flush outstanding writes; never raises (the run's own outcome must win)."""
         try:
             return self.writer.flush()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             import logging
 
             logging.getLogger(__name__).warning("memory bank flush failed: %s", exc)

@@ -27,7 +27,7 @@ Params = dict[str, Tensor]
 BankQuery = Callable[[np.ndarray, int], dict]
 
 
-def _order(names) -> list[str]:  # noqa: ANN001
+def _order(names) -> list[str]:
     """THE order of a flat parameter vector: sorted names. Not the dict's order, which differs
     between a fresh model (`named_parameters()`) and a checkpoint read back (safetensors sorts)."""
     return sorted(names)

@@ -39,7 +39,7 @@ class BankWriter:
             try:
                 ray.get(ref)
                 self.stats["acked"] += 1
-            except Exception as exc:  # noqa: BLE001 - the bank must never break training
+            except Exception as exc:  # the bank must never break training
                 self.stats["failed"] += 1
                 log.warning("memory bank put failed (%s); training continues", exc)
 

@@ -86,8 +86,14 @@ def _adapt(args: argparse.Namespace) -> int:
     params = loaded.state.params
     steps = cfg.inner.steps if args.steps is None else args.steps
     adapted, info = adapt_with_bank(
-        model, params, support, cfg=cfg.bank, query=query, steps=steps,
-        lrs=loaded.state.lrs, trainable=trainable_names(model, cfg.inner),
+        model,
+        params,
+        support,
+        cfg=cfg.bank,
+        query=query,
+        steps=steps,
+        lrs=loaded.state.lrs,
+        trainable=trainable_names(model, cfg.inner),
     )
     with torch.no_grad():
         before = float(model_loss(model, params, support)[0])
@@ -108,9 +114,16 @@ def _adapt(args: argparse.Namespace) -> int:
     os.replace(tmp, args.out)
     if args.key and svc is not None:
         names = list(params)
-        svc.put({"keys": [args.key], "descriptor": info.descriptors,
-                 "params": flatten_batched(adapted, names), "step": np.array([steps]),
-                 "support": np.array([x.shape[0]]), "loss": np.array([after])})
+        svc.put(
+            {
+                "keys": [args.key],
+                "descriptor": info.descriptors,
+                "params": flatten_batched(adapted, names),
+                "step": np.array([steps]),
+                "support": np.array([x.shape[0]]),
+                "loss": np.array([after]),
+            }
+        )
     print(f"start: {info.sources[0]} (best similarity {info.best_sims[0]})")
     print(f"support loss {before:.4f} -> {after:.4f} nats/byte after {steps} steps")
     print(f"wrote {args.out}")

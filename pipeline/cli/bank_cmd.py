@@ -111,19 +111,24 @@ def _inspect(args: argparse.Namespace) -> int:
     s = stats
     hit = "n/a (no queries yet)" if s["hit_rate"] is None else f"{s['hit_rate']:.1%}"
     print(f"entries:   {s['entries']} / {s['capacity']} (eviction: {s['eviction']})")
-    print(f"shape:     descriptor {s['dim']}, {s['n_params']} params ({s['dtype']}), "
-          f"{s['bytes'] / 2**20:.1f} MiB")
+    print(
+        f"shape:     descriptor {s['dim']}, {s['n_params']} params ({s['dtype']}), "
+        f"{s['bytes'] / 2**20:.1f} MiB"
+    )
     print(f"hit rate:  {hit} over {s['queries']} queries (threshold {s['threshold']})")
     print(f"writes:    {s['entries_put']} entries in {s['puts']} puts, {s['evicted']} evicted")
     if s["snapshot_uri"]:
         r = s["restored"]
-        print(f"snapshots: {s['snapshot_uri']} (restored {r['entries']} entries from "
-              f"{r['snapshot'] or 'no snapshot'} + {r['wal_records']} WAL records)")
+        print(
+            f"snapshots: {s['snapshot_uri']} (restored {r['entries']} entries from "
+            f"{r['snapshot'] or 'no snapshot'} + {r['wal_records']} WAL records)"
+        )
     for w in s["warnings"]:
         print(f"WARNING:   {w}")
     for e in out.get("entries", []):
-        print(f"  {e['key']:<32} step {e['step']:>7}  support {e['support']:>4}  "
-              f"loss {e['loss']:.4f}")
+        print(
+            f"  {e['key']:<32} step {e['step']:>7}  support {e['support']:>4}  loss {e['loss']:.4f}"
+        )
     if args.neighbours:
         print(f"nearest to {args.neighbours}:")
         for key, sim in out["neighbours"]:

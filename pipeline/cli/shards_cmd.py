@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = fam.add_parser("text", help="your own text: one task per file, one example per line")
     q.add_argument(
-        "--input", required=True,
+        "--input",
+        required=True,
         help="a directory of UTF-8 text files (one task each) or a Parquet file",
     )
     q.add_argument("--glob", default="*", help="which files of the directory (default: all)")
@@ -72,22 +73,34 @@ def _prepare(args: argparse.Namespace):
         from pipeline.data.sources import sinusoid
 
         return sinusoid.prepare(
-            train_tasks=args.train_tasks, val_tasks=args.val_tasks, test_tasks=args.test_tasks,
-            points=args.points, seed=args.seed,
+            train_tasks=args.train_tasks,
+            val_tasks=args.val_tasks,
+            test_tasks=args.test_tasks,
+            points=args.points,
+            seed=args.seed,
         )
     if args.family == "wordlang":
         from pipeline.data.sources import wordlang
 
         return wordlang.prepare(
-            languages=args.languages, top_n=args.top_n, val_languages=args.val_languages,
-            test_languages=args.test_languages, seed=args.seed,
+            languages=args.languages,
+            top_n=args.top_n,
+            val_languages=args.val_languages,
+            test_languages=args.test_languages,
+            seed=args.seed,
         )
     from pipeline.data.sources import text
 
     return text.prepare(
-        args.input, glob=args.glob, task_column=args.task_column, text_column=args.text_column,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        val_keys=args.val_keys, test_keys=args.test_keys, seed=args.seed,
+        args.input,
+        glob=args.glob,
+        task_column=args.task_column,
+        text_column=args.text_column,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        val_keys=args.val_keys,
+        test_keys=args.test_keys,
+        seed=args.seed,
         s3_endpoint=args.s3_endpoint,
     )
 
@@ -109,9 +122,16 @@ def _build(args: argparse.Namespace) -> int:
     build = {**prepared.build, "command": command_line()}
     t0 = time.perf_counter()
     result = write_shard_set(
-        args.out, prepared.family, prepared.tasks, build=build, s3_endpoint=args.s3_endpoint,
-        rows_per_file=args.rows_per_file, force=args.force, overwrite=args.overwrite,
-        split_hint=prepared.split_hint, log=lambda m: print(m, file=sys.stderr),
+        args.out,
+        prepared.family,
+        prepared.tasks,
+        build=build,
+        s3_endpoint=args.s3_endpoint,
+        rows_per_file=args.rows_per_file,
+        force=args.force,
+        overwrite=args.overwrite,
+        split_hint=prepared.split_hint,
+        log=lambda m: print(m, file=sys.stderr),
     )
     m = result.manifest
     rows = sum(t.rows for t in m.tasks.values())
@@ -139,10 +159,14 @@ def _inspect(args: argparse.Namespace) -> int:
     params = ", ".join(f"{k}={_short(v)}" for k, v in (b.get("params") or {}).items())
     versions = b.get("versions") or {}
     print(f"shard set  {args.uri}")
-    print(f"family     {m.family} (manifest schema {m.schema_version}, columns "
-          f"{', '.join(f'{k}:{v}' for k, v in m.columns.items())})")
-    print(f"built      {m.created_utc} by metaray {versions.get('metaray', '?')}, "
-          f"build {b.get('build_id', '?')}")
+    print(
+        f"family     {m.family} (manifest schema {m.schema_version}, columns "
+        f"{', '.join(f'{k}:{v}' for k, v in m.columns.items())})"
+    )
+    print(
+        f"built      {m.created_utc} by metaray {versions.get('metaray', '?')}, "
+        f"build {b.get('build_id', '?')}"
+    )
     print(f"source     {b.get('source', '?')}: {params}")
     if b.get("command"):
         print(f"command    {b['command']}")
@@ -151,15 +175,20 @@ def _inspect(args: argparse.Namespace) -> int:
     for split, s in summary.items():
         rows = [m.tasks[k].rows for k in m.tasks_in(split)]
         rng = f"{min(rows)}/{max(rows)}" if rows else "-"
-        print(f"{split:<8}{s['tasks']:>8}{s['rows']:>12}{s['files']:>7}"
-              f"{_human(s['bytes']):>12}  {rng}")
+        print(
+            f"{split:<8}{s['tasks']:>8}{s['rows']:>12}{s['files']:>7}"
+            f"{_human(s['bytes']):>12}  {rng}"
+        )
     tot = {k: sum(s[k] for s in summary.values()) for k in ("tasks", "rows", "files", "bytes")}
-    print(f"{'total':<8}{tot['tasks']:>8}{tot['rows']:>12}{tot['files']:>7}"
-          f"{_human(tot['bytes']):>12}")
+    print(
+        f"{'total':<8}{tot['tasks']:>8}{tot['rows']:>12}{tot['files']:>7}{_human(tot['bytes']):>12}"
+    )
     leftovers = ss.leftovers()
     if leftovers:
-        print(f"note       {len(leftovers)} file(s) not in the manifest (earlier builds' "
-              f"leftovers; the next build removes them): {', '.join(leftovers[:3])}")
+        print(
+            f"note       {len(leftovers)} file(s) not in the manifest (earlier builds' "
+            f"leftovers; the next build removes them): {', '.join(leftovers[:3])}"
+        )
     if args.no_verify:
         print("verify     skipped (--no-verify)")
         return 0
@@ -169,8 +198,10 @@ def _inspect(args: argparse.Namespace) -> int:
             f"{args.uri}: {len(problems)} of {len(m.files)} file(s) failed verification:\n  "
             + "\n  ".join(problems)
         )
-    print(f"verify     ok: {len(m.files)} file(s), sizes, sha256, schema and task layout "
-          "match the manifest")
+    print(
+        f"verify     ok: {len(m.files)} file(s), sizes, sha256, schema and task layout "
+        "match the manifest"
+    )
     return 0
 
 

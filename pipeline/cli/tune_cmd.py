@@ -25,9 +25,11 @@ def _tune(args: argparse.Namespace) -> int:
 
     base, sweep = load_sweep(args.config, args.overrides)
     if args.check:
-        print(f"sweep {sweep.name!r}: {len(sweep.space)} searched key(s), "
-              f"{sweep.num_samples} sample(s), scheduler={sweep.scheduler}, "
-              f"search={sweep.search}: OK")  # fmt: skip
+        print(
+            f"sweep {sweep.name!r}: {len(sweep.space)} searched key(s), "
+            f"{sweep.num_samples} sample(s), scheduler={sweep.scheduler}, "
+            f"search={sweep.search}: OK"
+        )
         return 0
     from pipeline.runtime.tune import run_sweep
 

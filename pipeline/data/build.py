@@ -232,9 +232,7 @@ def write_shard_set(
             with contextlib.suppress(Exception):  # the original error matters more
                 loc.delete(name)
         raise
-    removed = tuple(
-        n for n in loc.list_names() if _OWNED.match(n) and n not in manifest.files
-    )
+    removed = tuple(n for n in loc.list_names() if _OWNED.match(n) and n not in manifest.files)
     for n in removed:
         loc.delete(n)
     if log and removed:

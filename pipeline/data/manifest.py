@@ -95,9 +95,7 @@ class Manifest:
             "created_utc": self.created_utc,
             "build": self.build,
             "files": [vars(f) for f in sorted(self.files.values(), key=lambda f: f.name)],
-            "tasks": [
-                vars(t) for t in sorted(self.tasks.values(), key=lambda t: (t.split, t.key))
-            ],
+            "tasks": [vars(t) for t in sorted(self.tasks.values(), key=lambda t: (t.split, t.key))],
         }
 
     def to_json(self) -> bytes:

@@ -62,7 +62,7 @@ def script_groups(
     }
 
 
-def default_shots(cfg, shards, tasks, spec, log) -> tuple[int, ...]:  # noqa: ANN001
+def default_shots(cfg, shards, tasks, spec, log) -> tuple[int, ...]:
     """1 and 5 shots for classification; else K, 4K and 16K (the trained K and two larger
     support sets), keeping those that the test tasks have rows for."""
     if cfg.data.episode == "classify":
@@ -75,7 +75,7 @@ def default_shots(cfg, shards, tasks, spec, log) -> tuple[int, ...]:  # noqa: AN
     return shots
 
 
-def open_or_none(uri: str, endpoint: str | None):  # noqa: ANN202
+def open_or_none(uri: str, endpoint: str | None):
     from pipeline.data.shards import open_shard_set
 
     try:

@@ -150,12 +150,14 @@ def plots(rep: Mapping[str, Any], outdir: str | os.PathLike[str]) -> list[Path]:
     out: list[Path] = []
     steps = rep["steps"]
 
-    def curve(ax, per: Mapping[str, Any], label: str, key: str | None = "overall") -> None:  # noqa: ANN001
+    def curve(ax, per: Mapping[str, Any], label: str, key: str | None = "overall") -> None:
         stats = [per[str(s)][key] if key else per[str(s)] for s in steps]
-        halves = [h["half"] if h["half"] is not None and math.isfinite(h["half"]) else 0.0
-                  for h in stats]  # fmt: skip  (None: a report read back from JSON)
-        ax.errorbar(steps, [h["mean"] for h in stats], yerr=halves, marker="o", capsize=3,
-                    label=label)  # fmt: skip
+        halves = [
+            h["half"] if h["half"] is not None and math.isfinite(h["half"]) else 0.0 for h in stats
+        ]  # (None: a report read back from JSON)
+        ax.errorbar(
+            steps, [h["mean"] for h in stats], yerr=halves, marker="o", capsize=3, label=label
+        )
 
     for k in map(str, rep["shots"]):
         pairs = rep["paired"].get(k, {})
@@ -218,8 +220,10 @@ def publish(
     tracker.start(run_name, params, tags={"metaray.kind": "evaluate"})
     for k, res in rep["results"].items():
         for s in map(str, rep["steps"]):  # one curve per method: metric against inner steps
-            metrics = {f"eval_k{k}/{m.replace(' ', '_')}": per[s]["overall"]["mean"]
-                       for m, per in res.items()}  # fmt: skip
+            metrics = {
+                f"eval_k{k}/{m.replace(' ', '_')}": per[s]["overall"]["mean"]
+                for m, per in res.items()
+            }
             tracker.log_metrics({n: v for n, v in metrics.items() if math.isfinite(v)}, int(s))
     tracker.log_text(text, "evaluation/eval_table.txt")
     tracker.log_artifact(jpath, "evaluation")

@@ -195,7 +195,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
     return rep
 
 
-def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):  # noqa: ANN001, ANN202
+def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):
     ref = dict(model.named_parameters())
     if opts.baseline and Path(opts.baseline).is_file():
         params, meta = baselines.load_params(opts.baseline)
@@ -222,7 +222,7 @@ def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):  # noqa
     return params
 
 
-def _bank_method(opts, cfg, model, meta: ev.Method, log) -> ev.Method:  # noqa: ANN001
+def _bank_method(opts, cfg, model, meta: ev.Method, log) -> ev.Method:
     from pipeline.bank.service import BankService
     from pipeline.bank.warm_start import warm_start
 
@@ -232,7 +232,7 @@ def _bank_method(opts, cfg, model, meta: ev.Method, log) -> ev.Method:  # noqa: 
     log(f"memory bank {opts.bank}: {len(service.keys())} entries")
     sources: list[str] = []
 
-    def start(support, kind):  # noqa: ANN001, ANN202
+    def start(support, kind):
         params, info = warm_start(model, meta.params, support, cfg=bank_cfg, query=service.query)
         sources.extend(info.sources)
         return params

@@ -51,7 +51,7 @@ def _lr(lrs: float | Tensor | dict[str, Tensor], k: str) -> float | Tensor:
 def adapt(
     params: Params,
     buffers: Params | None,
-    support,  # noqa: ANN001 -- a Split of tensors with leading task dim T
+    support,
     *,
     model: nn.Module,
     kind: str | None = None,

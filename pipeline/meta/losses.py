@@ -29,7 +29,7 @@ def task_loss(kind: str, out: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     raise ValueError(f"loss kind {kind!r}: use regression, lm or classify")
 
 
-def model_loss(model: nn.Module, params: dict[str, Tensor], split) -> Tensor:  # noqa: ANN001
+def model_loss(model: nn.Module, params: dict[str, Tensor], split) -> Tensor:
     """Per-task loss `[T]` of `model` with `params` (shared or task-batched) on a batched split."""
     out = model.functional(params, split.x, split.mask)
     return task_loss(model.kind, out, split.y, split.mask)

@@ -22,8 +22,8 @@ def manual_meta_gradients(
     model: nn.Module,
     params: Params,
     lrs: Params,
-    sup,  # noqa: ANN001 -- Split, leading task dim
-    qry,  # noqa: ANN001
+    sup,
+    qry,
     *,
     steps: int,
     first_order: bool,

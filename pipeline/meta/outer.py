@@ -76,14 +76,14 @@ def _chunks(n: int, chunk: int | None) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _part(split, sl: slice):  # noqa: ANN001, ANN202
+def _part(split, sl: slice):
     return type(split)(*(t[sl] for t in split))
 
 
 def meta_gradients(
     state: MetaState,
     buffers: Params | None,
-    batch,  # noqa: ANN001 -- EpisodeBatch of tensors, leading dim T
+    batch,
     *,
     model: nn.Module,
     inner_cfg: Any,
@@ -205,7 +205,7 @@ def identity(grads: Params) -> Params:
 
 def train_step(
     state: MetaState,
-    batch,  # noqa: ANN001
+    batch,
     *,
     model: nn.Module,
     inner_cfg: Any,
@@ -232,7 +232,7 @@ def train_step(
 
 def evaluate(
     state: MetaState,
-    batch,  # noqa: ANN001
+    batch,
     *,
     model: nn.Module,
     inner_cfg: Any,

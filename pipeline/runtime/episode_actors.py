@@ -78,10 +78,12 @@ class EpisodeActor:
         kind = self._cfg.episode
         return [
             ep.collate(
-                [ep.make_episode(kind, self._read, tasks, self._cfg, ep.slot_rng(seed, step, i))
-                 for i, tasks in slots],
+                [
+                    ep.make_episode(kind, self._read, tasks, self._cfg, ep.slot_rng(seed, step, i))
+                    for i, tasks in slots
+                ],
                 trim=False,
-            )  # fmt: skip
+            )
             for step, slots in jobs
         ]
 
@@ -191,9 +193,11 @@ def _join(parts: list[tuple[list[int], ep.EpisodeBatch]]) -> ep.EpisodeBatch:
     order = np.argsort([i for slots, _ in parts for i in slots], kind="stable")
     got = [b for _, b in parts]
     return ep.EpisodeBatch(
-        *(ep.Split(*(np.concatenate(xs)[order] for xs in zip(*split, strict=True)))
-          for split in zip(*got, strict=True))
-    )  # fmt: skip
+        *(
+            ep.Split(*(np.concatenate(xs)[order] for xs in zip(*split, strict=True)))
+            for split in zip(*got, strict=True)
+        )
+    )
 
 
 def _owned(b: ep.EpisodeBatch) -> ep.EpisodeBatch:

@@ -142,8 +142,9 @@ def _metaray_cause(exc: BaseException) -> MetarayError | None:
     return None
 
 
-def run_training(cfg: config.RunConfig, *, worker_env: dict[str, str] | None = None,
-                 quiet: bool = False) -> TrainingResult:  # fmt: skip
+def run_training(
+    cfg: config.RunConfig, *, worker_env: dict[str, str] | None = None, quiet: bool = False
+) -> TrainingResult:
     """Train `cfg` on Ray; the same `checkpoint.run_name` + `storage` resumes."""
     import ray
     import ray.train

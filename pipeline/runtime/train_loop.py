@@ -72,8 +72,15 @@ def _maybe_fault(step: int, rank: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _report(metrics: dict[str, float], state: outer.MetaState, cfg_tree: dict, history: list,
-            *, with_checkpoint: bool, tracker: Any = None) -> None:  # fmt: skip
+def _report(
+    metrics: dict[str, float],
+    state: outer.MetaState,
+    cfg_tree: dict,
+    history: list,
+    *,
+    with_checkpoint: bool,
+    tracker: Any = None,
+) -> None:
     """`ray.train.report`; with a checkpoint on rank 0. `tracker` (the final report only) also
     gets the checkpoint as an MLflow artifact: it copies the directory before it is deleted."""
     import ray.train
@@ -135,9 +142,14 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
         for step, batch in stream:
             _maybe_fault(step, rank)
             state, local = outer.train_step(
-                state, ep.to_torch(batch, device), model=model, inner_cfg=cfg.inner,
-                outer_cfg=cfg.outer, buffers=buffers, all_reduce=all_reduce,
-            )  # fmt: skip
+                state,
+                ep.to_torch(batch, device),
+                model=model,
+                inner_cfg=cfg.inner,
+                outer_cfg=cfg.outer,
+                buffers=buffers,
+                all_reduce=all_reduce,
+            )
             if bank is not None:
                 bank.after_step(step, state, batch)
             done, last = step + 1, step + 1 == total
@@ -152,11 +164,20 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
             validate = val is not None and (done % cfg.outer.val_every == 0 or last)
             if validate:
                 curve = mean_metrics(
-                    {str(k): v for k, v in outer.evaluate(
-                        state, val, model=model, inner_cfg=cfg.inner, steps=eval_steps,
-                        buffers=buffers, chunk=cfg.outer.chunk).items()},
+                    {
+                        str(k): v
+                        for k, v in outer.evaluate(
+                            state,
+                            val,
+                            model=model,
+                            inner_cfg=cfg.inner,
+                            steps=eval_steps,
+                            buffers=buffers,
+                            chunk=cfg.outer.chunk,
+                        ).items()
+                    },
                     world,
-                )  # fmt: skip
+                )
                 metrics["val_loss_pre"] = curve["0"]
                 metrics["val_loss_post"] = curve[str(cfg.inner.steps)]
                 history[-1].update(val_loss_pre=curve["0"], val_loss_post=metrics["val_loss_post"])
@@ -175,14 +196,21 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
                 tracker.log_metrics(logged, done)  # `loss` went out above, every step
                 if rank == 0 and (validate or last or done % max(1, total // 20) == 0):
                     _say(_line(metrics, total))
-                _report(metrics, state, cfg_tree, history, with_checkpoint=save and rank == 0,
-                        tracker=tracker if last else None)  # fmt: skip
+                _report(
+                    metrics,
+                    state,
+                    cfg_tree,
+                    history,
+                    with_checkpoint=save and rank == 0,
+                    tracker=tracker if last else None,
+                )
         if start >= total:  # nothing left to train: report the finished run's last metrics
             metrics = {"step": start, **(history[-1] if history else {})}
             ray.train.report(metrics)
         elif rank == 0:
-            tracker.log_model({f"params.{k}": v.cpu() for k, v in state.params.items()},
-                              config.to_dict(cfg))  # fmt: skip
+            tracker.log_model(
+                {f"params.{k}": v.cpu() for k, v in state.params.items()}, config.to_dict(cfg)
+            )
         status = "FINISHED"
     finally:
         if bank is not None:

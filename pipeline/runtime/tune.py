@@ -51,9 +51,7 @@ def trial_resources(base: RunConfig, sweep: SweepConfig) -> dict[str, float]:
 def concurrency(base: RunConfig, sweep: SweepConfig, cluster: dict[str, float]) -> int:
     """Trials that fit side by side; an error (not a hang) when not even one fits."""
     need = trial_resources(base, sweep)
-    fits = min(
-        math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0
-    )
+    fits = min(math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
     if fits < 1:
         c = base.cluster
         raise ConfigError(
@@ -67,9 +65,13 @@ def concurrency(base: RunConfig, sweep: SweepConfig, cluster: dict[str, float]) 
 
 
 def trial_config(
-    base_tree: dict[str, Any], values: dict[str, Any], *, trial_id: str, sweep_dir: str,
+    base_tree: dict[str, Any],
+    values: dict[str, Any],
+    *,
+    trial_id: str,
+    sweep_dir: str,
     parent_run_id: str | None,
-) -> RunConfig:  # fmt: skip
+) -> RunConfig:
     """The run config of one trial: sampled values + its own checkpoint dir + MLflow parent."""
     plain = {k: v.item() if hasattr(v, "item") else v for k, v in values.items()}
     tree = apply_overrides(base_tree, plain)
@@ -81,9 +83,12 @@ def trial_config(
 
 
 def _trial(
-    values: dict[str, Any], *, base_tree: dict[str, Any], sweep_dir: str,
+    values: dict[str, Any],
+    *,
+    base_tree: dict[str, Any],
+    sweep_dir: str,
     parent_run_id: str | None,
-) -> None:  # fmt: skip
+) -> None:
     """The Tune trainable: one full training run, reporting to Tune through the callback."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -110,16 +115,20 @@ def _scheduler(base: RunConfig, sweep: SweepConfig) -> Any:
         return ASHAScheduler(
             # one past the last step: at max_t ASHA stops a trial, which would kill it
             # before rank 0 logs the final model and closes its MLflow run
-            time_attr=a.time_attr, max_t=a.max_t or base.outer.steps + 1,
-            grace_period=a.grace_period, reduction_factor=a.reduction_factor,
-        )  # fmt: skip
+            time_attr=a.time_attr,
+            max_t=a.max_t or base.outer.steps + 1,
+            grace_period=a.grace_period,
+            reduction_factor=a.reduction_factor,
+        )
     if sweep.scheduler == "pbt":
         # The outer lr only: perturbing the inner lr mid-run changes the objective itself.
         lr = search_space({"outer.lr": sweep.space["outer.lr"]})["outer.lr"]
         return PopulationBasedTraining(
-            time_attr=sweep.pbt.time_attr, perturbation_interval=sweep.pbt.perturbation_interval,
-            quantile_fraction=sweep.pbt.quantile_fraction, hyperparam_mutations={"outer.lr": lr},
-        )  # fmt: skip
+            time_attr=sweep.pbt.time_attr,
+            perturbation_interval=sweep.pbt.perturbation_interval,
+            quantile_fraction=sweep.pbt.quantile_fraction,
+            hyperparam_mutations={"outer.lr": lr},
+        )
     return FIFOScheduler()
 
 
@@ -146,8 +155,9 @@ def _parent_run(base: RunConfig, sweep: SweepConfig, state_file: Path | None) ->
         **{f"tune.{k}": v for k, v in sweep.model_dump(exclude={"space"}).items()},
         **{f"tune.space.{k}": json.dumps(v) for k, v in sweep.space.items()},
     }
-    tracker.start(sweep.name, params, tags={"metaray.kind": "sweep"},
-                  run_id=known.get("parent_run_id"))  # fmt: skip
+    tracker.start(
+        sweep.name, params, tags={"metaray.kind": "sweep"}, run_id=known.get("parent_run_id")
+    )
     if state_file and tracker.run_id and not known:
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps({"parent_run_id": tracker.run_id}))
@@ -176,10 +186,11 @@ def run_sweep(
         parent = _parent_run(base, sweep, local_state)
         parent_id = parent.run_id
         trainable = tune.with_resources(
-            tune.with_parameters(_trial, base_tree=config.to_dict(base), sweep_dir=sweep_dir,
-                                 parent_run_id=parent_id),
+            tune.with_parameters(
+                _trial, base_tree=config.to_dict(base), sweep_dir=sweep_dir, parent_run_id=parent_id
+            ),
             {"CPU": sweep.driver_cpus},
-        )  # fmt: skip
+        )
         if tune.Tuner.can_restore(sweep_dir):
             if not quiet:
                 print(f"[metaray] resuming sweep {sweep.name!r} from {sweep_dir}")
@@ -189,25 +200,41 @@ def run_sweep(
                 trainable,
                 param_space=search_space(sweep.space),
                 tune_config=tune.TuneConfig(
-                    metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
-                    scheduler=_scheduler(base, sweep), search_alg=_search(sweep),
+                    metric=sweep.metric,
+                    mode=sweep.mode,
+                    num_samples=sweep.num_samples,
+                    scheduler=_scheduler(base, sweep),
+                    search_alg=_search(sweep),
                     max_concurrent_trials=limit,
                 ),
                 run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=0),
-            )  # fmt: skip
+            )
         try:
             grid = tuner.fit()
         except BaseException:
             parent.end("FAILED")  # an interrupted sweep: Tune state kept, rerun resumes
             raise
         result = summarize(grid, base, sweep)
-        out = best_out or (f"{sweep_dir}/best_config.yaml" if "://" not in storage else
-                           f"best_config-{sweep.name}.yaml")  # fmt: skip
+        out = best_out or (
+            f"{sweep_dir}/best_config.yaml"
+            if "://" not in storage
+            else f"best_config-{sweep.name}.yaml"
+        )
         if result.best is not None:
-            best_cfg = trial_config(config.to_dict(base), result.best.values, trial_id="best",
-                                    sweep_dir=sweep_dir, parent_run_id=None)  # fmt: skip
-            best_cfg = best_cfg.model_copy(update={"checkpoint": base.checkpoint.model_copy(
-                update={"run_name": f"{sweep.name}-best"})})  # fmt: skip
+            best_cfg = trial_config(
+                config.to_dict(base),
+                result.best.values,
+                trial_id="best",
+                sweep_dir=sweep_dir,
+                parent_run_id=None,
+            )
+            best_cfg = best_cfg.model_copy(
+                update={
+                    "checkpoint": base.checkpoint.model_copy(
+                        update={"run_name": f"{sweep.name}-best"}
+                    )
+                }
+            )
             result.best_config_path = write_best(best_cfg, out, sweep, result.best)
         result.experiment_path, result.parent_run_id = sweep_dir, parent_id
         result.concurrency = limit
@@ -230,8 +257,11 @@ def _finish_parent(parent: Any, base: RunConfig, result: SweepResult) -> None:
     if result.best is not None:
         b = result.best
         parent.log_metrics({f"best_{result.metric}": b.best, "trials": len(result.rows)}, 0)
-        tags = {"best_trial": b.trial_id, "best_run_name": b.run_name,
-                "best_checkpoint": b.checkpoint or ""}  # fmt: skip
+        tags = {
+            "best_trial": b.trial_id,
+            "best_run_name": b.run_name,
+            "best_checkpoint": b.checkpoint or "",
+        }
         if b.run_name in children:
             tags["best_child_run_id"] = children[b.run_name]
         parent.set_tags(tags)

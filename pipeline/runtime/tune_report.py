@@ -44,8 +44,10 @@ class SweepResult:
     def report(self, sweep: SweepConfig) -> str:
         lines = [self.table, ""]
         if self.interrupted:
-            lines.append(f"[metaray] sweep {sweep.name!r} was interrupted: rerun the same "
-                         "command to resume it (finished trials are kept)")  # fmt: skip
+            lines.append(
+                f"[metaray] sweep {sweep.name!r} was interrupted: rerun the same "
+                "command to resume it (finished trials are kept)"
+            )
         if self.best is None:
             lines.append(f"[metaray] sweep {sweep.name!r}: no trial reported {self.metric}")
             return "\n".join(lines)
@@ -74,8 +76,11 @@ def _row(
 ) -> TrialRow:
     df = result.metrics_dataframe
     metrics = result.metrics or {}
-    trial_id = str(metrics.get("trial_id") or statuses.get(str(result.path), ("", ""))[0]
-                   or Path(str(result.path)).name)  # fmt: skip
+    trial_id = str(
+        metrics.get("trial_id")
+        or statuses.get(str(result.path), ("", ""))[0]
+        or Path(str(result.path)).name
+    )
     best = math.nan
     if df is not None and sweep.metric in df:
         series = df[sweep.metric].dropna()
@@ -114,8 +119,9 @@ def format_table(rows: list[TrialRow], metric: str, keys: list[str]) -> str:
         [r.trial_id, *(_fmt(r.values.get(k)) for k in keys), _fmt(r.best), str(r.steps), r.state]
         for r in rows
     ]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
-              for i, h in enumerate(head)]  # fmt: skip
+    widths = [
+        max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)
+    ]
     line = "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
     out = [line, "-" * len(line)]
     out += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
@@ -132,8 +138,9 @@ def _expected_trials(sweep: SweepConfig) -> int:
 def summarize(grid: Any, base: RunConfig, sweep: SweepConfig) -> SweepResult:
     # Per-trial status is not on Result; the grid's analysis has it (absent: assume ended).
     trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
-    statuses = {str(key): (str(t.trial_id), str(t.status))
-                for t in trials for key in (t.trial_id, t.path)}  # fmt: skip
+    statuses = {
+        str(key): (str(t.trial_id), str(t.status)) for t in trials for key in (t.trial_id, t.path)
+    }
     rows = sorted((_row(r, base, sweep, statuses) for r in grid), key=lambda r: r.trial_id)
     scored = [r for r in rows if not math.isnan(r.best)]
     best = None
@@ -148,8 +155,9 @@ def summarize(grid: Any, base: RunConfig, sweep: SweepConfig) -> SweepResult:
             if r.state == "STOPPED" and math.isnan(r.best):
                 r.state = "INTERRUPTED"
     table = format_table(rows, sweep.metric, list(sweep.space))
-    return SweepResult(metric=sweep.metric, rows=rows, best=best, table=table,
-                       interrupted=interrupted)  # fmt: skip
+    return SweepResult(
+        metric=sweep.metric, rows=rows, best=best, table=table, interrupted=interrupted
+    )
 
 
 def write_best(cfg: RunConfig, path: str, sweep: SweepConfig, best: TrialRow) -> str:

@@ -61,7 +61,11 @@ class Tracker(Protocol):
     def run_id(self) -> str | None: ...
 
     def start(
-        self, run_name: str, params: Mapping[str, Any], *, tags: Mapping[str, str] | None = None,
+        self,
+        run_name: str,
+        params: Mapping[str, Any],
+        *,
+        tags: Mapping[str, str] | None = None,
         run_id: str | None = None,
     ) -> None: ...
 
@@ -73,8 +77,9 @@ class Tracker(Protocol):
 
     def log_text(self, text: str, artifact_file: str) -> None: ...
 
-    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        ...
+    def log_artifact(
+        self, path: str | os.PathLike[str], artifact_path: str | None = None
+    ) -> None: ...
 
     def log_model(self, weights: Any, run_config: Mapping[str, Any]) -> None: ...
 
@@ -86,8 +91,14 @@ class NullTracker:
 
     run_id: str | None = None
 
-    def start(self, run_name: str, params: Mapping[str, Any], *, tags: Any = None,
-              run_id: str | None = None) -> None:  # fmt: skip
+    def start(
+        self,
+        run_name: str,
+        params: Mapping[str, Any],
+        *,
+        tags: Any = None,
+        run_id: str | None = None,
+    ) -> None:
         pass
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:

@@ -33,6 +33,8 @@ RETRY_EVERY_S = 3.0
 # Metrics wait up to this long to travel together: one request per second, not one per step
 # (a request costs the client ~1 ms of CPU, which a 2-core trainer would feel).
 SEND_EVERY_S = 1.0
+
+
 class MlflowTracker:
     def __init__(self, cfg: TrackingConfig, uri: str) -> None:
         self._cfg, self._uri = cfg, uri
@@ -57,9 +59,13 @@ class MlflowTracker:
 
     # -- the API: each call only enqueues -------------------------------------------------
     def start(
-        self, run_name: str, params: Mapping[str, Any], *, tags: Mapping[str, str] | None = None,
+        self,
+        run_name: str,
+        params: Mapping[str, Any],
+        *,
+        tags: Mapping[str, str] | None = None,
         run_id: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """`run_id`: reattach to that run (a resumed sweep's parent) instead of a new one."""
         _short_http_timeouts()
         self._name = run_name
@@ -67,8 +73,14 @@ class MlflowTracker:
         if run_id:
             self._put({"op": "attach", "run_id": run_id})
         else:
-            self._put({"op": "create", "name": run_name, "tags": dict(tags or {}),
-                       "parent": self._cfg.parent_run_id})  # fmt: skip
+            self._put(
+                {
+                    "op": "create",
+                    "name": run_name,
+                    "tags": dict(tags or {}),
+                    "parent": self._cfg.parent_run_id,
+                }
+            )
         if not run_id:  # a reattached run has its params (MLflow refuses to change them)
             self._put({"op": "params", "params": safe_params(params)})
         self._thread = threading.Thread(target=self._loop, name="metaray-tracking", daemon=True)
@@ -82,8 +94,15 @@ class MlflowTracker:
         for k, v in clean.items():
             self._history.setdefault(k, []).append((step, v))
         if clean:
-            self._put({"op": "metrics", "metrics": clean, "step": int(step),
-                       "ts": int(time.time() * 1000), "mono": time.monotonic()})
+            self._put(
+                {
+                    "op": "metrics",
+                    "metrics": clean,
+                    "step": int(step),
+                    "ts": int(time.time() * 1000),
+                    "mono": time.monotonic(),
+                }
+            )
 
     def log_inner_curve(self, losses: Mapping[int, float], step: int) -> None:
         self._inner[int(step)] = {int(k): float(v) for k, v in losses.items()}
@@ -226,8 +245,13 @@ class MlflowTracker:
         out_dir = Path(os.environ.get("METARAY_TRACKING_BUFFER_DIR", "mlflow-buffer")).resolve()
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{self._name}-{int(time.time())}-{os.getpid()}.jsonl"
-        header = {"op": "header", "uri": self._uri, "experiment": self._cfg.experiment,
-                  "register_as": self._cfg.register_as, "run_id": self.run_id}
+        header = {
+            "op": "header",
+            "uri": self._uri,
+            "experiment": self._cfg.experiment,
+            "register_as": self._cfg.register_as,
+            "run_id": self.run_id,
+        }
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(o) + "\n" for o in [header, *ops]), encoding="utf-8")
         os.replace(tmp, path)

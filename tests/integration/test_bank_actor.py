@@ -35,7 +35,7 @@ def _wait_alive(bank, tries: int = 120):
     for _ in range(tries):
         try:
             return ray.get(bank.ping.remote(), timeout=5)
-        except Exception:  # noqa: BLE001 - restarting
+        except Exception:  # restarting
             time.sleep(0.5)
     raise AssertionError("bank actor did not come back")
 
@@ -150,17 +150,33 @@ def test_trainer_hook_writes_each_task_adapted_params_to_the_bank(ray_cluster, t
     from pipeline.models import build_model
 
     name = f"bank-{uuid.uuid4().hex[:8]}"
-    cfg = config.load(None, ["model.hidden=16", "model.embed=8", "data.max_len=8",
-                             "outer.meta_batch=4", "bank.enabled=true", f"bank.name={name}",
-                             "bank.write_every=2", "bank.descriptor=grad"])
-    words = {lang: {"text": np.array([f"{lang}{i}" for i in range(40)], dtype=object),
-                    "freq": np.ones(40, np.float32)} for lang in ("aa", "bb", "cc", "dd", "ee")}
+    cfg = config.load(
+        None,
+        [
+            "model.hidden=16",
+            "model.embed=8",
+            "data.max_len=8",
+            "outer.meta_batch=4",
+            "bank.enabled=true",
+            f"bank.name={name}",
+            "bank.write_every=2",
+            "bank.descriptor=grad",
+        ],
+    )
+    words = {
+        lang: {
+            "text": np.array([f"{lang}{i}" for i in range(40)], dtype=object),
+            "freq": np.ones(40, np.float32),
+        }
+        for lang in ("aa", "bb", "cc", "dd", "ee")
+    }
     pool = types.SimpleNamespace(train_tasks=sorted(words), seed=0, meta_batch=4)
     model = build_model(cfg.model, cfg.data)
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=0)
     hook = BankHook(cfg, model, pool, rank=0, world=1)
-    batch = ep.build_step(lambda k: words[k], pool.train_tasks, cfg.data, seed=0, step=1,
-                          meta_batch=4)
+    batch = ep.build_step(
+        lambda k: words[k], pool.train_tasks, cfg.data, seed=0, step=1, meta_batch=4
+    )
     assert not hook.after_step(0, state, batch)  # write_every=2: step 0 is skipped
     assert hook.after_step(1, state, batch)
     assert hook.close()["acked"] == 1
@@ -168,12 +184,20 @@ def test_trainer_hook_writes_each_task_adapted_params_to_the_bank(ray_cluster, t
     bank = hook.writer.bank
     assert sorted(ray.get(bank.keys.remote())) == sorted(set(keys))
     b = ep.to_torch(batch)
-    want = adapt(state.params, None, b.support, model=model, steps=cfg.inner.steps,
-                 lrs=state.lrs, first_order=True)
+    want = adapt(
+        state.params,
+        None,
+        b.support,
+        model=model,
+        steps=cfg.inner.steps,
+        lrs=state.lrs,
+        first_order=True,
+    )
     i = len(keys) - 1 - keys[::-1].index(keys[-1])  # a repeated key keeps its last slot
     got = ray.get(bank.get.remote(keys[-1]))
     np.testing.assert_allclose(
-        got["params"], flatten({k: v[i].detach() for k, v in want.items()}), atol=1e-6)
+        got["params"], flatten({k: v[i].detach() for k, v in want.items()}), atol=1e-6
+    )
     assert got["step"] == 2 and got["support"] == cfg.data.k_support
     del torch
 
@@ -191,8 +215,19 @@ def test_bank_inspect_against_the_running_actor(ray_cluster, tmp_path, capsys):
     b = _batch("lang", 5)
     ray.get(put(bank, b))
     query(bank, b["descriptor"][:2], 1)  # two exact hits
-    args = ["bank", "inspect", "--neighbours", "lang-0", "-k", "2", "--list", "3", "--json",
-            f"bank.name={cfg.name}", f"bank.namespace={cfg.namespace}"]
+    args = [
+        "bank",
+        "inspect",
+        "--neighbours",
+        "lang-0",
+        "-k",
+        "2",
+        "--list",
+        "3",
+        "--json",
+        f"bank.name={cfg.name}",
+        f"bank.namespace={cfg.namespace}",
+    ]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["stats"]["entries"] == 5 and out["stats"]["hit_rate"] == 1.0

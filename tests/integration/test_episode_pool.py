@@ -29,10 +29,16 @@ def _cfg(uri, actors: int, workers: int = 1):
 def _reference(cfg, steps):
     ss = open_shard_set(cfg.data.uri)
     return [
-        ep.build_step(ss.read_task, ss.tasks("train"), cfg.data, seed=cfg.outer.seed, step=s,
-                      meta_batch=cfg.outer.meta_batch)
+        ep.build_step(
+            ss.read_task,
+            ss.tasks("train"),
+            cfg.data,
+            seed=cfg.outer.seed,
+            step=s,
+            meta_batch=cfg.outer.meta_batch,
+        )
         for s in steps
-    ]  # fmt: skip
+    ]
 
 
 def _equal(a, b) -> bool:
@@ -53,9 +59,12 @@ def test_same_batches_for_any_actor_and_rank_count(ray_cluster, smoke_shards):
         for want, *got in zip(ref, *streams, strict=True):
             assert [s for s, _ in got] == [got[0][0]] * world
             joined = ep.collate(
-                [ep.EpisodeBatch(*(ep.Split(*(a[i] for a in part)) for part in b))
-                 for _, b in got for i in range(b.support.x.shape[0])]
-            )  # fmt: skip
+                [
+                    ep.EpisodeBatch(*(ep.Split(*(a[i] for a in part)) for part in b))
+                    for _, b in got
+                    for i in range(b.support.x.shape[0])
+                ]
+            )
             assert _equal(joined, want), (actors, world)
         if actors > 1:  # each actor holds only the tasks it owns
             cached = ray.get([a.cached_tasks.remote() for a in pool.actors])

@@ -29,8 +29,9 @@ def _fresh_cache():
 
 
 def small_sin(**kw):
-    return sinusoid.prepare(**{"train_tasks": 6, "val_tasks": 2, "test_tasks": 2, "points": 12,
-                               **kw})
+    return sinusoid.prepare(
+        **{"train_tasks": 6, "val_tasks": 2, "test_tasks": 2, "points": 12, **kw}
+    )
 
 
 def build(p, uri, **kw):
@@ -50,9 +51,7 @@ def test_s3_round_trip_matches_a_local_build(s3_server, tmp_path):
     assert remote.task_meta("val-000001") == local.task_meta("val-000001")
     # exactly the manifest and its files under the prefix: no temporary names left
     keys = [k for k in s3_server.keys(bucket, "sets/sin/") if not k.endswith("/")]
-    assert sorted(keys) == sorted(
-        f"sets/sin/{n}" for n in ["manifest.json", *res.manifest.files]
-    )
+    assert sorted(keys) == sorted(f"sets/sin/{n}" for n in ["manifest.json", *res.manifest.files])
     assert not remote.verify()
 
 
@@ -86,8 +85,21 @@ def test_cli_build_and_inspect_on_s3(s3_server, capsys):
     bucket = s3_server.bucket()
     uri = f"s3://{bucket}/cli/sin"
     args = ["--train-tasks", "5", "--val-tasks", "2", "--test-tasks", "2", "--points", "8"]
-    assert cli(["shards", "build", "sinusoid", "--out", uri, *args,
-                "--s3-endpoint", s3_server.endpoint]) == 0
+    assert (
+        cli(
+            [
+                "shards",
+                "build",
+                "sinusoid",
+                "--out",
+                uri,
+                *args,
+                "--s3-endpoint",
+                s3_server.endpoint,
+            ]
+        )
+        == 0
+    )
     assert "built sinusoid shard set: 9 tasks, 72 rows" in capsys.readouterr().out
     assert cli(["shards", "inspect", uri]) == 0
     out = capsys.readouterr().out
@@ -177,7 +189,13 @@ def test_a_process_that_used_s3_exits_cleanly(s3_server):
         f"ss = open_shard_set('s3://{bucket}/s')\n"
         "print(ss.read_task('train-000001')['y'].shape)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, env={**os.environ, **s3_server.env}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **s3_server.env},
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "(12,)" in proc.stdout and "terminate called" not in proc.stderr

@@ -32,9 +32,7 @@ def _cfg(uri: str, **tracking: object) -> config.RunConfig:
     return config.load(None, overrides)
 
 
-def test_run_params_metrics_and_artifacts_read_back(
-    mlflow_server, tmp_path: Path
-) -> None:
+def test_run_params_metrics_and_artifacts_read_back(mlflow_server, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
     cfg = _cfg(mlflow_server.uri, experiment="tracking-it")
@@ -75,7 +73,6 @@ def test_run_params_metrics_and_artifacts_read_back(
         client.download_artifacts(tracker.run_id, "config.yaml", str(tmp_path))
     )
     assert config.from_dict(saved) == cfg
-
 
 
 def test_server_killed_mid_run_then_back_loses_nothing(tmp_path: Path) -> None:

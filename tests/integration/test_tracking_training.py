@@ -113,9 +113,16 @@ def test_tracking_server_killed_mid_run_training_completes(
     buffer = tmp_path / "buffer"
     try:
         # long enough (a few seconds) that the server dies while steps are still running
-        cfg = _cfg(smoke_shards, tmp_path, server.uri, "outage", f"outer.steps={STEPS}",
-                   "outer.val_every=100", "checkpoint.every=100",
-                   "tracking.flush_timeout_s=2")  # fmt: skip
+        cfg = _cfg(
+            smoke_shards,
+            tmp_path,
+            server.uri,
+            "outage",
+            f"outer.steps={STEPS}",
+            "outer.val_every=100",
+            "checkpoint.every=100",
+            "tracking.flush_timeout_s=2",
+        )
         client = MlflowClient(server.uri)
 
         def kill_once_steps_are_logged() -> None:  # the server goes away mid-run

@@ -38,20 +38,34 @@ def test_job_submit_trains_and_checkpoints(ray_head, smoke_shards, tmp_path):
     # Without the cluster's token the client is refused, and says what is missing.
     denied = subprocess.run(
         [RAY, "job", "list", "--address", ray_head.address],
-        env=_env({}), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=_env({}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert denied.returncode != 0 and "token" in (denied.stdout + denied.stderr).lower()
 
     wd, storage = _working_dir(tmp_path / "wd"), tmp_path / "runs"
     cmd = [
-        RAY, "job", "submit", "--address", ray_head.address, "--working-dir", str(wd), "--",
-        "python", "jobs/train.py", "--config", "configs/smoke.yaml", f"data.uri={smoke_shards}",
-        f"checkpoint.storage={storage}", "checkpoint.run_name=job", "outer.steps=4",
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        ray_head.address,
+        "--working-dir",
+        str(wd),
+        "--",
+        "python",
+        "jobs/train.py",
+        "--config",
+        "configs/smoke.yaml",
+        f"data.uri={smoke_shards}",
+        f"checkpoint.storage={storage}",
+        "checkpoint.run_name=job",
+        "outer.steps=4",
         "cluster.num_workers=1",
-    ]  # fmt: skip
-    done = subprocess.run(
-        cmd, env=_env(ray_head.env), capture_output=True, text=True, timeout=400
-    )
+    ]
+    done = subprocess.run(cmd, env=_env(ray_head.env), capture_output=True, text=True, timeout=400)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     assert "run 'job' finished: 4/4 steps with 1 worker(s)" in out

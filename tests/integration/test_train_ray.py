@@ -23,9 +23,15 @@ STEPS = 6
 def _cfg(shards, storage, name: str, workers: int, steps: int = STEPS) -> config.RunConfig:
     return config.load(
         "configs/smoke.yaml",
-        [f"data.uri={shards}", f"checkpoint.storage={storage}", f"checkpoint.run_name={name}",
-         f"cluster.num_workers={workers}", f"outer.steps={steps}", "checkpoint.every=2"],
-    )  # fmt: skip
+        [
+            f"data.uri={shards}",
+            f"checkpoint.storage={storage}",
+            f"checkpoint.run_name={name}",
+            f"cluster.num_workers={workers}",
+            f"outer.steps={steps}",
+            "checkpoint.every=2",
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +107,13 @@ def test_corrupt_shard_stops_the_run_naming_the_file(ray_cluster, smoke_shards, 
     clear_cache()
     cfg = config.load(
         "configs/smoke.yaml",
-        [f"data.uri={bad}", f"checkpoint.storage={tmp_path / 'runs'}", "checkpoint.max_failures=0",
-         "cluster.num_workers=1"],
-    )  # fmt: skip
+        [
+            f"data.uri={bad}",
+            f"checkpoint.storage={tmp_path / 'runs'}",
+            "checkpoint.max_failures=0",
+            "cluster.num_workers=1",
+        ],
+    )
     with pytest.raises(ShardError, match=r"train-\S+\.parquet: checksum mismatch") as info:
         run_training(cfg, quiet=True)
     assert "Traceback" not in str(info.value)  # the message alone, not Ray's wrapping

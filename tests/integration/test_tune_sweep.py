@@ -81,6 +81,11 @@ def test_asha_sweep_parent_children_best_config_and_resume(
     assert sorted(r.trial_id for r in again.rows) == sorted(r.trial_id for r in result.rows)
     assert again.parent_run_id == result.parent_run_id
     assert again.best.trial_id == best.trial_id
-    assert len(client.search_runs(
-        [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
-    )) == 3  # fmt: skip
+    assert (
+        len(
+            client.search_runs(
+                [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+            )
+        )
+        == 3
+    )

@@ -10,8 +10,7 @@ from pipeline.models import build_model
 
 
 def _checkpoint(tmp_path):
-    cfg = config.load(None, ["model.hidden=16", "model.embed=8", "data.max_len=12",
-                             "inner.lr=0.3"])
+    cfg = config.load(None, ["model.hidden=16", "model.embed=8", "data.max_len=12", "inner.lr=0.3"])
     model = build_model(cfg.model, cfg.data)
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=0)
     return checkpoint.save(tmp_path / "ckpt", state, config=config.to_dict(cfg)), state
@@ -23,8 +22,26 @@ def test_adapt_writes_params_then_a_stored_task_warm_starts_the_next_call(tmp_pa
     support.write_text("\n".join(["the", "and", "of", "to", "in", "that", "is"]) + "\n")
     bank = str(tmp_path / "bank")
     out1 = tmp_path / "a1.safetensors"
-    assert main(["adapt", "--checkpoint", str(ckpt), "--support", str(support), "--out",
-                 str(out1), "--steps", "3", "--bank-uri", bank, "--key", "english"]) == 0
+    assert (
+        main(
+            [
+                "adapt",
+                "--checkpoint",
+                str(ckpt),
+                "--support",
+                str(support),
+                "--out",
+                str(out1),
+                "--steps",
+                "3",
+                "--bank-uri",
+                bank,
+                "--key",
+                "english",
+            ]
+        )
+        == 0
+    )
     with safe_open(str(out1), "pt") as f:
         meta = f.metadata()
         assert set(f.keys()) == set(state.params)
@@ -33,8 +50,24 @@ def test_adapt_writes_params_then_a_stored_task_warm_starts_the_next_call(tmp_pa
     assert meta["start"] == "meta-init" and meta["steps"] == "3"
     assert float(meta["support_loss_adapted"]) < float(meta["support_loss_meta_init"])
     out2 = tmp_path / "a2.safetensors"
-    assert main(["adapt", "--checkpoint", str(ckpt), "--support", str(support), "--out",
-                 str(out2), "--steps", "0", "--bank-uri", bank]) == 0
+    assert (
+        main(
+            [
+                "adapt",
+                "--checkpoint",
+                str(ckpt),
+                "--support",
+                str(support),
+                "--out",
+                str(out2),
+                "--steps",
+                "0",
+                "--bank-uri",
+                bank,
+            ]
+        )
+        == 0
+    )
     with safe_open(str(out2), "pt") as f2, safe_open(str(out1), "pt") as f1:
         assert f2.metadata()["start"] == "bank:english"
         for k in state.params:  # 0 steps from the stored entry = the stored params
@@ -46,6 +79,18 @@ def test_empty_support_file_is_a_clear_error(tmp_path, capsys):
     ckpt, _ = _checkpoint(tmp_path)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    assert main(["adapt", "--checkpoint", str(ckpt), "--support", str(empty), "--out",
-                 str(tmp_path / "x.safetensors")]) == 1
+    assert (
+        main(
+            [
+                "adapt",
+                "--checkpoint",
+                str(ckpt),
+                "--support",
+                str(empty),
+                "--out",
+                str(tmp_path / "x.safetensors"),
+            ]
+        )
+        == 1
+    )
     assert "has no non-empty lines" in capsys.readouterr().err

@@ -13,16 +13,23 @@ def _seed_bank(uri: str) -> None:
     bank = BankService(BankConfig(snapshot_uri=uri))
     d = np.eye(4, 8, dtype=np.float32)
     d[1, 0] = 3.0  # task-1 leans towards task-0
-    bank.put({"keys": [f"task-{i}" for i in range(4)], "descriptor": d,
-              "params": np.ones((4, 5), np.float32), "loss": [0.1, 0.2, 0.3, 0.4]})
+    bank.put(
+        {
+            "keys": [f"task-{i}" for i in range(4)],
+            "descriptor": d,
+            "params": np.ones((4, 5), np.float32),
+            "loss": [0.1, 0.2, 0.3, 0.4],
+        }
+    )
     bank.snapshot()
 
 
 def test_inspect_shows_entries_and_nearest_neighbours(tmp_path, capsys):
     uri = str(tmp_path / "bank")
     _seed_bank(uri)
-    assert main(["bank", "inspect", "--uri", uri, "--neighbours", "task-0", "-k", "2",
-                 "--json"]) == 0
+    assert (
+        main(["bank", "inspect", "--uri", uri, "--neighbours", "task-0", "-k", "2", "--json"]) == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["stats"]["entries"] == 4 and out["stats"]["capacity"] == 10_000
     assert out["neighbours"][0][0] == "task-1"

@@ -74,11 +74,15 @@ def test_empty_or_distant_bank_falls_back_to_meta_init_exactly():
     sup = _support(RU)
     bank = _bank(threshold=0.95)
     en = _support(EN)
-    bank.put({"keys": ["en"], "descriptor": describe(model, params, en, kind="ngram"),
-              "params": flatten(params)[None] + 1.0})
+    bank.put(
+        {
+            "keys": ["en"],
+            "descriptor": describe(model, params, en, kind="ngram"),
+            "params": flatten(params)[None] + 1.0,
+        }
+    )
     for query in (None, bank.query):  # no bank at all, and a bank with nothing close
-        got, info = adapt_with_bank(model, params, sup, cfg=bank.cfg, query=query, steps=2,
-                                    lrs=0.1)
+        got, info = adapt_with_bank(model, params, sup, cfg=bank.cfg, query=query, steps=2, lrs=0.1)
         assert info.sources == ["meta-init"]
         want = adapt(params, None, sup, model=model, steps=2, lrs=0.1, first_order=True)
         for k in params:
@@ -102,8 +106,13 @@ def test_weighted_blend_mixes_hits_above_threshold_by_similarity():
     base = flatten(params)
     q = describe(model, params, _support(EN), kind="ngram")
     other = describe(model, params, _support(EN2), kind="ngram")
-    bank.put({"keys": ["a", "b"], "descriptor": np.concatenate([q, other]),
-              "params": np.stack([base + 1.0, base - 1.0])})
+    bank.put(
+        {
+            "keys": ["a", "b"],
+            "descriptor": np.concatenate([q, other]),
+            "params": np.stack([base + 1.0, base - 1.0]),
+        }
+    )
     start, info = warm_start(model, params, _support(EN), cfg=bank.cfg, query=bank.query)
     s = float(q[0] @ other[0])
     w_a = 1.0 / (1.0 + s)
@@ -115,8 +124,9 @@ def test_weighted_blend_mixes_hits_above_threshold_by_similarity():
 def test_auto_descriptor_is_ngram_for_bytes_and_hidden_for_regression():
     model, params = _model()
     sup = _support(EN, RU)
-    np.testing.assert_array_equal(describe(model, params, sup, kind="auto"),
-                                  describe(model, params, sup, kind="ngram"))
+    np.testing.assert_array_equal(
+        describe(model, params, sup, kind="auto"), describe(model, params, sup, kind="ngram")
+    )
     torch.manual_seed(0)
     mlp = build_model(ModelConfig(kind="mlp", hidden=8), DataConfig(episode="regression"))
     mp = {k: v.detach() for k, v in mlp.named_parameters()}

@@ -82,20 +82,34 @@ def sine():
     from pipeline.data import episodes as ep
     from pipeline.meta import outer
 
-    cfg = load(None, ["data.episode=regression", "model.kind=mlp", "model.hidden=40",
-                      "model.layers=2", "data.k_support=10", "data.k_query=10",
-                      "inner.lr=0.01", "outer.meta_batch=10", "outer.lr=0.003"])  # fmt: skip
+    cfg = load(
+        None,
+        [
+            "data.episode=regression",
+            "model.kind=mlp",
+            "model.hidden=40",
+            "model.layers=2",
+            "data.k_support=10",
+            "data.k_query=10",
+            "inner.lr=0.01",
+            "outer.meta_batch=10",
+            "outer.lr=0.003",
+        ],
+    )
     train, test = _sine_rows(100, 1), _sine_rows(12, 2)
     rows = {**train, **test}
     model = build_model(cfg.model, cfg.data)
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=0)
     for step in range(300):
-        b = ep.build_step(rows.__getitem__, sorted(train), cfg.data, seed=0, step=step,
-                          meta_batch=10)  # fmt: skip
-        state, _ = outer.train_step(state, ep.to_torch(b), model=model, inner_cfg=cfg.inner,
-                                    outer_cfg=cfg.outer)  # fmt: skip
-    eps = ev.make_episodes(rows.__getitem__, sorted(test), cfg.data, shot=10, k_query=10,
-                           n_episodes=4, seed=5)  # fmt: skip
+        b = ep.build_step(
+            rows.__getitem__, sorted(train), cfg.data, seed=0, step=step, meta_batch=10
+        )
+        state, _ = outer.train_step(
+            state, ep.to_torch(b), model=model, inner_cfg=cfg.inner, outer_cfg=cfg.outer
+        )
+    eps = ev.make_episodes(
+        rows.__getitem__, sorted(test), cfg.data, shot=10, k_query=10, n_episodes=4, seed=5
+    )
     return cfg, model, state, eps
 
 
@@ -144,13 +158,25 @@ def test_tuned_lr_is_the_grid_point_with_the_best_validation_metric(sine):
 
 
 def test_classification_reports_per_language_accuracy_in_range():
-    cfg = load(None, ["data.episode=classify", "model.kind=gru", "model.hidden=8",
-                      "model.embed=4", "data.n_way=3", "data.max_len=8"])  # fmt: skip
-    words = {t: {"text": np.array([f"{t}{i}" for i in range(12)], dtype=object)}
-             for t in ("aa", "bb", "cc", "dd")}  # fmt: skip
+    cfg = load(
+        None,
+        [
+            "data.episode=classify",
+            "model.kind=gru",
+            "model.hidden=8",
+            "model.embed=4",
+            "data.n_way=3",
+            "data.max_len=8",
+        ],
+    )
+    words = {
+        t: {"text": np.array([f"{t}{i}" for i in range(12)], dtype=object)}
+        for t in ("aa", "bb", "cc", "dd")
+    }
     model = build_model(cfg.model, cfg.data)
-    eps = ev.make_episodes(words.__getitem__, sorted(words), cfg.data, shot=2, k_query=3,
-                           n_episodes=2, seed=0)  # fmt: skip
+    eps = ev.make_episodes(
+        words.__getitem__, sorted(words), cfg.data, shot=2, k_query=3, n_episodes=2, seed=0
+    )
     m = ev.Method("random init", baselines.random_init(model, cfg, seed=0), 0.1)
     vals = ev.run_method(model, m, eps, (0, 1), n_way=3)
     assert set(vals[1]) == set(words)  # every language reported
@@ -178,8 +204,9 @@ def _checkpoint(tmp: Path, overrides: list[str], steps: int) -> Path:
 
     cfg = config.load(None, [*overrides, "tracking.enabled=false", "cluster.threads_per_worker=1"])
     res = local_train.train(cfg, steps=steps)
-    return checkpoint.save(tmp / "run" / f"checkpoint_{steps:06d}", res.state,
-                           config=config.to_dict(cfg))  # fmt: skip
+    return checkpoint.save(
+        tmp / "run" / f"checkpoint_{steps:06d}", res.state, config=config.to_dict(cfg)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -189,13 +216,43 @@ def sine_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("sine-run")
     shards = tmp / "sine"
-    assert main(["shards", "build", "sinusoid", "--out", str(shards), "--train-tasks", "60",
-                 "--val-tasks", "4", "--test-tasks", "10", "--points", "40"]) == 0  # fmt: skip
-    _checkpoint(tmp, [f"data.uri={shards}", "data.episode=regression", "model.kind=mlp",
-                      "model.hidden=40", "model.layers=2", "data.k_support=10",
-                      "data.k_query=10", "outer.meta_batch=10", "outer.lr=0.003",
-                      "outer.val_every=1000", "bank.threshold=-1",
-                      ], steps=250)  # fmt: skip
+    assert (
+        main(
+            [
+                "shards",
+                "build",
+                "sinusoid",
+                "--out",
+                str(shards),
+                "--train-tasks",
+                "60",
+                "--val-tasks",
+                "4",
+                "--test-tasks",
+                "10",
+                "--points",
+                "40",
+            ]
+        )
+        == 0
+    )
+    _checkpoint(
+        tmp,
+        [
+            f"data.uri={shards}",
+            "data.episode=regression",
+            "model.kind=mlp",
+            "model.hidden=40",
+            "model.layers=2",
+            "data.k_support=10",
+            "data.k_query=10",
+            "outer.meta_batch=10",
+            "outer.lr=0.003",
+            "outer.val_every=1000",
+            "bank.threshold=-1",
+        ],
+        steps=250,
+    )
     return tmp, shards
 
 
@@ -204,10 +261,26 @@ def test_metaray_evaluate_on_sinusoid_shards_writes_table_json_and_plots(sine_ru
 
     tmp, shards = sine_run
     out = tmp / "eval"
-    argv = ["evaluate", "--checkpoint", str(tmp / "run"), "--shards", str(shards),
-            "--out", str(out), "--json", str(out / "r.json"), "--episodes", "3",
-            "--steps", "0,1,5", "--baseline-steps", "40", "--lr-grid", "0.003,0.01,0.03",
-            "--no-tracking"]  # fmt: skip
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        str(tmp / "run"),
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        "--json",
+        str(out / "r.json"),
+        "--episodes",
+        "3",
+        "--steps",
+        "0,1,5",
+        "--baseline-steps",
+        "40",
+        "--lr-grid",
+        "0.003,0.01,0.03",
+        "--no-tracking",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     for name in ("random init", "multitask", "meta-init", "Δ meta-init - multitask"):
@@ -242,8 +315,9 @@ def test_bank_warm_start_starts_a_recurring_task_at_its_stored_quality(sine_run)
     task = sset.tasks("test")[0]
     rows = sset.read_task(task)  # all 40 points: a well-adapted copy of this task
     sup = ep.to_torch(ep.collate([ep.regression_episode(rows, 39, 1, np.random.default_rng(0))]))
-    adapted = adapt(loaded.state.params, None, sup.support, model=model, steps=100, lrs=0.01,
-                    first_order=True)  # fmt: skip
+    adapted = adapt(
+        loaded.state.params, None, sup.support, model=model, steps=100, lrs=0.01, first_order=True
+    )
     bank = tmp / "bank"
     service = BankService(cfg.bank.model_copy(update={"snapshot_uri": str(bank)}))
     desc = describe(model, loaded.state.params, sup.support, kind=cfg.bank.descriptor)
@@ -251,10 +325,18 @@ def test_bank_warm_start_starts_a_recurring_task_at_its_stored_quality(sine_run)
     service.put({"keys": [task], "params": flat, "descriptor": desc})
     service.snapshot()
 
-    opts = eval_run.Options(checkpoint=str(tmp / "run"), shards=str(shards), bank=str(bank),
-                            out_dir=str(tmp / "eval-bank"), baseline=str(tmp / "eval" / "x"),
-                            baseline_steps=5, lr_grid=(0.01,), max_tasks=3, tracking=False,
-                            spec=ev.EvalSpec(steps=(0, 1), episodes=3))  # fmt: skip
+    opts = eval_run.Options(
+        checkpoint=str(tmp / "run"),
+        shards=str(shards),
+        bank=str(bank),
+        out_dir=str(tmp / "eval-bank"),
+        baseline=str(tmp / "eval" / "x"),
+        baseline_steps=5,
+        lr_grid=(0.01,),
+        max_tasks=3,
+        tracking=False,
+        spec=ev.EvalSpec(steps=(0, 1), episodes=3),
+    )
     rep = eval_run.run(opts, log=lambda _: None)
     res = rep["results"]["10"]
     warm0 = res["bank warm start"]["0"]["tasks"][task]["mean"]
@@ -270,22 +352,73 @@ def test_metaray_evaluate_on_a_users_text_shard_set(tmp_path, capsys):
     src = tmp_path / "corpus"
     src.mkdir()
     rng = np.random.default_rng(0)
-    for name, letters in {"aa": "ab", "bb": "bc", "cc": "cd", "dd": "de", "ee": "ef",
-                          "ff": "fg", "gg": "gh"}.items():  # fmt: skip
+    for name, letters in {
+        "aa": "ab",
+        "bb": "bc",
+        "cc": "cd",
+        "dd": "de",
+        "ee": "ef",
+        "ff": "fg",
+        "gg": "gh",
+    }.items():
         sizes = rng.integers(2, 7, size=200)
         lines = {"".join(rng.choice(list(letters), size=int(n))) for n in sizes}
         (src / f"{name}.txt").write_text("\n".join(sorted(lines)) + "\n", encoding="utf-8")
     shards = tmp_path / "text"
-    assert main(["shards", "build", "text", "--input", str(src), "--out", str(shards),
-                 "--val-keys", "ee", "--test-keys", "ff,gg"]) == 0  # fmt: skip
-    _checkpoint(tmp_path, [f"data.uri={shards}", "model.hidden=8", "model.embed=4",
-                           "data.k_support=4", "data.k_query=4", "data.max_len=8",
-                           "outer.meta_batch=2", "inner.lr=0.1", "outer.val_every=1000"],
-                steps=2)  # fmt: skip
+    assert (
+        main(
+            [
+                "shards",
+                "build",
+                "text",
+                "--input",
+                str(src),
+                "--out",
+                str(shards),
+                "--val-keys",
+                "ee",
+                "--test-keys",
+                "ff,gg",
+            ]
+        )
+        == 0
+    )
+    _checkpoint(
+        tmp_path,
+        [
+            f"data.uri={shards}",
+            "model.hidden=8",
+            "model.embed=4",
+            "data.k_support=4",
+            "data.k_query=4",
+            "data.max_len=8",
+            "outer.meta_batch=2",
+            "inner.lr=0.1",
+            "outer.val_every=1000",
+        ],
+        steps=2,
+    )
     out = tmp_path / "eval"
-    argv = ["evaluate", "--checkpoint", str(tmp_path / "run"), "--shards", str(shards),
-            "--out", str(out), "--episodes", "2", "--steps", "0,1", "--shots", "4,8",
-            "--baseline-steps", "2", "--lr-grid", "0.1", "--no-tracking"]  # fmt: skip
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        str(tmp_path / "run"),
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        "--episodes",
+        "2",
+        "--steps",
+        "0,1",
+        "--shots",
+        "4,8",
+        "--baseline-steps",
+        "2",
+        "--lr-grid",
+        "0.1",
+        "--no-tracking",
+    ]
     assert main(argv) == 0
     rep = json.loads((out / "eval.json").read_text())
     assert rep["metric"] == "bits per byte" and rep["shots"] == [4, 8]
@@ -317,16 +450,60 @@ def test_metaray_evaluate_n_way_k_shot_classification_reports_accuracy(tmp_path,
         lines = {"".join(rng.choice(list(letters), size=int(n))) for n in sizes}
         (src / f"{name}.txt").write_text("\n".join(sorted(lines)) + "\n", encoding="utf-8")
     shards = tmp_path / "text"
-    assert main(["shards", "build", "text", "--input", str(src), "--out", str(shards),
-                 "--val-keys", "ii,jj,kk", "--test-keys", "ff,gg,hh"]) == 0  # fmt: skip
-    _checkpoint(tmp_path, [f"data.uri={shards}", "data.episode=classify", "data.n_way=3",
-                           "model.hidden=8", "model.embed=4", "data.k_support=2",
-                           "data.k_query=3", "data.max_len=8", "outer.meta_batch=2",
-                           "inner.lr=0.1", "outer.val_every=1000"], steps=2)  # fmt: skip
+    assert (
+        main(
+            [
+                "shards",
+                "build",
+                "text",
+                "--input",
+                str(src),
+                "--out",
+                str(shards),
+                "--val-keys",
+                "ii,jj,kk",
+                "--test-keys",
+                "ff,gg,hh",
+            ]
+        )
+        == 0
+    )
+    _checkpoint(
+        tmp_path,
+        [
+            f"data.uri={shards}",
+            "data.episode=classify",
+            "data.n_way=3",
+            "model.hidden=8",
+            "model.embed=4",
+            "data.k_support=2",
+            "data.k_query=3",
+            "data.max_len=8",
+            "outer.meta_batch=2",
+            "inner.lr=0.1",
+            "outer.val_every=1000",
+        ],
+        steps=2,
+    )
     out = tmp_path / "eval"
-    argv = ["evaluate", "--checkpoint", str(tmp_path / "run"), "--shards", str(shards),
-            "--out", str(out), "--episodes", "4", "--steps", "0,1", "--baseline-steps", "2",
-            "--lr-grid", "0.1", "--no-tracking"]  # fmt: skip
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        str(tmp_path / "run"),
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        "--episodes",
+        "4",
+        "--steps",
+        "0,1",
+        "--baseline-steps",
+        "2",
+        "--lr-grid",
+        "0.1",
+        "--no-tracking",
+    ]
     assert main(argv) == 0
     rep = json.loads((out / "eval.json").read_text())
     assert rep["metric"] == "accuracy" and rep["higher_is_better"] is True
@@ -348,8 +525,24 @@ def test_evaluate_refuses_a_shard_set_of_the_wrong_family(sine_run, tmp_path, ca
     for name in ("aa", "bb", "cc"):
         (src / f"{name}.txt").write_text("\n".join(f"{name}{i}" for i in range(30)) + "\n")
     text = tmp_path / "text"
-    assert main(["shards", "build", "text", "--input", str(src), "--out", str(text),
-                 "--val-keys", "bb", "--test-keys", "cc"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "shards",
+                "build",
+                "text",
+                "--input",
+                str(src),
+                "--out",
+                str(text),
+                "--val-keys",
+                "bb",
+                "--test-keys",
+                "cc",
+            ]
+        )
+        == 0
+    )
     argv = ["evaluate", "--checkpoint", str(tmp / "run"), "--shards", str(text), "--no-tracking"]
     assert main(argv) == 1
     err = capsys.readouterr().err

@@ -259,8 +259,11 @@ def test_cli_entrypoints_parse_with_the_real_metaray_parser():
     arguments that the installed CLI accepts; S3 URIs for everything it reads."""
     from pipeline.cli import build_parser
 
-    cli = [(p, d["spec"]["entrypoint"]) for p, d in _k8s_docs()
-           if d["kind"] == "RayJob" and d["spec"]["entrypoint"].startswith("metaray ")]  # fmt: skip
+    cli = [
+        (p, d["spec"]["entrypoint"])
+        for p, d in _k8s_docs()
+        if d["kind"] == "RayJob" and d["spec"]["entrypoint"].startswith("metaray ")
+    ]
     assert any(" evaluate " in e for _, e in cli), "a RayJob that runs `metaray evaluate`"
     for where, entry in cli:
         args = build_parser().parse_args(shlex.split(entry)[1:])  # exits (fails) on bad args

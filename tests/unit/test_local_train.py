@@ -52,7 +52,8 @@ def word_source():
 def test_sinusoid_loop_lowers_validation_loss_and_is_deterministic():
     cfg = config.load(
         None,
-        ONE_THREAD + [
+        ONE_THREAD
+        + [
             "model.kind=mlp",
             "model.hidden=40",
             "model.layers=2",
@@ -76,7 +77,8 @@ def test_sinusoid_loop_lowers_validation_loss_and_is_deterministic():
 def test_byte_lm_loop_runs_on_words_and_improves():
     cfg = config.load(
         None,
-        ONE_THREAD + [
+        ONE_THREAD
+        + [
             "model.hidden=16",
             "model.embed=8",
             "inner.lr=0.5",

@@ -16,8 +16,12 @@ from pipeline.errors import ShardError
 
 def build(prepared, uri, **kw):
     return write_shard_set(
-        str(uri), prepared.family, prepared.tasks, build=prepared.build,
-        split_hint=prepared.split_hint, **kw,
+        str(uri),
+        prepared.family,
+        prepared.tasks,
+        build=prepared.build,
+        split_hint=prepared.split_hint,
+        **kw,
     )
 
 
@@ -91,7 +95,11 @@ def test_manifest_records_rows_checksums_and_build_params(tmp_path):
     assert tree["schema_version"] == mf.SCHEMA_VERSION
     assert tree["family"] == "sinusoid"
     assert tree["build"]["params"] == {
-        "train": 6, "val": 3, "test": 2, "points": 20, "seed": 7,
+        "train": 6,
+        "val": 3,
+        "test": 2,
+        "points": 20,
+        "seed": 7,
     }
     assert tree["build"]["seed"] == 7
     assert {"metaray", "pyarrow", "numpy", "python"} <= set(tree["build"]["versions"])
@@ -134,11 +142,13 @@ def test_rebuilding_the_same_set_is_a_no_op_other_params_rebuild_other_families_
     # the old build's files are gone; only the new manifest's files remain
     names = {p.name for p in out.iterdir()}
     assert names == {"manifest.json", *replaced.manifest.files}
-    other = wordlang.prepare(languages="en,de,fr", val_languages="de", test_languages="fr",
-                             top_n=3)
+    other = wordlang.prepare(languages="en,de,fr", val_languages="de", test_languages="fr", top_n=3)
     with pytest.raises(ShardError, match="already holds a sinusoid shard set.*--overwrite"):
         build(other, out)
     assert open_shard_set(str(out)).family == "sinusoid"
-    build(wordlang.prepare(languages="en,de,fr", val_languages="de", test_languages="fr",
-                           top_n=3), out, overwrite=True)
+    build(
+        wordlang.prepare(languages="en,de,fr", val_languages="de", test_languages="fr", top_n=3),
+        out,
+        overwrite=True,
+    )
     assert open_shard_set(str(out)).family == "wordlang"

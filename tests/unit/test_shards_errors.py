@@ -209,12 +209,20 @@ def test_missing_and_extra_columns_in_a_file(tmp_path):
 def test_source_rows_with_wrong_columns_or_types_are_refused_before_writing(tmp_path):
     bad_type = pa.table({"x": pa.array([1.0], pa.float64()), "y": pa.array([1.0], pa.float32())})
     with pytest.raises(ShardError, match="task 'a': column 'x' has type double.*needs float"):
-        write_shard_set(str(tmp_path / "s"), "sinusoid", [SourceTask("a", "train", bad_type)],
-                        build={"source": "test", "params": {}})
+        write_shard_set(
+            str(tmp_path / "s"),
+            "sinusoid",
+            [SourceTask("a", "train", bad_type)],
+            build={"source": "test", "params": {}},
+        )
     bad_cols = pa.table({"text": ["a"]})
     with pytest.raises(ShardError, match=r"columns \['text'\] do not match family 'sinusoid'"):
-        write_shard_set(str(tmp_path / "s"), "sinusoid", [SourceTask("a", "train", bad_cols)],
-                        build={"source": "test", "params": {}})
+        write_shard_set(
+            str(tmp_path / "s"),
+            "sinusoid",
+            [SourceTask("a", "train", bad_cols)],
+            build={"source": "test", "params": {}},
+        )
     assert not (tmp_path / "s" / "manifest.json").exists()
     assert list((tmp_path / "s").iterdir()) == []
 
@@ -321,11 +329,18 @@ def test_splits_that_leave_no_test_tasks_are_refused(tmp_path):
     with pytest.raises(ShardError, match="no test tasks .*--test-fraction > 0 or --test-keys"):
         text.prepare(str(corpus), test_fraction=0.0)
     # the writer checks again, whatever the source
-    only_train = [SourceTask("a", "train", pa.table({"text": ["x"]})),
-                  SourceTask("b", "val", pa.table({"text": ["y"]}))]
+    only_train = [
+        SourceTask("a", "train", pa.table({"text": ["x"]})),
+        SourceTask("b", "val", pa.table({"text": ["y"]})),
+    ]
     with pytest.raises(ShardError, match="the split leaves no test tasks.*--test-keys"):
-        write_shard_set(str(tmp_path / "o"), "text", only_train,
-                        build={"source": "t", "params": {}}, split_hint="pass --test-keys")
+        write_shard_set(
+            str(tmp_path / "o"),
+            "text",
+            only_train,
+            build={"source": "t", "params": {}},
+            split_hint="pass --test-keys",
+        )
     assert not (tmp_path / "o" / "manifest.json").exists()
 
 
@@ -390,8 +405,13 @@ def test_build_failing_over_a_complete_set_keeps_the_old_set(tmp_path):
             yield t
 
     with pytest.raises(KeyboardInterrupt):
-        write_shard_set(str(out), "sinusoid", broken(), build={"source": "sinusoid",
-                        "params": {"points": 12}}, rows_per_file=10)
+        write_shard_set(
+            str(out),
+            "sinusoid",
+            broken(),
+            build={"source": "sinusoid", "params": {"points": 12}},
+            rows_per_file=10,
+        )
     ss = open_shard_set(str(out))
     assert ss.manifest.build["build_id"] == old.manifest.build["build_id"]
     assert not ss.verify()

@@ -46,8 +46,9 @@ def test_default_held_out_languages_mix_seen_and_unseen_scripts():
 
 
 def test_wordlang_all_scripts_round_trip_as_utf8(tmp_path):
-    p = wordlang.prepare(languages="en,hi,ar,zh,ta,el", top_n=40,
-                         val_languages="ar,el", test_languages="ta")
+    p = wordlang.prepare(
+        languages="en,hi,ar,zh,ta,el", top_n=40, val_languages="ar,el", test_languages="ta"
+    )
     build(p, tmp_path / "w")
     ss = open_shard_set(str(tmp_path / "w"))
     for code in ("hi", "zh", "ta"):
@@ -67,13 +68,16 @@ def _corpus(root, files):
 
 
 def test_text_directory_one_task_per_file_one_example_per_line(tmp_path):
-    corpus = _corpus(tmp_path / "c", {
-        "poems/fr.txt": "\ufeffbonjour\r\nle monde\n\n",
-        "poems/de.txt": "hallo\nwelt\n",
-        "code.py": "print(1)\n",
-        "notes.txt": "a\nb\nc\n",
-        ".hidden.txt": "skip me\n",
-    })
+    corpus = _corpus(
+        tmp_path / "c",
+        {
+            "poems/fr.txt": "\ufeffbonjour\r\nle monde\n\n",
+            "poems/de.txt": "hallo\nwelt\n",
+            "code.py": "print(1)\n",
+            "notes.txt": "a\nb\nc\n",
+            ".hidden.txt": "skip me\n",
+        },
+    )
     p = text.prepare(str(corpus), val_keys="code", test_keys="notes")
     build(p, tmp_path / "out")
     ss = open_shard_set(str(tmp_path / "out"))
@@ -90,8 +94,13 @@ def test_text_split_by_fraction_is_deterministic_by_seed(tmp_path):
     def splits(seed):
         p = text.prepare(str(corpus), val_fraction=0.2, test_fraction=0.1, seed=seed)
         return text.assign_splits(
-            sorted(f"t{i:02d}" for i in range(20)), val_fraction=0.2, test_fraction=0.1,
-            val_keys=None, test_keys=None, seed=seed, where="x",
+            sorted(f"t{i:02d}" for i in range(20)),
+            val_fraction=0.2,
+            test_fraction=0.1,
+            val_keys=None,
+            test_keys=None,
+            seed=seed,
+            where="x",
         ), p
 
     a, p = splits(0)
@@ -105,12 +114,16 @@ def test_text_split_by_fraction_is_deterministic_by_seed(tmp_path):
 
 def test_text_parquet_input_groups_rows_by_task_in_order(tmp_path):
     f = tmp_path / "corpus.parquet"
-    pq.write_table(pa.table({
-        "lang": ["b", "a", "b", "c", "a", "d", "b"],
-        "line": ["b1", "a1", "b2", "c1", "a2", "d1", "b3"],
-    }), f)
-    p = text.prepare(str(f), task_column="lang", text_column="line",
-                     val_keys="c", test_keys="d")
+    pq.write_table(
+        pa.table(
+            {
+                "lang": ["b", "a", "b", "c", "a", "d", "b"],
+                "line": ["b1", "a1", "b2", "c1", "a2", "d1", "b3"],
+            }
+        ),
+        f,
+    )
+    p = text.prepare(str(f), task_column="lang", text_column="line", val_keys="c", test_keys="d")
     build(p, tmp_path / "out")
     ss = open_shard_set(str(tmp_path / "out"))
     assert ss.tasks("train") == ["a", "b"]

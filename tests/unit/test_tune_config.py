@@ -34,23 +34,31 @@ def test_shipped_sweep_configs_load() -> None:
 @pytest.mark.parametrize(
     ("tune_yaml", "message"),
     [
-        ("  space: {inner.lrr: {loguniform: [0.001, 0.1]}}\n",
-         "unknown run-config key 'inner.lrr'; did you mean 'inner.lr'?"),
+        (
+            "  space: {inner.lrr: {loguniform: [0.001, 0.1]}}\n",
+            "unknown run-config key 'inner.lrr'; did you mean 'inner.lr'?",
+        ),
         ("  space: {inner.lr: {logunif: [0.001, 0.1]}}\n", "give exactly one of loguniform"),
         ("  space: {inner.lr: {loguniform: [0.0, 0.1]}}\n", "loguniform needs low > 0"),
         ("  space: {inner.lr: {uniform: [0.5, 0.1]}}\n", "low must be below high"),
         ("  space: {inner.steps: {choice: [1, -2]}}\n", "tune.space.inner.steps=-2"),
         ("  space: {inner.algorithm: {choice: [maml, metasdg]}}\n", "inner.algorithm='metasdg'"),
-        ("  space: {inner.lr: {loguniform: [0.001, 0.1]}}\n  scheduler: pbt\n",
-         "scheduler=pbt perturbs outer.lr only"),
-        ("  space: {outer.lr: {loguniform: [0.0001, 0.01]}}\n  scheduler: pbt\n",
-         "scheduler=pbt is not available yet"),
+        (
+            "  space: {inner.lr: {loguniform: [0.001, 0.1]}}\n  scheduler: pbt\n",
+            "scheduler=pbt perturbs outer.lr only",
+        ),
+        (
+            "  space: {outer.lr: {loguniform: [0.0001, 0.01]}}\n  scheduler: pbt\n",
+            "scheduler=pbt is not available yet",
+        ),
         ("  space: {inner.steps: {grid: [1, 2]}}\n  search: optuna\n", "cannot take grid"),
-        ("  space: {inner.lr: {loguniform: [0.001, 0.1]}}\n  num_sample: 3\n",
-         "tune.num_sample: unknown key; did you mean 'tune.num_samples'?"),
+        (
+            "  space: {inner.lr: {loguniform: [0.001, 0.1]}}\n  num_sample: 3\n",
+            "tune.num_sample: unknown key; did you mean 'tune.num_samples'?",
+        ),
         ("  space: {}\n", "tune.space is empty"),
     ],
-)  # fmt: skip
+)
 def test_bad_sweeps_are_named_before_anything_runs(
     tmp_path: Path, tune_yaml: str, message: str
 ) -> None:
@@ -77,12 +85,14 @@ def test_space_override_from_command_line_and_cli_check(tmp_path: Path, capsys) 
 def test_search_space_becomes_tune_domains() -> None:
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    space = search_space({
-        "inner.lr": {"loguniform": [0.001, 0.1]},
-        "inner.steps": {"choice": [1, 3]},
-        "model.hidden": {"randint": [8, 64]},
-        "outer.lr": {"grid": [0.001, 0.01]},
-    })  # fmt: skip
+    space = search_space(
+        {
+            "inner.lr": {"loguniform": [0.001, 0.1]},
+            "inner.steps": {"choice": [1, 3]},
+            "model.hidden": {"randint": [8, 64]},
+            "outer.lr": {"grid": [0.001, 0.01]},
+        }
+    )
     assert isinstance(space["inner.lr"], Float) and space["inner.lr"].lower == 0.001
     assert isinstance(space["inner.steps"], Categorical)
     assert isinstance(space["model.hidden"], Integer)
@@ -92,8 +102,9 @@ def test_search_space_becomes_tune_domains() -> None:
 def test_concurrency_fits_the_cluster() -> None:
     base, sweep = load_sweep(ROOT / "configs/tune_smoke.yaml")
     assert concurrency(base, sweep, {"CPU": 2.0}) == 2  # 0.5 driver + 0.5 worker per trial
-    assert concurrency(base, sweep.model_copy(update={"max_concurrent_trials": 1}),
-                       {"CPU": 2.0}) == 1  # fmt: skip
+    assert (
+        concurrency(base, sweep.model_copy(update={"max_concurrent_trials": 1}), {"CPU": 2.0}) == 1
+    )
     big, sweep = load_sweep(ROOT / "configs/tune_inner_lr.yaml", ["cluster.use_gpu=true"])
     # 2 GPU workers per trial: 8 GPUs fit 4 trials even with 64 CPUs free
     assert concurrency(big, sweep, {"CPU": 64.0, "GPU": 8.0}) == 4
@@ -105,9 +116,12 @@ def test_concurrency_fits_the_cluster() -> None:
 def test_trial_config_applies_values_and_nests_under_the_sweep() -> None:
     base, _ = load_sweep(ROOT / "configs/tune_inner_lr.yaml")
     cfg = trial_config(
-        config.to_dict(base), {"inner.lr": 0.05, "inner.algorithm": "metasgd"},
-        trial_id="abc_00001", sweep_dir="/tmp/sweeps/inner-lr", parent_run_id="p123",
-    )  # fmt: skip
+        config.to_dict(base),
+        {"inner.lr": 0.05, "inner.algorithm": "metasgd"},
+        trial_id="abc_00001",
+        sweep_dir="/tmp/sweeps/inner-lr",
+        parent_run_id="p123",
+    )
     assert cfg.inner.lr == 0.05 and cfg.inner.algorithm == "metasgd"
     assert cfg.checkpoint.run_name == "inner-lr-abc_00001"
     assert cfg.checkpoint.storage == "/tmp/sweeps/inner-lr/trials"
@@ -118,15 +132,36 @@ def test_trial_config_applies_values_and_nests_under_the_sweep() -> None:
 def test_best_config_yaml_trains_as_is_and_table_lists_trials(tmp_path: Path) -> None:
     base, sweep = load_sweep(ROOT / "configs/tune_smoke.yaml")
     rows = [
-        TrialRow("t_00000", "tune-smoke-t_00000", {"inner.lr": 0.1, "outer.lr": 0.003}, 2.07,
-                 6, "DONE", "/ck/0"),
-        TrialRow("t_00001", "tune-smoke-t_00001", {"inner.lr": 0.003, "outer.lr": 0.0008}, 3.84,
-                 2, "STOPPED", None),
-    ]  # fmt: skip
+        TrialRow(
+            "t_00000",
+            "tune-smoke-t_00000",
+            {"inner.lr": 0.1, "outer.lr": 0.003},
+            2.07,
+            6,
+            "DONE",
+            "/ck/0",
+        ),
+        TrialRow(
+            "t_00001",
+            "tune-smoke-t_00001",
+            {"inner.lr": 0.003, "outer.lr": 0.0008},
+            3.84,
+            2,
+            "STOPPED",
+            None,
+        ),
+    ]
     table = format_table(rows, "val_loss_post", list(sweep.space))
     lines = table.splitlines()
-    assert lines[0].split() == ["trial", "inner.lr", "outer.lr", "best", "val_loss_post",
-                                "steps", "state"]  # fmt: skip
+    assert lines[0].split() == [
+        "trial",
+        "inner.lr",
+        "outer.lr",
+        "best",
+        "val_loss_post",
+        "steps",
+        "state",
+    ]
     assert lines[2].split() == ["t_00000", "0.1", "0.003", "2.07", "6", "DONE"]
     assert lines[3].split()[-2:] == ["2", "STOPPED"]
     best = base.model_copy(update={"inner": base.inner.model_copy(update={"lr": 0.1})})

@@ -41,7 +41,11 @@ def _tasks(counts: dict[str, int], points: int, seed: int) -> Iterator[SourceTas
 
 
 def prepare(
-    *, train_tasks: int = 1000, val_tasks: int = 100, test_tasks: int = 100, points: int = 50,
+    *,
+    train_tasks: int = 1000,
+    val_tasks: int = 100,
+    test_tasks: int = 100,
+    points: int = 50,
     seed: int = 0,
 ) -> Prepared:
     counts = {"train": train_tasks, "val": val_tasks, "test": test_tasks}

@@ -55,8 +55,14 @@ def _keys(value: str | Sequence[str] | None) -> list[str] | None:
 
 
 def assign_splits(
-    keys: list[str], *, val_fraction: float, test_fraction: float,
-    val_keys: Sequence[str] | None, test_keys: Sequence[str] | None, seed: int, where: str,
+    keys: list[str],
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    val_keys: Sequence[str] | None,
+    test_keys: Sequence[str] | None,
+    seed: int,
+    where: str,
 ) -> dict[str, str]:
     """Task key -> split. Explicit keys first, then fractions over the rest (hash-ranked)."""
     for name, frac in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
@@ -171,9 +177,7 @@ def _read_parquet(loc: Location, task_column: str, text_column: str) -> pa.Table
         t = schema.field(col).type
         if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
             hint = " (cast it to string first)" if col == task_column else ""
-            raise ShardError(
-                f"{where}: column {col!r} has type {t}, expected string{hint}"
-            )
+            raise ShardError(f"{where}: column {col!r} has type {t}, expected string{hint}")
     try:
         table = pf.read(columns=[task_column, text_column])
     except (pa.ArrowException, OSError) as exc:
@@ -191,8 +195,9 @@ def _read_parquet(loc: Location, task_column: str, text_column: str) -> pa.Table
     return table.take(order)
 
 
-def _parquet_tasks(table: pa.Table, task_column: str, text_column: str,
-                   splits: dict[str, str]) -> Iterator[SourceTask]:
+def _parquet_tasks(
+    table: pa.Table, task_column: str, text_column: str, splits: dict[str, str]
+) -> Iterator[SourceTask]:
     tasks = table.column(task_column)
     texts = table.column(text_column)
     start, n = 0, table.num_rows
@@ -205,20 +210,35 @@ def _parquet_tasks(table: pa.Table, task_column: str, text_column: str,
 
 
 def prepare(
-    input: str, *, glob: str = "*", task_column: str = "task", text_column: str = "text",
-    val_fraction: float = 0.1, test_fraction: float = 0.1,
-    val_keys: str | Sequence[str] | None = None, test_keys: str | Sequence[str] | None = None,
-    seed: int = 0, s3_endpoint: str | None = None,
+    input: str,
+    *,
+    glob: str = "*",
+    task_column: str = "task",
+    text_column: str = "text",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    val_keys: str | Sequence[str] | None = None,
+    test_keys: str | Sequence[str] | None = None,
+    seed: int = 0,
+    s3_endpoint: str | None = None,
 ) -> Prepared:
     loc = resolve(input, s3_endpoint=s3_endpoint)
     info = loc._call("check", None, lambda: loc.fs.get_file_info(loc.root))
     split_opts = dict(
-        val_fraction=val_fraction, test_fraction=test_fraction,
-        val_keys=_keys(val_keys), test_keys=_keys(test_keys), seed=seed, where=input,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        val_keys=_keys(val_keys),
+        test_keys=_keys(test_keys),
+        seed=seed,
+        where=input,
     )
     params = {
-        "input": input, "val_fraction": val_fraction, "test_fraction": test_fraction,
-        "val_keys": _keys(val_keys), "test_keys": _keys(test_keys), "seed": seed,
+        "input": input,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "val_keys": _keys(val_keys),
+        "test_keys": _keys(test_keys),
+        "seed": seed,
     }
     hint = "pass --val-fraction/--test-fraction > 0 or --val-keys/--test-keys"
     if info.type == pafs.FileType.NotFound:
@@ -239,12 +259,14 @@ def prepare(
             raise ShardError(f"{input} has no rows: add rows with task and text columns")
         splits = assign_splits(sorted(keys), **split_opts)
         params.update(
-            task_column=task_column, text_column=text_column,
+            task_column=task_column,
+            text_column=text_column,
             fingerprint=_fingerprint([("", info)]),
         )
         build = {"source": "parquet", "params": params, "seed": seed, "versions": {}}
-        return Prepared(FAMILY, _parquet_tasks(table, task_column, text_column, splits),
-                        build, hint)
+        return Prepared(
+            FAMILY, _parquet_tasks(table, task_column, text_column, splits), build, hint
+        )
     files = _list_dir(loc, glob)
     if not files:
         raise ShardError(
