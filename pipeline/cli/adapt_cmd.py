@@ -16,7 +16,12 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("adapt", help="adapt to a support file; write adapted params (safetensors)")
-    p.add_argument("--checkpoint", required=True, help="a run checkpoint directory (meta-init)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint or run directory, local or s3:// (a run: its best on validation)",
+    )
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL (else AWS_ENDPOINT_URL)")
     p.add_argument("--support", required=True, help="text file: one support example per line")
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.add_argument("--steps", type=int, help="inner steps (default: the checkpoint's inner.steps)")
@@ -55,7 +60,11 @@ def _adapt(args: argparse.Namespace) -> int:
     from pipeline.meta.outer import trainable_names
     from pipeline.models import build_model
 
-    loaded = checkpoint.load(args.checkpoint)
+    found = checkpoint.find(args.checkpoint, s3_endpoint=args.s3_endpoint)
+    print(f"checkpoint: {found.why}: {found.uri}")
+    for reason in found.skipped:
+        print(f"  skipped (did not verify): {reason}")
+    loaded = checkpoint.load(found.path)
     base = config.from_dict(loaded.config, f"{args.checkpoint}/meta.json")
     cfg = config.from_dict(
         config._merge(config.to_dict(base), config.parse_overrides(args.overrides)),
@@ -106,7 +115,7 @@ def _adapt(args: argparse.Namespace) -> int:
         "support_examples": str(x.shape[0]),
         "support_loss_meta_init": f"{before:.6f}",
         "support_loss_adapted": f"{after:.6f}",
-        "checkpoint": os.path.abspath(args.checkpoint),
+        "checkpoint": found.uri,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"

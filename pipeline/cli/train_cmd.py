@@ -22,4 +22,4 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.config, args.overrides)
     result = run_training(cfg)
-    return 0 if result.steps >= cfg.outer.steps else 1
+    return 0 if result.steps >= cfg.outer.steps or result.stopped_early else 1

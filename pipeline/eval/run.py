@@ -48,7 +48,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
     from pipeline.meta.outer import trainable_names
     from pipeline.models import build_model
 
-    ck_dir = eval_inputs.find_checkpoint(opts.checkpoint, opts.s3_endpoint)
+    ck_dir = eval_inputs.find_checkpoint(opts.checkpoint, opts.s3_endpoint, log)
     loaded = ckpt.load(ck_dir)
     cfg = config.from_dict(loaded.config, source=f"{opts.checkpoint} (checkpoint config)")
     kind = cfg.data.episode

@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline import config
 from pipeline.errors import MetarayError
+from pipeline.runtime import checks
 
 
 @dataclass
@@ -27,6 +28,8 @@ class TrainingResult:
     history: list[dict[str, float]] = field(default_factory=list)  # per-step losses
     seconds: float = 0.0  # wall time of fit(), worker start-up included
     result: Any = None  # the ray.train.Result
+    model: str = ""  # which checkpoint is the run's model (checkpoint.select), and where
+    stopped_early: bool = False
 
 
 def _local(uri: str) -> bool:
@@ -81,6 +84,9 @@ def build_trainer(
     from pipeline.tracking import pin_uri
 
     cfg = pin_uri(absolute(cfg))
+    healed = checks.heal_run_dir(cfg)
+    if healed:
+        print(healed)
     pool = EpisodePool(cfg.data, cfg.cluster, cfg.outer)
     c = cfg.cluster
     return TorchTrainer(
@@ -150,7 +156,10 @@ def run_training(
     import ray.train
 
     from pipeline import checkpoint as ckpt
+    from pipeline.tracking import pin_uri
 
+    cfg = pin_uri(absolute(cfg))  # before Ray starts: its workers inherit the credentials
+    checks.preflight(cfg)
     started = connect(cfg)
     t0 = time.perf_counter()
     try:
@@ -165,6 +174,14 @@ def run_training(
         finally:
             release(trainer)
         seconds = time.perf_counter() - t0
+        from pipeline.runtime.selection import prune_unregistered
+
+        pruned = prune_unregistered(absolute(cfg), result)
+        if pruned and not quiet:
+            print(
+                f"[metaray] removed {len(pruned)} checkpoint(s) written before an interruption "
+                f"that Ray never registered: {', '.join(pruned)}"
+            )
         history: list[dict[str, float]] = []
         where = None
         if result.checkpoint is not None:
@@ -178,6 +195,8 @@ def run_training(
             history=history,
             seconds=seconds,
             result=result,
+            model=_model_line(cfg) if where else "",
+            stopped_early=bool((result.metrics or {}).get("stopped_early")),
         )
         if not quiet:
             print(summary(cfg, out))
@@ -185,6 +204,18 @@ def run_training(
     finally:
         if started:
             ray.shutdown()
+
+
+def _model_line(cfg: config.RunConfig) -> str:
+    from pipeline import checkpoint as ckpt
+    from pipeline.runtime.selection import run_uri
+
+    select = cfg.checkpoint.select
+    try:
+        found = ckpt.find(run_uri(absolute(cfg)), s3_endpoint=cfg.data.s3_endpoint, select=select)
+    except MetarayError as exc:  # the run's result stands; say why no model line
+        return f"not found ({exc})"
+    return f"{found.why}: {found.uri}"
 
 
 def summary(cfg: config.RunConfig, r: TrainingResult) -> str:
@@ -211,5 +242,12 @@ def summary(cfg: config.RunConfig, r: TrainingResult) -> str:
             f"  last interval: {m['episodes_per_s']:.1f} episodes/s, "
             f"{wait:.1f}% of step time waiting for data"
         )
-    lines.append(f"  checkpoint: {r.checkpoint}")
+    if r.stopped_early:
+        lines.append(
+            f"  stopped early: no new best val_loss_post in {cfg.outer.early_stop_patience} "
+            "validation(s) (outer.early_stop_patience)"
+        )
+    lines.append(f"  last checkpoint: {r.checkpoint}")
+    if r.model:
+        lines.append(f"  model (checkpoint.select={cfg.checkpoint.select}): {r.model}")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from pipeline import checkpoint as ckpt
 from pipeline import config
 from pipeline.data import episodes as ep
 from pipeline.meta import outer
+from pipeline.runtime import selection
 from pipeline.runtime.collective import mean_all_reduce, mean_metrics
 
 FAULT_ENV = "METARAY_FAULT_KILL"  # "step:rank:marker": SIGKILL that rank once (tests)
@@ -48,19 +49,6 @@ def _to(state: outer.MetaState, device: torch.device) -> outer.MetaState:
     return outer.MetaState(move(state.params), move(state.lrs), move(state.opt), state.step)
 
 
-def _restore(state: outer.MetaState) -> tuple[outer.MetaState, list[dict[str, float]], bool]:
-    """State and loss history from `ray.train.get_checkpoint()` (resume), else as given."""
-    import ray.train
-
-    found = ray.train.get_checkpoint()
-    if found is None:
-        return state, [], False
-    with found.as_directory() as d:
-        loaded = ckpt.load(d)
-    ckpt.restore_rng(loaded.rng)
-    return loaded.state, [h for h in loaded.history if h["step"] <= loaded.state.step], True
-
-
 def _maybe_fault(step: int, rank: int) -> None:
     """Fault injection for the resume tests: kill this worker process once, mid-run."""
     spec = os.environ.get(FAULT_ENV)
@@ -80,6 +68,7 @@ def _report(
     *,
     with_checkpoint: bool,
     tracker: Any = None,
+    extra: dict | None = None,
 ) -> None:
     """`ray.train.report`; with a checkpoint on rank 0. `tracker` (the final report only) also
     gets the checkpoint as an MLflow artifact: it copies the directory before it is deleted."""
@@ -89,7 +78,7 @@ def _report(
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory(prefix="metaray-ckpt-") as d:
-        ckpt.save(d, state, config=cfg_tree, history=history)
+        ckpt.save(d, state, config=cfg_tree, history=history, extra=extra)
         if tracker is not None:
             from pipeline.tracking import redact_tree
 
@@ -118,19 +107,23 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
     model = build_model(cfg.model, cfg.data).to(device)
     buffers = dict(model.named_buffers()) or None
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=cfg.outer.seed)
-    state, history, resumed = _restore(state)
+    state, history, resumed, note, extra = selection.restore(cfg, state)
+    best = selection.BestVal.from_extra(extra)
     state = _to(state, device)
     start, total = state.step, cfg.outer.steps
+    end = start if best.stopped_early else total  # a run that stopped early stays stopped
     if rank == 0:
         what = f"resumed at step {start}" if resumed else "starting"
         _say(f"{cfg.checkpoint.run_name}: {what}, {total} steps, {world} worker(s)")
+        if note:
+            _say(note)
 
     pool = EpisodePool(cfg.data, cfg.cluster, cfg.outer, actors=raw.get("episode_actors"))
     tracker = _start_tracker(cfg, rank, start)
     val = ep.to_torch(pool.val_batch(rank, world), device) if pool.val_tasks else None
     all_reduce = mean_all_reduce(world)
     eval_steps = sorted({0, 1, cfg.inner.steps})
-    stream = pool.stream(rank, world, start, total)
+    stream = pool.stream(rank, world, start, end)
     bank = None
     if cfg.bank.enabled:  # adapted params + descriptors -> the shared memory bank (async)
         from pipeline.bank.trainer_hook import BankHook
@@ -152,7 +145,7 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
             )
             if bank is not None:
                 bank.after_step(step, state, batch)
-            done, last = step + 1, step + 1 == total
+            done, last = step + 1, step + 1 == end
             # Rank 0 decides whether a metric-only report is due (ray.train.report blocks
             # when called faster than the controller polls); the flag rides the metrics' mean.
             due = done % cfg.cluster.report_every == 0
@@ -181,6 +174,14 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
                 metrics["val_loss_pre"] = curve["0"]
                 metrics["val_loss_post"] = curve[str(cfg.inner.steps)]
                 history[-1].update(val_loss_pre=curve["0"], val_loss_post=metrics["val_loss_post"])
+                new_best = best.update(
+                    metrics["val_loss_post"], done, cfg.outer.early_stop_patience
+                )
+                if new_best and rank == 0:
+                    best.save(cfg, state, cfg_tree, history)
+                if best.stopped_early:
+                    last = True
+                    metrics["stopped_early"] = 1.0
                 tracker.log_inner_curve({int(k): v for k, v in curve.items()}, done)
             save = done % cfg.checkpoint.every == 0 or last
             tracker.log_metrics({"loss": metrics["loss"]}, done)
@@ -203,13 +204,24 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
                     history,
                     with_checkpoint=save and rank == 0,
                     tracker=tracker if last else None,
+                    extra=best.to_extra(),
                 )
-        if start >= total:  # nothing left to train: report the finished run's last metrics
+            if best.stopped_early:
+                if rank == 0:
+                    _say(
+                        f"stopped early at step {done}: no new best val_loss_post in "
+                        f"{best.since} validations (best {best.loss:.4f} at step {best.step})"
+                    )
+                break
+        if start >= end:  # nothing left to train: report the finished run's last metrics
             metrics = {"step": start, **(history[-1] if history else {})}
+            metrics.update({"stopped_early": 1.0} if best.stopped_early else {})
             ray.train.report(metrics)
         elif rank == 0:
+            params, which = selection.final_params(cfg, state, best)
+            _say(which)
             tracker.log_model(
-                {f"params.{k}": v.cpu() for k, v in state.params.items()}, config.to_dict(cfg)
+                {f"params.{k}": v.cpu() for k, v in params.items()}, config.to_dict(cfg)
             )
         status = "FINISHED"
     finally:

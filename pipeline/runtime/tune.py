@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline import config
 from pipeline.config import ConfigError, RunConfig
+from pipeline.runtime import tune_state
 from pipeline.runtime.tune_config import SweepConfig, apply_overrides
 from pipeline.runtime.tune_report import SweepResult, summarize, write_best
 
@@ -171,14 +172,19 @@ def run_sweep(
     import ray
     from ray import tune
 
+    from pipeline.runtime.checks import preflight
     from pipeline.runtime.launch import absolute, connect
     from pipeline.tracking import pin_uri
 
     # Validation reports carry the metric, step reports do not: ASHA skips results without it.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     base = pin_uri(absolute(base))
+    preflight(base)
     storage = _storage(sweep)
     sweep_dir = f"{storage}/{sweep.name}"
+    resume = tune.Tuner.can_restore(sweep_dir)
+    if resume:  # before anything is unpickled: metaray must have written this state
+        tune_state.verify(sweep_dir)
     started = connect(base)
     try:
         limit = concurrency(base, sweep, ray.cluster_resources())
@@ -191,7 +197,7 @@ def run_sweep(
             ),
             {"CPU": sweep.driver_cpus},
         )
-        if tune.Tuner.can_restore(sweep_dir):
+        if resume:
             if not quiet:
                 print(f"[metaray] resuming sweep {sweep.name!r} from {sweep_dir}")
             tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_errored=True)
@@ -214,6 +220,8 @@ def run_sweep(
         except BaseException:
             parent.end("FAILED")  # an interrupted sweep: Tune state kept, rerun resumes
             raise
+        finally:  # whatever Tune left is what the next run may resume
+            tune_state.sign(sweep_dir)
         result = summarize(grid, base, sweep)
         out = best_out or (
             f"{sweep_dir}/best_config.yaml"
@@ -235,6 +243,9 @@ def run_sweep(
                     )
                 }
             )
+            from pipeline.tracking import redact_tree  # a file people share: no credentials
+
+            best_cfg = config.from_dict(redact_tree(config.to_dict(best_cfg)), "best config")
             result.best_config_path = write_best(best_cfg, out, sweep, result.best)
         result.experiment_path, result.parent_run_id = sweep_dir, parent_id
         result.concurrency = limit
