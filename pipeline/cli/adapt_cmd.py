@@ -35,13 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _read_support(path: str) -> list[str]:
+    from pipeline.data.sources.text import decode_lines
     from pipeline.errors import MetarayError
 
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = [ln.strip() for ln in f if ln.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MetarayError(f"support file {path}: cannot read it as UTF-8 text ({exc})") from None
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise MetarayError(f"support file {path}: cannot read it ({exc.strerror})") from None
+    try:  # the same decoding as `shards build text`: a bad byte is named by line and column
+        lines = [ln.strip() for ln in decode_lines(raw, f"support file {path}")]
+    except MetarayError as exc:
+        raise MetarayError(str(exc)) from None
     if not lines:
         raise MetarayError(f"support file {path} has no non-empty lines: one example per line")
     return lines

@@ -18,7 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--seed", type=int, default=0, help="seed (recorded in the manifest)")
         q.add_argument("--s3-endpoint", help="S3 endpoint URL (else AWS_ENDPOINT_URL)")
         q.add_argument(
-            "--rows-per-file", type=int, default=1_000_000, help="rows per Parquet file (max)"
+            "--rows-per-file",
+            type=int,
+            default=1_000_000,
+            help="most rows per Parquet file (tasks are never split: a larger task gets a file "
+            "of its own)",
         )
         q.add_argument("--force", action="store_true", help="rebuild even if up to date")
         q.add_argument(
@@ -121,18 +125,26 @@ def _build(args: argparse.Namespace) -> int:
     prepared = _prepare(args)
     build = {**prepared.build, "command": command_line()}
     t0 = time.perf_counter()
-    result = write_shard_set(
-        args.out,
-        prepared.family,
-        prepared.tasks,
-        build=build,
-        s3_endpoint=args.s3_endpoint,
-        rows_per_file=args.rows_per_file,
-        force=args.force,
-        overwrite=args.overwrite,
-        split_hint=prepared.split_hint,
-        log=lambda m: print(m, file=sys.stderr),
-    )
+    try:
+        result = write_shard_set(
+            args.out,
+            prepared.family,
+            prepared.tasks,
+            build=build,
+            s3_endpoint=args.s3_endpoint,
+            rows_per_file=args.rows_per_file,
+            force=args.force,
+            overwrite=args.overwrite,
+            split_hint=prepared.split_hint,
+            log=lambda m: print(m, file=sys.stderr),
+        )
+    except KeyboardInterrupt:  # the writer removed what it wrote before this reaches here
+        print(
+            f"metaray: interrupted: nothing was written to {args.out} (a shard set already "
+            "there is unchanged); run the same command again to build it",
+            file=sys.stderr,
+        )
+        return 130
     m = result.manifest
     rows = sum(t.rows for t in m.tasks.values())
     if result.skipped:
