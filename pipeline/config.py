@@ -151,6 +151,16 @@ class TrackingConfig(_Slice):
         ge=0,
         description="seconds end() waits on an unreachable server before spilling to disk",
     )
+    buffer_dir: str | None = Field(
+        None,
+        description="where an unsent tracking buffer is spilled (None: mlflow-buffer/ under "
+        "the directory metaray was started in)",
+    )
+
+    def spill_dir(self) -> str:
+        """`buffer_dir`, else METARAY_TRACKING_BUFFER_DIR, else `mlflow-buffer` (the driver
+        makes it absolute before the config travels, so workers spill where it started)."""
+        return self.buffer_dir or os.environ.get("METARAY_TRACKING_BUFFER_DIR") or "mlflow-buffer"
 
 
 class BankConfig(_Slice):

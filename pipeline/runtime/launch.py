@@ -30,6 +30,7 @@ class TrainingResult:
     result: Any = None  # the ray.train.Result
     model: str = ""  # which checkpoint is the run's model (checkpoint.select), and where
     stopped_early: bool = False
+    spilled: list[str] = field(default_factory=list)  # unsent tracking buffers (replay them)
 
 
 def _local(uri: str) -> bool:
@@ -157,11 +158,12 @@ def run_training(
 
     from pipeline import checkpoint as ckpt
     from pipeline.tracking import pin_uri
+    from pipeline.tracking.factory import spilled_since
 
     cfg = pin_uri(absolute(cfg))  # before Ray starts: its workers inherit the credentials
     checks.preflight(cfg)
     started = connect(cfg)
-    t0 = time.perf_counter()
+    t0, wall0 = time.perf_counter(), time.time()
     try:
         trainer = build_trainer(cfg, worker_env=worker_env)
         try:
@@ -197,6 +199,9 @@ def run_training(
             result=result,
             model=_model_line(cfg) if where else "",
             stopped_early=bool((result.metrics or {}).get("stopped_early")),
+            spilled=[str(p) for p in spilled_since(cfg.tracking, wall0)]
+            if cfg.tracking.enabled
+            else [],
         )
         if not quiet:
             print(summary(cfg, out))
@@ -248,6 +253,11 @@ def summary(cfg: config.RunConfig, r: TrainingResult) -> str:
             "validation(s) (outer.early_stop_patience)"
         )
     lines.append(f"  last checkpoint: {r.checkpoint}")
+    for path in r.spilled:
+        lines.append(
+            f"  tracking: the server did not answer; this run's calls are saved in {path}: "
+            f"send them with `python -m pipeline.tracking replay {path}`"
+        )
     if r.model:
         lines.append(f"  model (checkpoint.select={cfg.checkpoint.select}): {r.model}")
     return "\n".join(lines)

@@ -46,6 +46,12 @@ def resolve_uri(cfg: TrackingConfig) -> str:
     return uri
 
 
+def spilled_since(cfg: TrackingConfig, t0: float) -> list[Path]:
+    """Buffers spilled into `cfg.spill_dir()` since `t0` (time.time()): for the run's summary."""
+    d = Path(cfg.spill_dir())
+    return sorted(p for p in d.glob("*.jsonl") if p.stat().st_mtime >= t0) if d.is_dir() else []
+
+
 def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
     """`http://user:pass@host/x` -> (`http://host/x`, user, pass); other URIs unchanged."""
     from urllib.parse import unquote, urlsplit, urlunsplit
@@ -82,7 +88,8 @@ def pin_uri(cfg: RunConfig) -> RunConfig:
     if not cfg.tracking.enabled:
         return cfg
     uri = move_credentials(resolve_uri(cfg.tracking))
-    tracking = cfg.tracking.model_copy(update={"uri": uri})
+    buffer = str(Path(cfg.tracking.spill_dir()).resolve())  # the driver's cwd, not a worker's
+    tracking = cfg.tracking.model_copy(update={"uri": uri, "buffer_dir": buffer})
     return cfg.model_copy(update={"tracking": tracking})
 
 
