@@ -119,13 +119,32 @@ def connect(cfg: config.RunConfig) -> bool:
     if ray.is_initialized():
         return False
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        # Train's controller drains each worker's one-slot report queue when it polls (every
-        # 2 s by default): poll faster so that checkpoints/validations never stall a step.
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return True
+    # Train's controller drains each worker's one-slot report queue when it polls (every
+    # 2 s by default): poll faster so that checkpoints/validations never stall a step.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     # address="local" never attaches to a `ray start` cluster left running on this machine.
-    ray.init(address=address or "local", log_to_driver=True)
+    ray.init(address="local", log_to_driver=True, **loopback_only())
     return True
+
+
+def loopback_only() -> dict[str, Any]:
+    """`ray.init` arguments that keep an embedded single-node Ray on 127.0.0.1.
+
+    Ray binds its GCS, raylet, object manager, every worker's gRPC server and the dashboard
+    agent to loopback when the node's IP is 127.0.0.1, but `ray.init` rewrites a loopback
+    `_node_ip_address` to the host's routable address (`services.resolve_ip_for_localhost`)
+    unless "clusters" are off (`ray_constants.ENABLE_RAY_CLUSTER`, read from
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when Ray is imported; its children read the variable).
+    Single node only: a loopback node cannot take other nodes, which `address="local"` never
+    does anyway. The dashboard page stays on 127.0.0.1 (Ray's default)."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # the driver imported Ray before this call
+    return {"_node_ip_address": "127.0.0.1", "dashboard_host": "127.0.0.1"}
 
 
 def _metaray_cause(exc: BaseException) -> MetarayError | None:
