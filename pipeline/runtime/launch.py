@@ -9,8 +9,10 @@ Ray traceback around it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,25 +128,40 @@ def connect(cfg: config.RunConfig) -> bool:
     # 2 s by default): poll faster so that checkpoints/validations never stall a step.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     # address="local" never attaches to a `ray start` cluster left running on this machine.
-    ray.init(address="local", log_to_driver=True, **loopback_only())
+    with loopback_only():
+        ray.init(address="local", log_to_driver=True, _node_ip_address="127.0.0.1")
     return True
 
 
-def loopback_only() -> dict[str, Any]:
-    """`ray.init` arguments that keep an embedded single-node Ray on 127.0.0.1.
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Around `ray.init(address="local", _node_ip_address="127.0.0.1")`: keep the embedded
+    single-node Ray on 127.0.0.1.
 
     Ray binds its GCS, raylet, object manager, every worker's gRPC server and the dashboard
     agent to loopback when the node's IP is 127.0.0.1, but `ray.init` rewrites a loopback
     `_node_ip_address` to the host's routable address (`services.resolve_ip_for_localhost`)
     unless "clusters" are off (`ray_constants.ENABLE_RAY_CLUSTER`, read from
-    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when Ray is imported; its children read the variable).
-    Single node only: a loopback node cannot take other nodes, which `address="local"` never
-    does anyway. The dashboard page stays on 127.0.0.1 (Ray's default)."""
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when Ray is imported; the processes Ray starts read the
+    variable). Single node only, which `address="local"` always is. The dashboard page stays
+    on 127.0.0.1 (Ray's default). Both are restored afterwards, for a later `ray.init` of
+    this process that joins a real cluster."""
     from ray._private import ray_constants
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    env, flag = os.environ.get(_CLUSTERS_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_CLUSTERS_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False  # the driver imported Ray before this call
-    return {"_node_ip_address": "127.0.0.1", "dashboard_host": "127.0.0.1"}
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = flag
+        if env is None:
+            os.environ.pop(_CLUSTERS_ENV, None)
+        else:
+            os.environ[_CLUSTERS_ENV] = env
+
+
+_CLUSTERS_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def _metaray_cause(exc: BaseException) -> MetarayError | None:
