@@ -174,10 +174,6 @@ class RunConfig(_Slice):
             )
         return self
 
-    @property
-    def first_order(self) -> bool:
-        return self.inner.first_order or self.inner.algorithm in ("fomaml", "reptile")
-
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}

@@ -84,7 +84,7 @@ def test_empty_or_distant_bank_falls_back_to_meta_init_exactly():
     for query in (None, bank.query):  # no bank at all, and a bank with nothing close
         got, info = adapt_with_bank(model, params, sup, cfg=bank.cfg, query=query, steps=2, lrs=0.1)
         assert info.sources == ["meta-init"]
-        want = adapt(params, None, sup, model=model, steps=2, lrs=0.1, first_order=True)
+        want = adapt(params, sup, model=model, steps=2, lrs=0.1, first_order=True)
         for k in params:
             torch.testing.assert_close(got[k], want[k].detach())
 

@@ -143,7 +143,7 @@ def test_zero_steps_is_the_start_and_steps_continue_the_same_inner_loop(sine):
     vals = ev.run_method(model, m, eps[:3], (0, 2, 5))
     b = ep.to_torch(ep.collate([e.batch for e in eps[:3]]))
     direct0 = model_loss(model, state.params, b.query)
-    p5 = adapt(state.params, None, b.support, model=model, steps=5, lrs=state.lrs, first_order=True)
+    p5 = adapt(state.params, b.support, model=model, steps=5, lrs=state.lrs, first_order=True)
     direct5 = model_loss(model, p5, b.query)
     task = eps[0].tasks[0]
     assert vals[0][task][:3] == pytest.approx(direct0.tolist(), rel=1e-5)
@@ -203,7 +203,7 @@ def _checkpoint(tmp: Path, overrides: list[str], steps: int) -> Path:
     from pipeline import checkpoint, config, local_train
 
     cfg = config.load(None, [*overrides, "tracking.enabled=false", "cluster.threads_per_worker=1"])
-    res = local_train.train(cfg, steps=steps)
+    res = local_train.train(**local_train.slices(cfg), steps=steps)
     return checkpoint.save(
         tmp / "run" / f"checkpoint_{steps:06d}", res.state, config=config.to_dict(cfg)
     )
@@ -316,7 +316,7 @@ def test_bank_warm_start_starts_a_recurring_task_at_its_stored_quality(sine_run)
     rows = sset.read_task(task)  # all 40 points: a well-adapted copy of this task
     sup = ep.to_torch(ep.collate([ep.regression_episode(rows, 39, 1, np.random.default_rng(0))]))
     adapted = adapt(
-        loaded.state.params, None, sup.support, model=model, steps=100, lrs=0.01, first_order=True
+        loaded.state.params, sup.support, model=model, steps=100, lrs=0.01, first_order=True
     )
     bank = tmp / "bank"
     service = BankService(cfg.bank.model_copy(update={"snapshot_uri": str(bank)}))

@@ -17,7 +17,7 @@ def test_metasgd_learning_rates_receive_gradients_and_move():
     model = tiny_mlp()
     ic, oc = configs("metasgd")
     state = outer.init_state(model, ic, oc)
-    grads, _ = outer.meta_gradients(state, None, sine_batch(), model=model, inner_cfg=ic)
+    grads, _ = outer.meta_gradients(state, sine_batch(), model=model, inner_cfg=ic)
     lr_grads = {k: g for k, g in grads.items() if k.startswith("lr/")}
     assert set(lr_grads) == {"lr/" + k for k in state.params}
     assert all(g.abs().sum() > 0 for g in lr_grads.values())
@@ -31,7 +31,7 @@ def test_anil_leaves_the_body_unchanged_in_the_inner_loop():
     state = outer.init_state(model, ic, oc)
     batch = seq_batch("classify")
     _, _, adapted = outer.meta_gradients(
-        state, None, batch, model=model, inner_cfg=ic, return_adapted=True
+        state, batch, model=model, inner_cfg=ic, return_adapted=True
     )
     for k, v in state.params.items():
         assert adapted[k].shape == (3, *v.shape)

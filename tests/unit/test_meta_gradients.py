@@ -30,9 +30,7 @@ def test_batched_equals_per_task_loop_mlp(alg, manual):
     ic, oc = configs(alg, steps=3)
     state = outer.init_state(model, ic, oc)
     batch = sine_batch()
-    grads, metrics = outer.meta_gradients(
-        state, None, batch, model=model, inner_cfg=ic, manual=manual
-    )
+    grads, metrics = outer.meta_gradients(state, batch, model=model, inner_cfg=ic, manual=manual)
     _assert_close(grads, reference_grads(model, state, batch, ic))
     assert metrics["loss_post"] > 0 and metrics["loss_pre"] > 0
 
@@ -44,7 +42,7 @@ def test_batched_equals_per_task_loop_rnn(alg, task, cell):
     ic, oc = configs(alg, steps=2, lr=0.5)
     state = outer.init_state(model, ic, oc)
     batch = seq_batch(task)
-    grads, _ = outer.meta_gradients(state, None, batch, model=model, inner_cfg=ic)
+    grads, _ = outer.meta_gradients(state, batch, model=model, inner_cfg=ic)
     _assert_close(grads, reference_grads(model, state, batch, ic))
 
 
@@ -53,8 +51,8 @@ def test_chunks_give_the_same_gradients():
     ic, oc = configs("maml")
     state = outer.init_state(model, ic, oc)
     batch = seq_batch("lm", t=5)
-    whole, m1 = outer.meta_gradients(state, None, batch, model=model, inner_cfg=ic)
-    parts, m2 = outer.meta_gradients(state, None, batch, model=model, inner_cfg=ic, chunk=2)
+    whole, m1 = outer.meta_gradients(state, batch, model=model, inner_cfg=ic)
+    parts, m2 = outer.meta_gradients(state, batch, model=model, inner_cfg=ic, chunk=2)
     _assert_close(whole, parts)
     assert m1["loss_post"] == pytest.approx(m2["loss_post"], rel=1e-6)
 
@@ -63,8 +61,8 @@ def test_second_order_differs_from_first_order():
     model = tiny_mlp()
     state = outer.init_state(model, *configs("maml"))
     batch = sine_batch()
-    so, _ = outer.meta_gradients(state, None, batch, model=model, inner_cfg=configs("maml")[0])
-    fo, _ = outer.meta_gradients(state, None, batch, model=model, inner_cfg=configs("fomaml")[0])
+    so, _ = outer.meta_gradients(state, batch, model=model, inner_cfg=configs("maml")[0])
+    fo, _ = outer.meta_gradients(state, batch, model=model, inner_cfg=configs("fomaml")[0])
     diff = torch.cat([(so[k] - fo[k]).flatten() for k in so]).norm()
     size = torch.cat([so[k].flatten() for k in so]).norm()
     assert diff / size > 0.05  # the Hessian term is far from negligible at inner lr 0.1
@@ -80,8 +78,8 @@ def test_second_order_gradient_matches_finite_differences(make):
         if model.kind == "regression"
         else seq_batch("lm", dtype=torch.float64)
     )
-    grads, _ = outer.meta_gradients(state, None, batch, model=model, inner_cfg=ic)
-    fo, _ = outer.meta_gradients(state, None, batch, model=model, inner_cfg=configs("fomaml")[0])
+    grads, _ = outer.meta_gradients(state, batch, model=model, inner_cfg=ic)
+    fo, _ = outer.meta_gradients(state, batch, model=model, inner_cfg=configs("fomaml")[0])
     gen = torch.Generator().manual_seed(1)
     direction = {
         k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in state.params.items()
@@ -89,9 +87,7 @@ def test_second_order_gradient_matches_finite_differences(make):
 
     def meta_loss(eps: float) -> float:
         p = {k: v + eps * direction[k] for k, v in state.params.items()}
-        _, m = outer.meta_gradients(
-            state._replace(params=p), None, batch, model=model, inner_cfg=ic
-        )
+        _, m = outer.meta_gradients(state._replace(params=p), batch, model=model, inner_cfg=ic)
         return m["loss_post"]
 
     eps = 1e-6
