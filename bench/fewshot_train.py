@@ -186,11 +186,11 @@ def train_meta(
             )
         )
         grads, _ = outer.meta_gradients(
-            state, None, b, model=model, inner_cfg=inner, chunk=outer_cfg.chunk, pre_metrics=False
+            state, b, model=model, inner_cfg=inner, chunk=outer_cfg.chunk, pre_metrics=False
         )
         if spec.pre_weight:  # keep the init a usable model before any step (step-0 loss)
             g0, _ = outer.meta_gradients(
-                state, None, b, model=model, inner_cfg=mt_inner, pre_metrics=False
+                state, b, model=model, inner_cfg=mt_inner, pre_metrics=False
             )
             for k in state.params:
                 grads[k] = grads[k] + spec.pre_weight * g0[k]
