@@ -1,10 +1,14 @@
-"""Meta-gradients of the task-batched core equal an independent per-task loop's, for every
-algorithm; second order is really second order (finite differences, float64)."""
+"""The outer loop (`pipeline/meta/outer.py`): meta-gradients of the task-batched core equal an
+independent per-task loop's for every algorithm; second order is really second order (finite
+differences, float64); algorithm-specific behaviour; checkpoint helpers; a short sinusoid run."""
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
+from pipeline.config import InnerConfig, OuterConfig
 from pipeline.meta import outer
+from pipeline.models.mlp import MLP
 from tests.unit.meta_cases import (
     ALGORITHMS,
     configs,
@@ -96,3 +100,82 @@ def test_second_order_gradient_matches_finite_differences(make):
     first = sum(float((fo[k] * direction[k]).sum()) for k in fo)
     assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8)
     assert abs(first - numeric) > 1e-3 * abs(numeric)  # first order would fail this check
+
+
+def test_metasgd_learning_rates_receive_gradients_and_move():
+    model = tiny_mlp()
+    ic, oc = configs("metasgd")
+    state = outer.init_state(model, ic, oc)
+    grads, _ = outer.meta_gradients(state, sine_batch(), model=model, inner_cfg=ic)
+    lr_grads = {k: g for k, g in grads.items() if k.startswith("lr/")}
+    assert set(lr_grads) == {"lr/" + k for k in state.params}
+    assert all(g.abs().sum() > 0 for g in lr_grads.values())
+    new = outer.apply_gradients(state, grads, oc)
+    assert all(not torch.equal(new.lrs[k], state.lrs[k]) for k in state.lrs)
+
+
+def test_anil_leaves_the_body_unchanged_in_the_inner_loop():
+    model = tiny_rnn("classify")
+    ic, oc = configs("anil", steps=3, lr=0.5)
+    state = outer.init_state(model, ic, oc)
+    batch = seq_batch("classify")
+    _, _, adapted = outer.meta_gradients(
+        state, batch, model=model, inner_cfg=ic, return_adapted=True
+    )
+    for k, v in state.params.items():
+        assert adapted[k].shape == (3, *v.shape)
+        same = all(torch.equal(a, v) for a in adapted[k])
+        assert same == (k not in model.head_names), k
+
+
+def test_state_round_trips_through_safetensors(tmp_path):
+    model = tiny_mlp()
+    ic, oc = configs("metasgd")
+    state = outer.init_state(model, ic, oc)
+    state, _ = outer.train_step(state, sine_batch(), model=model, inner_cfg=ic, outer_cfg=oc)
+    save_file(outer.state_to_tensors(state), tmp_path / "s.safetensors")
+    back = outer.state_from_tensors(load_file(tmp_path / "s.safetensors"))
+    assert back.step == 1
+    for part in ("params", "lrs", "opt"):
+        a, b = getattr(state, part), getattr(back, part)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_all_reduce_hook_sees_the_gradient_dict():
+    model = tiny_mlp()
+    ic, oc = configs("maml")
+    state = outer.init_state(model, ic, oc)
+    seen = []
+
+    def halve(grads):
+        seen.append(sorted(grads))
+        return {k: g * 0 for k, g in grads.items()}  # zero gradients -> Adam moves nothing
+
+    new, _ = outer.train_step(
+        state, sine_batch(), model=model, inner_cfg=ic, outer_cfg=oc, all_reduce=halve
+    )
+    assert seen == [sorted(state.params)]
+    assert all(torch.equal(new.params[k], state.params[k]) for k in state.params)
+
+
+def test_short_sinusoid_run_learns_to_adapt():
+    ic = InnerConfig(algorithm="maml", steps=1, lr=0.01)
+    oc = OuterConfig(lr=1e-3, meta_batch=25)
+    model = MLP(1, 40, 2, 1)
+    untrained = outer.init_state(model, ic, oc, seed=0)
+    state = untrained
+    for step in range(400):
+        state, _ = outer.train_step(
+            state,
+            sine_batch(25, 10, seed=step),
+            model=model,
+            inner_cfg=ic,
+            outer_cfg=oc,
+            pre_metrics=False,
+        )
+    held_out = sine_batch(200, 10, seed=10_000)
+    trained = outer.evaluate(state, held_out, model=model, inner_cfg=ic, steps=[0, 1, 10])
+    before = outer.evaluate(untrained, held_out, model=model, inner_cfg=ic, steps=[1])
+    assert trained[1] < trained[0]  # adaptation helps
+    assert trained[1] < 0.8 * before[1]  # meta-training helps adaptation
+    assert trained[10] < trained[1]
