@@ -16,12 +16,14 @@ import numpy as np
 import torch
 
 from pipeline.config import BankConfig
+from pipeline.data.episodes import EpisodeBatch
+from pipeline.models.task_model import TaskModel
 
 Params = dict[str, torch.Tensor]
 
 
 class BankHook:
-    def __init__(self, bank_cfg: BankConfig, model: Any, writer: Any = None) -> None:
+    def __init__(self, bank_cfg: BankConfig, model: TaskModel, writer: Any = None) -> None:
         from pipeline.bank.writer import BankWriter
 
         self.cfg, self.model = bank_cfg, model
@@ -31,7 +33,9 @@ class BankHook:
         """Whether step `step` writes (so its train step should return the adapted params)."""
         return (step + 1) % self.cfg.write_every == 0
 
-    def after_step(self, step: int, meta_params: Params, batch: Any, adapted: Params) -> bool:
+    def after_step(
+        self, step: int, meta_params: Params, batch: EpisodeBatch, adapted: Params
+    ) -> bool:
         """Maybe write this step's tasks; returns whether a batch was submitted.
         `batch`: the step's torch EpisodeBatch (with its task keys); `adapted`: each task's
         adapted params `[T, ...]` from `meta_params` (`outer.train_step(return_adapted=True)`)."""

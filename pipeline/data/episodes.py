@@ -14,11 +14,14 @@ takes slots `[r*B/W, (r+1)*B/W)`, so the data never depends on how many workers 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from pipeline.errors import EpisodeError
+
+if TYPE_CHECKING:  # the slice's type only: building episodes needs numpy alone
+    from pipeline.config import DataConfig
 
 BOS, EOS, PAD = 256, 257, 258
 VOCAB = 259
@@ -196,7 +199,7 @@ def make_episode(
     kind: str,
     read_task: Callable[[str], Rows],
     slot: tuple[str, ...],
-    data_cfg: Any,
+    data_cfg: DataConfig,
     rng: np.random.Generator,
 ) -> EpisodeBatch:
     """One episode of `slot`'s task(s), carrying the slot as its task keys."""
@@ -215,7 +218,7 @@ def make_episode(
 def build_step(
     read_task: Callable[[str], Rows],
     train_tasks: Sequence[str],
-    data_cfg: Any,
+    data_cfg: DataConfig,
     *,
     seed: int,
     step: int,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pipeline.config import DataConfig
 from pipeline.data import episodes as ep
 from pipeline.errors import MetarayError
 from pipeline.meta.inner import adapt_then_score
@@ -69,7 +70,7 @@ class Episode:
 def make_episodes(
     read_task: Callable[[str], dict[str, np.ndarray]],
     tasks: Sequence[str],
-    data_cfg: Any,
+    data_cfg: DataConfig,
     *,
     shot: int,
     k_query: int,
@@ -102,7 +103,7 @@ def make_episodes(
     return out
 
 
-def _metric(model: nn.Module, p: Params, query: Any, n_way: int) -> np.ndarray:
+def _metric(model: nn.Module, p: Params, query: ep.Split, n_way: int) -> np.ndarray:
     """Per-episode metric `[T]` (lm, regression) or per-class accuracy `[T, N]` (classify)."""
     with torch.no_grad():
         out = model.functional(p, query.x, query.mask)

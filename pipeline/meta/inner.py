@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from pipeline.meta.losses import model_loss
 from pipeline.models.task_model import TaskModel
+
+if TYPE_CHECKING:
+    from pipeline.data.episodes import Split
 
 Params = dict[str, Tensor]
 
@@ -58,14 +61,14 @@ def _lr(lrs: float | Tensor | dict[str, Tensor], k: str) -> float | Tensor:
 
 
 # One inner step's gradient: (params, support, names, first_order) -> a gradient per name.
-Gradient = Callable[[Params, Any, list[str], bool], list[Tensor]]
+Gradient = Callable[[Params, "Split", list[str], bool], list[Tensor]]
 
 
 def _hand_gradient(model: TaskModel) -> Gradient:
     hand = model.loss_and_grad
     assert hand is not None
 
-    def grad(p: Params, support: Any, names: list[str], first_order: bool) -> list[Tensor]:
+    def grad(p: Params, support: Split, names: list[str], first_order: bool) -> list[Tensor]:
         # hand-derived backward (MLP, GRU): plain forward ops, no autograd call here
         with torch.set_grad_enabled(torch.is_grad_enabled() and not first_order):
             _, g = hand(p, support.x, support.y, support.mask, set(names))
@@ -75,7 +78,7 @@ def _hand_gradient(model: TaskModel) -> Gradient:
 
 
 def _autograd_gradient(model: TaskModel) -> Gradient:
-    def grad(p: Params, support: Any, names: list[str], first_order: bool) -> list[Tensor]:
+    def grad(p: Params, support: Split, names: list[str], first_order: bool) -> list[Tensor]:
         with torch.enable_grad():  # adapting needs gradients even when called under no_grad
             loss = model_loss(model, p, support).sum()
             return list(
@@ -96,7 +99,7 @@ def support_gradient(model: TaskModel) -> tuple[Gradient, bool]:
 
 def adapt(
     params: Params,
-    support: Any,
+    support: Split,
     *,
     model: TaskModel,
     steps: int,
@@ -132,8 +135,8 @@ def adapt(
 
 def adapt_then_score(
     params: Params,
-    support: Any,
-    query: Any,
+    support: Split,
+    query: Split,
     *,
     model: TaskModel,
     steps: Iterable[int],

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,6 +27,7 @@ from pipeline.models.task_model import TaskModel
 
 if TYPE_CHECKING:  # typed slices; the core stays importable without pydantic (GPU machines)
     from pipeline.config import InnerConfig, OuterConfig
+    from pipeline.data.episodes import EpisodeBatch, Split
 
 Params = dict[str, Tensor]
 LR_PREFIX = "lr/"  # Meta-SGD learning rates in the flat gradient / optimizer dicts
@@ -81,7 +82,7 @@ def _chunks(n: int, chunk: int | None) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _part(split: Any, sl: slice) -> Any:
+def _part(split: Split, sl: slice) -> Split:
     return type(split)(*(t[sl] for t in split))
 
 
@@ -112,8 +113,8 @@ Family = Callable[..., tuple[Params, Tensor, Params]]
 def _manual_sweep(
     state: MetaState,
     leaves: _Leaves,
-    sup: Any,
-    qry: Any,
+    sup: Split,
+    qry: Split,
     *,
     model: TaskModel,
     inner_cfg: InnerConfig,
@@ -135,8 +136,8 @@ def _manual_sweep(
 def _through_inner_loop(
     state: MetaState,
     leaves: _Leaves,
-    sup: Any,
-    qry: Any,
+    sup: Split,
+    qry: Split,
     *,
     model: TaskModel,
     inner_cfg: InnerConfig,
@@ -161,8 +162,8 @@ def _through_inner_loop(
 def _reptile(
     state: MetaState,
     leaves: _Leaves,
-    sup: Any,
-    qry: Any,
+    sup: Split,
+    qry: Split,
     *,
     model: TaskModel,
     inner_cfg: InnerConfig,
@@ -207,7 +208,7 @@ def _task_batched(model: TaskModel, adapted: Params, m: int) -> Params:
 
 def meta_gradients(
     state: MetaState,
-    batch: Any,
+    batch: EpisodeBatch,
     *,
     model: TaskModel,
     inner_cfg: InnerConfig,
@@ -273,7 +274,7 @@ def identity(grads: Params) -> Params:
 
 def train_step(
     state: MetaState,
-    batch: Any,
+    batch: EpisodeBatch,
     *,
     model: TaskModel,
     inner_cfg: InnerConfig,
@@ -302,7 +303,7 @@ def train_step(
 
 def evaluate(
     state: MetaState,
-    batch: Any,
+    batch: EpisodeBatch,
     *,
     model: TaskModel,
     inner_cfg: InnerConfig,
