@@ -68,7 +68,7 @@ def init_state(
         params = {k: v.detach().clone() for k, v in fresh.named_parameters()}
     else:
         params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    if inner_cfg.algorithm == "metasgd":
+    if inner_cfg.algorithm == "metasgd" and inner_cfg.lr_shape == "param":
         lrs = {k: torch.full_like(v, inner_cfg.lr) for k, v in params.items()}
     else:
         lrs = {k: torch.tensor(inner_cfg.lr, dtype=v.dtype) for k, v in params.items()}
@@ -286,18 +286,31 @@ def train_step(
 ) -> tuple[MetaState, dict[str, float]] | tuple[MetaState, dict[str, float], Params]:
     """The single outer step of both the single-process loop and the Ray Train worker:
     meta-gradients on this worker's tasks -> `all_reduce` (mean over ranks) -> optimizer.
+    `inner.step_schedule` picks this step's inner step count; `inner.pre_weight` adds the
+    query loss at the meta-parameters themselves (before adaptation) to the outer loss.
     With `return_adapted`, also each task's adapted parameters `[T, ...]` (detached; from
     the meta-parameters before this step's update): what the memory bank stores."""
+    chunk = chunk if chunk is not None else outer_cfg.chunk
+    if inner_cfg.step_schedule:
+        schedule = inner_cfg.step_schedule
+        inner_cfg = inner_cfg.model_copy(update={"steps": schedule[state.step % len(schedule)]})
     out = meta_gradients(
         state,
         batch,
         model=model,
         inner_cfg=inner_cfg,
-        chunk=chunk if chunk is not None else outer_cfg.chunk,
+        chunk=chunk,
         pre_metrics=pre_metrics,
         return_adapted=return_adapted,
     )
-    new = apply_gradients(state, all_reduce(out[0]), outer_cfg)
+    grads = out[0]
+    if inner_cfg.pre_weight:
+        plain = inner_cfg.model_copy(update={"algorithm": "fomaml", "steps": 0})
+        g0, _ = meta_gradients(
+            state, batch, model=model, inner_cfg=plain, chunk=chunk, pre_metrics=False
+        )
+        grads = {k: g + inner_cfg.pre_weight * g0[k] if k in g0 else g for k, g in grads.items()}
+    new = apply_gradients(state, all_reduce(grads), outer_cfg)
     return (new, out[1], out[2]) if return_adapted else (new, out[1])
 
 
