@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+_ROWS_HELP = "most rows per Parquet file (a task is never split: a larger one gets its own file)"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("shards", help="build and inspect Arrow task shard sets")
@@ -17,13 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--out", required=True, help="output directory or s3://bucket/prefix")
         q.add_argument("--seed", type=int, default=0, help="seed (recorded in the manifest)")
         q.add_argument("--s3-endpoint", help="S3 endpoint URL (else AWS_ENDPOINT_URL)")
-        q.add_argument(
-            "--rows-per-file",
-            type=int,
-            default=1_000_000,
-            help="most rows per Parquet file (tasks are never split: a larger task gets a file "
-            "of its own)",
-        )
+        q.add_argument("--rows-per-file", type=int, default=1_000_000, help=_ROWS_HELP)
         q.add_argument("--force", action="store_true", help="rebuild even if up to date")
         q.add_argument(
             "--overwrite", action="store_true", help="replace a different shard set at --out"

@@ -185,8 +185,9 @@ def write_shard_set(
     `build` holds `source`, `params` (JSON-able), `seed` and `versions` (of the source's
     packages); metaray, pyarrow, numpy and Python versions are added. If `uri` already holds a
     complete build with the same family, source, params and versions, nothing is written
-    (`skipped=True`) unless `force`; one with other params is rebuilt in place; one of
-    another family or source (or an unreadable manifest) is only replaced with `overwrite`.
+    (`skipped=True`) unless `force`; a changed input (same params) is rebuilt in place; other
+    params, another family or source, an unreadable manifest, or a non-empty folder that is
+    no shard set are only built over with `overwrite`.
     `split_hint` says which options give a split its tasks (for error messages).
     """
     if family not in mf.FAMILY_COLUMNS:
@@ -197,54 +198,24 @@ def write_shard_set(
     loc.ensure_root()
     build = dict(build)
     build["versions"] = {**package_versions(), **build.get("versions", {})}
-
     old = _check_target(loc, uri, family, build, force=force, overwrite=overwrite, log=log)
     if isinstance(old, BuildResult):
         return old
-
-    build_id = uuid.uuid4().hex[:8]
-    writer = _Writer(loc, family, build_id, rows_per_file)
-    journal = f"_tmp-{build_id}-build.json"  # first: a crash leaves a record of this build
-    loc.write_bytes(journal, b'{"build_id": "%s"}' % build_id.encode())
+    writer = _Writer(loc, family, uuid.uuid4().hex[:8], rows_per_file)
+    journal = f"_tmp-{writer.build_id}-build.json"  # first: a crash leaves a record of it
+    loc.write_bytes(journal, b'{"build_id": "%s"}' % writer.build_id.encode())
     writer.written.append(journal)
     try:
-        for item in tasks:
-            key, split, table = item[0], item[1], item[2]
-            meta = item[3] if len(item) > 3 and item[3] else {}
-            writer.add(key, split, table, meta)
-        for split in mf.SPLITS:
-            writer.flush(split)
-        counts = {s: sum(1 for t in writer.tasks.values() if t.split == s) for s in mf.SPLITS}
-        for split, n in counts.items():
-            if n == 0:
-                raise ShardError(
-                    f"building {uri}: the split leaves no {split} tasks "
-                    f"(train {counts['train']}, val {counts['val']}, test {counts['test']}): "
-                    f"every shard set needs train, val and test tasks"
-                    + (f"; {split_hint}" if split_hint else "")
-                )
-        manifest = mf.Manifest(
-            schema_version=mf.SCHEMA_VERSION,
-            family=family,
-            columns={k: mf.type_name(v) for k, v in mf.FAMILY_COLUMNS[family].items()},
-            build={**build, "build_id": build_id},
-            files=writer.files,
-            tasks=writer.tasks,
-            created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        )
-        tmp = f"_tmp-{build_id}-{mf.MANIFEST_NAME}"
-        writer.written.append(tmp)
-        loc.write_bytes(tmp, manifest.to_json())
-        loc.move(tmp, mf.MANIFEST_NAME)
+        manifest = _write_all(writer, uri, family, tasks, build, split_hint)
     except BaseException:
         # A clean failure (bad input, Ctrl-C) removes what this build wrote; a hard crash
-        # leaves only unreferenced files, which the next build removes.
+        # leaves its journal, so that the next build removes its files.
         for name in writer.written:
             with contextlib.suppress(Exception):  # the original error matters more
                 loc.delete(name)
         raise
     names = loc.list_names()
-    ids = _recorded(names, old) | {build_id}
+    ids = _recorded(names, old) | {writer.build_id}
     removed = tuple(
         n for n in names if _build_id(n) in ids and n not in manifest.files and n != journal
     )
@@ -330,6 +301,46 @@ def _diff(old: mf.Manifest, build: dict[str, Any]) -> str:
 def _short(v: Any) -> str:
     text = repr(v)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _write_all(
+    writer: _Writer,
+    uri: str,
+    family: str,
+    tasks: Iterable[Any],
+    build: dict[str, Any],
+    split_hint: str,
+) -> mf.Manifest:
+    """Every task's rows, then the manifest last (its rename is what completes the build)."""
+    for item in tasks:
+        key, split, table = item[0], item[1], item[2]
+        meta = item[3] if len(item) > 3 and item[3] else {}
+        writer.add(key, split, table, meta)
+    for split in mf.SPLITS:
+        writer.flush(split)
+    counts = {s: sum(1 for t in writer.tasks.values() if t.split == s) for s in mf.SPLITS}
+    for split, n in counts.items():
+        if n == 0:
+            raise ShardError(
+                f"building {uri}: the split leaves no {split} tasks "
+                f"(train {counts['train']}, val {counts['val']}, test {counts['test']}): "
+                f"every shard set needs train, val and test tasks"
+                + (f"; {split_hint}" if split_hint else "")
+            )
+    manifest = mf.Manifest(
+        schema_version=mf.SCHEMA_VERSION,
+        family=family,
+        columns={k: mf.type_name(v) for k, v in mf.FAMILY_COLUMNS[family].items()},
+        build={**build, "build_id": writer.build_id},
+        files=writer.files,
+        tasks=writer.tasks,
+        created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    tmp = f"_tmp-{writer.build_id}-{mf.MANIFEST_NAME}"
+    writer.written.append(tmp)
+    writer.loc.write_bytes(tmp, manifest.to_json())
+    writer.loc.move(tmp, mf.MANIFEST_NAME)
+    return manifest
 
 
 def command_line() -> str:

@@ -16,7 +16,7 @@ from pipeline.cli import main
 from pipeline.meta import outer
 from pipeline.models import build_model
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

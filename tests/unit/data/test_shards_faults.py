@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from pipeline.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SMALL = ["--train-tasks", "6", "--val-tasks", "2", "--test-tasks", "2", "--points", "10"]
 
 
