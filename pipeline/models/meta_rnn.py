@@ -38,6 +38,7 @@ class MetaRNN(nn.Module):
         layers: int = 1,
         task: str = "lm",
         n_way: int = 5,
+        hand_grad: bool = True,
     ) -> None:
         super().__init__()
         self._init_args = dict(
@@ -48,6 +49,7 @@ class MetaRNN(nn.Module):
             layers=layers,
             task=task,
             n_way=n_way,
+            hand_grad=hand_grad,
         )
         if cell not in GATES:
             raise ValueError(f"cell={cell!r}: use one of {sorted(GATES)}")
@@ -60,8 +62,9 @@ class MetaRNN(nn.Module):
         d_out = {"lm": vocab, "classify": n_way, "regression": 1}[task]
         self.head = nn.Linear(hidden, d_out)
         self.head_names = ("head.weight", "head.bias")
-        if cell == "gru" and task in ("lm", "classify"):
-            # hand-written BPTT (pipeline/models/gru_grad.py); the inner loop uses it if present
+        if hand_grad and cell == "gru" and task in ("lm", "classify"):
+            # hand-written BPTT (pipeline/models/gru_grad.py); the inner loop uses it if present;
+            # hand_grad=False: autograd through the cells (bench/inner_loop.py --compare)
             self.loss_and_grad = self._gru_loss_and_grad
 
     def functional(self, params: dict[str, Tensor], x: Tensor, mask: Tensor) -> Tensor:
