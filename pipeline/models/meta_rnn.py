@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from pipeline.models.cells import GATES, RECURRENCE, SEQUENCE, input_projection, linear
 from pipeline.models.gru_grad import gru_loss_and_grad
+from pipeline.models.gru_hvp import gru_grad_hvp
 
 
 class _Recurrent(nn.Module):
@@ -66,6 +67,8 @@ class MetaRNN(nn.Module):
             # hand-written BPTT (pipeline/models/gru_grad.py); the inner loop uses it if present;
             # hand_grad=False: autograd through the cells (bench/inner_loop.py --compare)
             self.loss_and_grad = self._gru_loss_and_grad
+            # ... and its Hessian-vector product (gru_hvp.py): the no-autograd meta-gradient
+            self.grad_hvp = self._gru_grad_hvp
 
     def functional(self, params: dict[str, Tensor], x: Tensor, mask: Tensor) -> Tensor:
         h = RECURRENCE[self.cell](
@@ -84,10 +87,38 @@ class MetaRNN(nn.Module):
         return linear(h, params["head.weight"], params["head.bias"])
 
     def _gru_loss_and_grad(
-        self, params: dict[str, Tensor], x: Tensor, y: Tensor, mask: Tensor, names: set[str]
+        self,
+        params: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        mask: Tensor,
+        names: set[str],
+        cache: dict | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         return gru_loss_and_grad(
-            params, x, y, mask, layers=self.n_layers, kind=self.kind, names=names
+            params, x, y, mask, layers=self.n_layers, kind=self.kind, names=names, cache=cache
+        )
+
+    def _gru_grad_hvp(
+        self,
+        params: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        mask: Tensor,
+        u: dict[str, Tensor],
+        need_grad: bool = True,
+        cache: dict | None = None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return gru_grad_hvp(
+            params,
+            x,
+            y,
+            mask,
+            u,
+            layers=self.n_layers,
+            kind=self.kind,
+            need_grad=need_grad,
+            cache=cache,
         )
 
     def reinit(self) -> nn.Module:
