@@ -103,14 +103,16 @@ def setup(workload: str, first_order: bool, hand_grad: bool = True):
     return model, ic, oc, markov_batches(), (3, 30)
 
 
-VERSIONS = ("metaray", "autograd", "vmap")
+VERSIONS = ("metaray", "bptt", "autograd", "vmap")
 
 
 def make_step(version: str, workload: str, first_order: bool):
     """-> (step(state, i) -> state, initial state, batches, (warm, timed), tasks per step).
-    metaray: as shipped; autograd: chargru without the hand-written GRU backward (autograd
-    through the cells, `MetaRNN(hand_grad=False)`); vmap: the plain torch.func version."""
-    if version == "autograd" and workload != "chargru":
+    metaray: as shipped (GRU: hand-written BPTT and HVP, the no-autograd sweep); bptt: the
+    hand-written BPTT in the inner loop, second order by autograd through it (the version
+    before the HVP); autograd: no hand-written GRU code at all (`MetaRNN(hand_grad=False)`);
+    vmap: the plain torch.func version."""
+    if version in ("autograd", "bptt") and workload != "chargru":
         raise SystemExit("version autograd is the GRU switch: chargru only")
     if version == "vmap" and first_order:
         raise SystemExit("version vmap is second order only")
@@ -121,6 +123,19 @@ def make_step(version: str, workload: str, first_order: bool):
 
         def step(state, i):
             return base(state, batches[i % POOL])
+    elif version == "bptt":
+
+        def step(state, i):
+            g, _ = outer.meta_gradients(
+                state,
+                None,
+                batches[i % POOL],
+                model=model,
+                inner_cfg=ic,
+                pre_metrics=False,
+                manual=False,
+            )
+            return outer.apply_gradients(state, g, oc)
     else:
 
         def step(state, i):
