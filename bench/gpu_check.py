@@ -25,14 +25,13 @@ import resource
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.torchfunc_baselines import loop_step, vmap_step
+from bench.torchfunc_baselines import loop_step, plain_cfgs, vmap_step
 from pipeline.data.episodes import EpisodeBatch, Split
 from pipeline.meta import outer
 from pipeline.models.meta_rnn import MetaRNN
@@ -53,7 +52,7 @@ def sizes(quick: bool) -> dict:
     return dict(hidden=128, embed=32, vocab=64, length=32, k=16, mlp=40, batches=[8, 64, 256])
 
 
-def make_model(name: str, sz: dict) -> tuple[nn.Module, SimpleNamespace]:
+def make_model(name: str, sz: dict) -> tuple[nn.Module, object]:
     """Model + the inner/outer settings (plain namespaces: no pydantic here)."""
     torch.manual_seed(0)
     if name == "mlp":
@@ -64,8 +63,8 @@ def make_model(name: str, sz: dict) -> tuple[nn.Module, SimpleNamespace]:
             cell=name, vocab=sz["vocab"], embed=sz["embed"], hidden=sz["hidden"], task="lm"
         )
         steps, lr = sz.get("steps", 3), 0.1
-    cfg = SimpleNamespace(algorithm="maml", steps=steps, lr=lr, first_order=False, optimizer="adam")
-    cfg.outer_lr, cfg.chunk, cfg.grad_clip = 1e-3, None, None
+    cfg, outer_cfg = plain_cfgs("maml", steps, lr)
+    cfg.outer = outer_cfg
     return model, cfg
 
 
@@ -95,9 +94,7 @@ def to(state: outer.MetaState, device: str, dtype: torch.dtype | None = None) ->
 
 
 def meta_grad(model, cfg, state, batch) -> dict[str, Tensor]:
-    grads, _ = outer.meta_gradients(
-        state, None, batch, model=model, inner_cfg=cfg, pre_metrics=False
-    )
+    grads, _ = outer.meta_gradients(state, batch, model=model, inner_cfg=cfg, pre_metrics=False)
     return grads
 
 
@@ -133,7 +130,7 @@ def check_grads(device: str, sz: dict, precisions: list[str]) -> dict[tuple[str,
         for alg in ("maml", "metasgd") if name == "gru" else ("maml",):
             model, cfg = make_model(name, sz)
             cfg.algorithm = alg
-            state = outer.init_state(model, cfg, cfg, seed=0)
+            state = outer.init_state(model, cfg, cfg.outer, seed=0)
             batch = make_batch(name, 4, sz, "cpu", seed=1)
             ref = meta_grad(model.double(), cfg, to(state, "cpu", torch.float64), _double(batch))
             model.float().to(device)
@@ -171,7 +168,10 @@ def check_grads(device: str, sz: dict, precisions: list[str]) -> dict[tuple[str,
 
 def _double(batch: EpisodeBatch) -> EpisodeBatch:
     return EpisodeBatch(
-        *(Split(*(a.double() if a.is_floating_point() else a for a in s)) for s in batch)
+        *(
+            Split(*(a.double() if a.is_floating_point() else a for a in s))
+            for s in (batch.support, batch.query)
+        )
     )
 
 
@@ -220,16 +220,14 @@ def steppers(name: str, model, cfg):
             batch,
             model=model,
             inner_cfg=cfg,
-            outer_cfg=SimpleNamespace(
-                optimizer="adam", lr=cfg.outer_lr, chunk=None, grad_clip=None
-            ),
+            outer_cfg=cfg.outer,
             pre_metrics=False,
         )[0]
 
     return {
         "metaray": ours,
-        "torch.func vmap": vmap_step(model, cfg.steps, cfg.lr, cfg.outer_lr),
-        "per-task loop": loop_step(model, cfg.steps, cfg.lr, cfg.outer_lr),
+        "torch.func vmap": vmap_step(model, cfg.steps, cfg.lr, cfg.outer.lr),
+        "per-task loop": loop_step(model, cfg.steps, cfg.lr, cfg.outer.lr),
     }
 
 
@@ -257,7 +255,7 @@ def check_speed(device: str, sz: dict, errs: dict, precisions: list[str], deadli
     for workload, name in (("sine", "mlp"), ("chargru", "gru")):
         model, cfg = make_model(name, sz)
         model.to(device)
-        base = to(outer.init_state(model, cfg, cfg, seed=0), device)
+        base = to(outer.init_state(model, cfg, cfg.outer, seed=0), device)
         for t in sz["batches"]:
             batch = make_batch(name, t, sz, device)
             for prec in precisions:

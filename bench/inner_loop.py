@@ -128,7 +128,6 @@ def make_step(version: str, workload: str, first_order: bool):
         def step(state, i):
             g, _ = outer.meta_gradients(
                 state,
-                None,
                 batches[i % POOL],
                 model=model,
                 inner_cfg=ic,

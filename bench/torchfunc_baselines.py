@@ -11,6 +11,7 @@ Imports only torch and the functional core (no pydantic/Ray), so `gpu_check.py` 
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,21 @@ from pipeline.meta import optim
 from pipeline.meta.losses import task_loss
 
 Params = dict[str, Tensor]
+
+
+def plain_cfgs(algorithm: str, steps: int, lr: float, outer_lr: float = 1e-3):
+    """(inner, outer) settings as plain namespaces with every field the core reads: the GPU
+    machine has no pydantic, so `pipeline.config` (whose defaults these are) cannot load."""
+    inner = SimpleNamespace(
+        algorithm=algorithm,
+        steps=steps,
+        lr=lr,
+        first_order=False,
+        lr_shape="param",
+        step_schedule=(),
+        pre_weight=0.0,
+    )
+    return inner, SimpleNamespace(optimizer="adam", lr=outer_lr, grad_clip=None, chunk=None)
 
 
 def one_task_loss(model: nn.Module, steps: int, lr: float) -> Callable[..., Tensor]:

@@ -29,14 +29,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.torchfunc_baselines import one_task_loss
+from bench.torchfunc_baselines import one_task_loss, plain_cfgs
 from pipeline.data.episodes import EpisodeBatch, Split
 from pipeline.meta import outer
 from pipeline.meta.losses import task_loss
@@ -139,8 +138,7 @@ def contender(impl: str, workload: str, dtype: torch.dtype):
     w = WORK[workload]
     ours, peer, names = build(workload, dtype)
     if impl == "metaray":
-        ic = SimpleNamespace(algorithm="maml", steps=w["steps"], lr=w["lr"], first_order=False)
-        oc = SimpleNamespace(optimizer="adam", lr=1e-3, grad_clip=None, chunk=None)
+        ic, oc = plain_cfgs("maml", w["steps"], w["lr"])
         st = {"s": outer.init_state(ours, ic, oc)}
         if dtype == torch.float64:
             s0 = st["s"]
@@ -149,9 +147,7 @@ def contender(impl: str, workload: str, dtype: torch.dtype):
             )
 
         def meta_grad(b):
-            return outer.meta_gradients(
-                st["s"], None, b, model=ours, inner_cfg=ic, pre_metrics=False
-            )[0]
+            return outer.meta_gradients(st["s"], b, model=ours, inner_cfg=ic, pre_metrics=False)[0]
 
         def update(g):
             st["s"] = outer.apply_gradients(st["s"], g, oc)

@@ -11,14 +11,16 @@ a Hessian-vector product. Equal to differentiating through the inner loop with a
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from pipeline.models.task_model import TaskModel
 
 Params = dict[str, Tensor]
 MANUAL_ALGORITHMS = ("maml", "fomaml", "metasgd")
 
 
 def manual_meta_gradients(
-    model: nn.Module,
+    model: TaskModel,
     params: Params,
     lrs: Params,
     sup,
@@ -27,10 +29,9 @@ def manual_meta_gradients(
     steps: int,
     first_order: bool,
     learn_lrs: bool,
-    n_total: int,
 ) -> tuple[Params, Params, Tensor, Params]:
     """-> (param grads, lr grads (empty unless learn_lrs), per-task query loss, adapted params),
-    gradients summed over this chunk's tasks and divided by `n_total` (the batch's tasks)."""
+    gradients summed over this chunk's tasks (`outer.meta_gradients` takes the mean)."""
     names = list(params)
     with torch.no_grad():
         t = sup.x.shape[0]
@@ -42,7 +43,6 @@ def manual_meta_gradients(
             p = {k: p[k] - lrs[k] * g[k] for k in names}
             traj.append(p)
         q, v = model.loss_and_grad(p, qry.x, qry.y, qry.mask, set(names))
-        v = {k: g / n_total for k, g in v.items()}
         dlr = {k: torch.zeros_like(x) for k, x in lrs.items()} if learn_lrs else {}
         for k in range(steps - 1, -1, -1):
             if first_order:
@@ -55,8 +55,9 @@ def manual_meta_gradients(
                     traj[k], sup.x, sup.y, sup.mask, u, need_grad=bool(dlr), cache=caches[k]
                 )
             caches[k] = {}  # freed as the sweep passes
-            for n in dlr:
-                dlr[n] -= (g[n] * v[n]).sum(0)
+            for n in dlr:  # summed over tasks, and over the tensor for one lr per tensor
+                gv = (g[n] * v[n]).sum(0)
+                dlr[n] -= gv if dlr[n].dim() else gv.sum()
             if not first_order:
                 v = {n: v[n] - hv[n] for n in names}
         grads = {k: g.sum(0) for k, g in v.items()}

@@ -121,20 +121,33 @@ def gru_grad_hvp(
     parameter; `u` task-batched `[T, ...]`, params shared or task-batched). `cache`: what
     `gru_loss_and_grad(..., names=every parameter, cache=...)` left at these same params and
     data (the inner step's own pass): then the forward and backward are not run again."""
-    t = x.shape[0]
     c: dict = cache if cache else {}
     if not c:
         names = set(params) if need_grad else {"embed.weight"}  # backward runs to the bottom
         gru_loss_and_grad(params, x, y, mask, layers=layers, kind=kind, names=names, cache=c)
     g = c["grads"] if need_grad else {}
     hv: Params = {}
+    rsteps_all, rhs_all = _r_layers(params, u, c, x, layers)
+    if kind == "lm":
+        rd_out = _head(params, u, c, rhs_all[-1], kind, hv)
+    else:  # classify: only the last valid position of each sequence feeds the head
+        idx = c["idx"]
+        rdf = _head(params, u, c, rhs_all[-1].gather(-2, idx).squeeze(-2), kind, hv)
+        rd_out = torch.zeros_like(rhs_all[-1]).scatter(-2, idx, rdf[..., None, :])
+    for i in range(layers - 1, -1, -1):
+        rd_out = _r_layer_back(params, u, c, x, i, rsteps_all[i], rhs_all, rd_out, hv)
+    return g, hv
+
+
+def _r_layers(params: Params, u: Params, c: dict, x: Tensor, layers: int):
+    """R-forward through every layer -> (per-layer R step values, per-layer R hidden states)."""
+    t = x.shape[0]
     table, u_table = params["embed.weight"], u["embed.weight"]
-    w0, uw0 = params["rnn.0.w_ih"], u["rnn.0.w_ih"]
     if c["folded"]:  # gi = P[x], P = E W^T + b: R P = U_E W^T + E U_W^T + u_b, then gather
-        rows = _rows(table, t)
         # (u's bias added apart: `linear` reads an expand-view w's bias as shared)
-        rp = linear(u_table, w0, None) + linear(rows, uw0, None) + u["rnn.0.b_ih"][:, None, :]
-        r_in = embed(rp, x)
+        w0, uw0 = params["rnn.0.w_ih"], u["rnn.0.w_ih"]
+        rp = linear(u_table, w0, None) + linear(_rows(table, t), uw0, None)
+        r_in = embed(rp + u["rnn.0.b_ih"][:, None, :], x)
     else:
         r_in = embed(u_table, x)  # R of the embedded sequence
     rsteps_all, rhs_all = [], []
@@ -145,40 +158,36 @@ def gru_grad_hvp(
             r_in = linear(r_in, params[pre + "w_ih"], None) + linear(
                 layer_in, u[pre + "w_ih"], u[pre + "b_ih"]
             )
-        rsteps, rhs = _r_forward(
-            steps, r_in, hs, params[pre + "w_hh"], u[pre + "w_hh"], u[pre + "b_hh"]
-        )
+        w_hh, u_hh, u_bhh = params[pre + "w_hh"], u[pre + "w_hh"], u[pre + "b_hh"]
+        rsteps, rhs = _r_forward(steps, r_in, hs, w_hh, u_hh, u_bhh)
         rsteps_all.append(rsteps)
         rhs_all.append(rhs)
         r_in = rhs
-    if kind == "lm":
-        rfeat = rhs_all[-1]
-        rd_out = _head(params, u, c, rfeat, kind, hv)
-    else:
-        idx = c["idx"]
-        rfeat = rhs_all[-1].gather(-2, idx).squeeze(-2)
-        rdf = _head(params, u, c, rfeat, kind, hv)
-        rd_out = torch.zeros_like(rhs_all[-1]).scatter(-2, idx, rdf[..., None, :])
-    for i in range(layers - 1, -1, -1):
-        pre = f"rnn.{i}."
-        w_ih, w_hh = params[pre + "w_ih"], params[pre + "w_hh"]
-        layer_in, hs, steps = c["layers"][i]
-        dhs, dgi_all, dgh_all, h_prev = c["back"][i]
-        rdgi, rdgh = _r_backward(steps, rsteps_all[i], dhs, dgh_all, rd_out, w_hh, u[pre + "w_hh"])
-        rh_prev = torch.cat([torch.zeros_like(rhs_all[i][..., :1, :]), rhs_all[i][..., :-1, :]], -2)
-        hv[pre + "w_hh"] = _wpair(dgh_all, h_prev, rdgh, rh_prev)
-        hv[pre + "b_hh"] = _rsum(rdgh)
-        hv[pre + "b_ih"] = _rsum(rdgi)
-        if i == 0 and c["folded"]:
-            d_proj = c["d_proj"]
-            rd_proj = _scatter_rows(rdgi, x, table.shape[-2])
-            rows = _rows(table, t)
-            hv[pre + "w_ih"] = _wpair(d_proj, rows, rd_proj, u_table)
-            hv["embed.weight"] = _back(rd_proj, w_ih) + _back(d_proj, u[pre + "w_ih"])
-            break
-        r_layer_in = rhs_all[i - 1] if i > 0 else embed(u_table, x)
-        hv[pre + "w_ih"] = _wpair(dgi_all, layer_in, rdgi, r_layer_in)
-        rd_out = _back(rdgi, w_ih) + _back(dgi_all, u[pre + "w_ih"])
-        if i == 0:
-            hv["embed.weight"] = _scatter_rows(rd_out, x, table.shape[-2])
-    return g, hv
+    return rsteps_all, rhs_all
+
+
+def _r_layer_back(params, u, c, x, i, rsteps, rhs_all, rd_out, hv) -> Tensor | None:
+    """R-backward through layer i: fills its HVPs in `hv`; -> R d(layer input) (or None)."""
+    t = x.shape[0]
+    pre = f"rnn.{i}."
+    table, u_table = params["embed.weight"], u["embed.weight"]
+    w_ih, w_hh = params[pre + "w_ih"], params[pre + "w_hh"]
+    layer_in, hs, steps = c["layers"][i]
+    dhs, dgi_all, dgh_all, h_prev = c["back"][i]
+    rdgi, rdgh = _r_backward(steps, rsteps, dhs, dgh_all, rd_out, w_hh, u[pre + "w_hh"])
+    rh_prev = torch.cat([torch.zeros_like(rhs_all[i][..., :1, :]), rhs_all[i][..., :-1, :]], -2)
+    hv[pre + "w_hh"] = _wpair(dgh_all, h_prev, rdgh, rh_prev)
+    hv[pre + "b_hh"] = _rsum(rdgh)
+    hv[pre + "b_ih"] = _rsum(rdgi)
+    if i == 0 and c["folded"]:  # back through the gather to P, then to E and W
+        d_proj = c["d_proj"]
+        rd_proj = _scatter_rows(rdgi, x, table.shape[-2])
+        hv[pre + "w_ih"] = _wpair(d_proj, _rows(table, t), rd_proj, u_table)
+        hv["embed.weight"] = _back(rd_proj, w_ih) + _back(d_proj, u[pre + "w_ih"])
+        return None
+    r_layer_in = rhs_all[i - 1] if i > 0 else embed(u_table, x)
+    hv[pre + "w_ih"] = _wpair(dgi_all, layer_in, rdgi, r_layer_in)
+    rd_in = _back(rdgi, w_ih) + _back(dgi_all, u[pre + "w_ih"])
+    if i == 0:
+        hv["embed.weight"] = _scatter_rows(rd_in, x, table.shape[-2])
+    return rd_in

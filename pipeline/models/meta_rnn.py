@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from pipeline.models.cells import GATES, RECURRENCE, SEQUENCE, input_projection, linear
 from pipeline.models.gru_grad import gru_loss_and_grad
 from pipeline.models.gru_hvp import gru_grad_hvp
+from pipeline.models.task_model import GradHVP, LossAndGrad
 
 
 class _Recurrent(nn.Module):
@@ -29,6 +30,13 @@ class _Recurrent(nn.Module):
 
 
 class MetaRNN(nn.Module):
+    """A `TaskModel` (pipeline/models/task_model.py). GRU lm/classify: `loss_and_grad` is the
+    hand-written BPTT and `grad_hvp` its hand-derived HVP (gru_hvp.py); None (autograd)
+    otherwise, or with `hand_grad=False` (bench/inner_loop.py compares the two)."""
+
+    loss_and_grad: LossAndGrad | None = None
+    grad_hvp: GradHVP | None = None
+
     def __init__(
         self,
         *,
@@ -64,10 +72,8 @@ class MetaRNN(nn.Module):
         self.head = nn.Linear(hidden, d_out)
         self.head_names = ("head.weight", "head.bias")
         if hand_grad and cell == "gru" and task in ("lm", "classify"):
-            # hand-written BPTT (pipeline/models/gru_grad.py); the inner loop uses it if present;
-            # hand_grad=False: autograd through the cells (bench/inner_loop.py --compare)
+            # hand-written BPTT (gru_grad.py) and HVP (gru_hvp.py), chosen here once
             self.loss_and_grad = self._gru_loss_and_grad
-            # ... and its Hessian-vector product (gru_hvp.py): the no-autograd meta-gradient
             self.grad_hvp = self._gru_grad_hvp
 
     def functional(self, params: dict[str, Tensor], x: Tensor, mask: Tensor) -> Tensor:

@@ -60,8 +60,8 @@ def test_manual_meta_gradient_equals_autograd(alg):
     )
     batch = seq_batch("lm", t=3, dtype=torch.float64)
     assert hasattr(model, "grad_hvp")  # the GRU takes the no-autograd sweep by default
-    hand, m1 = outer.meta_gradients(state, None, batch, model=model, inner_cfg=ic)
-    auto, m2 = outer.meta_gradients(state, None, batch, model=model, inner_cfg=ic, manual=False)
+    hand, m1 = outer.meta_gradients(state, batch, model=model, inner_cfg=ic)
+    auto, m2 = outer.meta_gradients(state, batch, model=model, inner_cfg=ic, manual=False)
     for k in auto:
         torch.testing.assert_close(hand[k], auto[k], rtol=1e-8, atol=1e-11, msg=k)
     assert m1["loss_post"] == pytest.approx(m2["loss_post"], rel=1e-12)
