@@ -56,7 +56,7 @@ class Method:
     params: Params
     lrs: float | Params
     trainable: Sequence[str] | None = None
-    start: Callable[[Any, str], Params] | None = None
+    start: Callable[[ep.Split], Params] | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -138,7 +138,7 @@ def run_method(
     values: Values = {s: {} for s in sorted(set(steps))}
     for group in _chunks(episodes, batch):
         b = ep.to_torch(ep.collate([e.batch for e in group]), device)  # leading dim T = episodes
-        start = method.params if method.start is None else method.start(b.support, model.kind)
+        start = method.params if method.start is None else method.start(b.support)
         scores = adapt_then_score(
             start,
             b.support,
