@@ -71,6 +71,11 @@ class InnerConfig(_Slice):
         description="inner steps per meta-step, cycled (e.g. [1, 2, 5]: train for the step "
         "counts users evaluate at); empty: always `steps`",
     )
+    learn_init: bool = Field(
+        True,
+        description="meta-train the initialisation; false: only Meta-SGD's inner lrs are "
+        "learned (on top of a pretrained init, `checkpoint.init_from`)",
+    )
     pre_weight: float = Field(
         0.0,
         ge=0,

@@ -195,7 +195,11 @@ def apply_gradients(state: MetaState, grads: Params, outer_cfg: Any) -> MetaStat
     updates, opt = update(grads, state.opt, current, outer_cfg.lr)
     new = optim.apply_updates(current, updates)
     params = {k: new[k] for k in state.params}
-    lrs = {k: new.get(LR_PREFIX + k, v) for k, v in state.lrs.items()}
+    # a learned inner lr below 0 would climb the support loss: clamp at 0
+    lrs = {
+        k: new[LR_PREFIX + k].clamp_min(0.0) if LR_PREFIX + k in new else v
+        for k, v in state.lrs.items()
+    }
     return MetaState(params, lrs, opt, state.step + 1)
 
 
@@ -239,6 +243,8 @@ def train_step(
             state, buffers, batch, model=model, inner_cfg=plain, chunk=chunk, pre_metrics=False
         )
         grads = {k: g + weight * g0[k] if k in g0 else g for k, g in grads.items()}
+    if not getattr(inner_cfg, "learn_init", True):  # the init stays: only lrs are learned
+        grads = {k: g for k, g in grads.items() if k.startswith(LR_PREFIX)}
     grads = all_reduce(grads)
     return apply_gradients(state, grads, outer_cfg), metrics
 
