@@ -55,16 +55,19 @@ SELECT_LR = 0.3  # fine-tuning lr of that score (tuned per step count only at ev
 
 def select_score(model: nn.Module, params: Params, val_batch: Any, lr: float = SELECT_LR) -> float:
     """Mean validation query loss after `SELECT_STEPS` fine-tuning steps from `params`."""
-    from pipeline.meta.inner import adapt
+    from pipeline.meta.inner import adapt_then_score
     from pipeline.meta.losses import model_loss
 
-    total, done, p = 0.0, 0, {k: v.detach() for k, v in params.items()}
-    for s in SELECT_STEPS:
-        p = adapt(p, None, val_batch.support, model=model, steps=s - done, lrs=lr, first_order=True)
-        p, done = {k: v.detach() for k, v in p.items()}, s
-        with torch.no_grad():
-            total += float(model_loss(model, p, val_batch.query).mean())
-    return total / len(SELECT_STEPS)
+    scores = adapt_then_score(
+        params,
+        val_batch.support,
+        val_batch.query,
+        model=model,
+        steps=SELECT_STEPS,
+        lrs=lr,
+        score=lambda p, query: float(model_loss(model, p, query).mean()),
+    )
+    return sum(scores[s] for s in SELECT_STEPS) / len(SELECT_STEPS)
 
 
 def pretrain_multitask(
