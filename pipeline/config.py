@@ -216,6 +216,12 @@ class BankConfig(_Slice):
         description="task descriptor: auto (ngram for bytes, hidden for regression), "
         "model hidden state, head-bias gradient, or byte n-grams",
     )
+    ann_min_entries: int | None = Field(
+        50_000,
+        gt=0,
+        description="entries from which queries use the HNSW index (usearch) instead of exact "
+        "search (exact is faster below; bench/RESULTS.md); null: always exact",
+    )
 
 
 class RunConfig(_Slice):
