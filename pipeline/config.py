@@ -91,6 +91,11 @@ class InnerConfig(_Slice):
         description="inner steps per meta-step, cycled (e.g. [1, 2, 5]: train for the step "
         "counts users evaluate at); empty: always `steps`",
     )
+    learn_init: bool = Field(
+        True,
+        description="meta-train the initialisation; false: only Meta-SGD's inner lrs are "
+        "learned (on top of a pretrained init, `checkpoint.init_from`)",
+    )
     pre_weight: float = Field(
         0.0,
         ge=0,
@@ -210,6 +215,12 @@ class BankConfig(_Slice):
         "auto",
         description="task descriptor: auto (ngram for bytes, hidden for regression), "
         "model hidden state, head-bias gradient, or byte n-grams",
+    )
+    ann_min_entries: int | None = Field(
+        50_000,
+        gt=0,
+        description="entries from which queries use the HNSW index (usearch) instead of exact "
+        "search (exact is faster below; bench/RESULTS.md); null: always exact",
     )
 
 

@@ -100,7 +100,7 @@ def _methods(
     cfg, state, dev = inp.cfg, inp.state, baselines.to_device
     rand = dev(baselines.random_init(model, cfg, seed=spec.seed + 1), opts.device)
     methods = [ev.Method("random init", rand, cfg.inner.lr, note="fresh seeded init")]
-    mt = _multitask(opts, cfg, model, inp.train_set, inp.train_tasks, state.step, log)
+    mt = _multitask(opts, inp, model, state.step + eval_inputs.init_steps(cfg, log), log)
     if mt is not None:
         methods.append(ev.Method("multitask", dev(mt, opts.device), cfg.inner.lr))
     n_tuned = len(methods)
@@ -218,7 +218,8 @@ def _publish(opts: Options, cfg: Any, rep: dict[str, Any], log: Callable[[str], 
     )
 
 
-def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):
+def _multitask(opts, inp, model, ck_steps, log):
+    cfg, train_set, train_tasks = inp.cfg, inp.train_set, inp.train_tasks
     ref = dict(model.named_parameters())
     if opts.baseline and Path(opts.baseline).is_file():
         params, meta = baselines.load_params(opts.baseline)
@@ -230,7 +231,22 @@ def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):
         log(f"multitask baseline skipped: training shards {cfg.data.uri} not readable here")
         return None
     steps = opts.baseline_steps or max(1, ck_steps)
-    log(f"multitask baseline: {steps} outer steps on {len(train_tasks)} training tasks")
+    val = None
+    if inp.val_tasks and cfg.data.episode != "classify":  # the same best-on-val selection
+        from pipeline.data import episodes as ep
+
+        batch = ep.validation_batch(  # the episodes a training run scores itself on
+            inp.val_set.read_task,
+            inp.val_tasks,
+            cfg.data,
+            seed=cfg.outer.seed,
+            n=cfg.outer.val_tasks,
+        )
+        val = ep.to_torch(batch)
+    log(
+        f"multitask baseline: {steps} outer steps on {len(train_tasks)} training tasks"
+        + (", its best on validation kept" if val is not None else "")
+    )
     params = baselines.pretrain_multitask(
         model,
         cfg,
@@ -239,6 +255,7 @@ def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):
         steps=steps,
         seed=opts.spec.seed + 3,
         progress=lambda s, m: log(f"  multitask step {s}/{steps}: loss {m['loss_post']:.4f}"),
+        val_batch=val,
     )
     path = opts.baseline or str(Path(opts.out_dir) / "baseline.safetensors")
     baselines.save_params(path, params, {"steps": steps, "checkpoint": opts.checkpoint})
