@@ -220,6 +220,8 @@ def run_training(
             if cause is not None:
                 raise cause from None
             raise
+        except SystemExit:  # Ray Train's own SIGINT handler ends fit() this way on Ctrl+C
+            raise KeyboardInterrupt from None
         finally:
             release(trainer)
         seconds = time.perf_counter() - t0
