@@ -100,7 +100,8 @@ def _methods(
     cfg, state, dev = inp.cfg, inp.state, baselines.to_device
     rand = dev(baselines.random_init(model, cfg, seed=spec.seed + 1), opts.device)
     methods = [ev.Method("random init", rand, cfg.inner.lr, note="fresh seeded init")]
-    mt = _multitask(opts, inp, model, state.step + _init_steps(cfg, log), log)
+    init_steps, init_outer = _init_run(cfg, log)
+    mt = _multitask(opts, inp, model, state.step + init_steps, log, init_outer)
     if mt is not None:
         methods.append(ev.Method("multitask", dev(mt, opts.device), cfg.inner.lr))
     n_tuned = len(methods)
@@ -218,28 +219,33 @@ def _publish(opts: Options, cfg: Any, rep: dict[str, Any], log: Callable[[str], 
     )
 
 
-def _init_steps(cfg: Any, log: Callable[[str], None]) -> int:
+def _init_run(cfg: Any, log: Callable[[str], None]) -> tuple[int, Any]:
     """Outer steps already spent on the parameters a run started from (`checkpoint.init_from`,
-    e.g. multitask pretraining): the multitask baseline gets them too (the same budget)."""
+    e.g. multitask pretraining) and that run's outer slice: the multitask baseline gets those
+    steps too (the same budget), with the pretraining's optimizer settings."""
     uri = cfg.checkpoint.init_from
     if not uri:
-        return 0
+        return 0, None
     from pipeline import checkpoint as ckpt
+    from pipeline import config
 
     try:
         if uri.endswith(".safetensors"):
-            steps = int(baselines.load_params(uri)[1].get("steps", 0))
-        else:
-            steps = int(ckpt.load(ckpt.find(uri, select="last").path).state.step)
+            return int(baselines.load_params(uri)[1].get("steps", 0)), None
+        loaded = ckpt.load(ckpt.find(uri, select="last").path)
+        init_outer = config.from_dict(loaded.config, source=uri).outer
     except Exception as exc:  # the baseline then gets fewer steps: say so, do not hide it
         log(f"checkpoint.init_from={uri} unreadable here ({exc}): its steps are not counted")
-        return 0
+        return 0, None
+    steps = int(loaded.state.step)
     log(f"the run started from {uri} ({steps} outer steps): counted in the baseline's budget")
-    return steps
+    return steps, init_outer
 
 
-def _multitask(opts, inp, model, ck_steps, log):
+def _multitask(opts, inp, model, ck_steps, log, init_outer=None):
     cfg, train_set, train_tasks = inp.cfg, inp.train_set, inp.train_tasks
+    if init_outer is not None:  # pretrained then meta-trained: pretrain's optimizer settings
+        cfg = cfg.model_copy(update={"outer": init_outer})
     ref = dict(model.named_parameters())
     if opts.baseline and Path(opts.baseline).is_file():
         params, meta = baselines.load_params(opts.baseline)
