@@ -58,8 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from pipeline.runtime import console
+
+    console.quiet()
     from pipeline.eval import run as eval_run
     from pipeline.eval.methods import EvalSpec
+    from pipeline.tracking.evaluation import fail_open
 
     spec = EvalSpec(
         steps=args.steps,
@@ -84,5 +88,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
     )
-    eval_run.run(opts)
+    try:
+        eval_run.run(opts)
+    except BaseException:
+        fail_open()  # the MLflow run opened at the start ends FAILED, not RUNNING
+        raise
     return 0

@@ -18,6 +18,8 @@ from pipeline.eval import baselines
 from pipeline.eval import inputs as eval_inputs
 from pipeline.eval import methods as ev
 from pipeline.eval import report as eval_report
+from pipeline.runtime import console
+from pipeline.runtime.console import Progress
 
 LR_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
@@ -53,6 +55,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
     cfg = config.from_dict(loaded.config, source=f"{opts.checkpoint} (checkpoint config)")
     kind = cfg.data.episode
     log(f"checkpoint {opts.checkpoint}: step {loaded.state.step}, {cfg.inner.algorithm}, {kind}")
+    erun = _open_tracking(opts, cfg)  # opened now: the MLflow run lasts as the evaluation does
     endpoint = opts.s3_endpoint or cfg.data.s3_endpoint
     shards = open_shard_set(opts.shards, s3_endpoint=endpoint)
     needs = "sinusoid" if kind == "regression" else "wordlang or text"
@@ -160,9 +163,16 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
         }
     except EpisodeError as exc:
         raise MetarayError(f"{exc} (in `metaray evaluate`: lower --shots or --k-query)") from None
-    raw = ev.evaluate_methods(
-        model, methods, by_shot, spec, n_way=cfg.data.n_way, progress=log, device=opts.device
-    )
+    with Progress("evaluate", len(methods) * len(by_shot), unit="method-shot") as bar:
+        raw = ev.evaluate_methods(
+            model,
+            methods,
+            by_shot,
+            spec,
+            n_way=cfg.data.n_way,
+            progress=lambda text: bar.update(bar.done + 1, now=text),
+            device=opts.device,
+        )
     rep = eval_report.build(
         raw,
         kind=kind,
@@ -183,16 +193,34 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
             "notes": {m.name: m.note for m in methods if m.note},
         },
     )
-    track = cfg.tracking.enabled if opts.tracking is None else opts.tracking
     eval_report.publish(
         rep,
         opts.out_dir,
         json_path=opts.json_path,
-        tracking=cfg.tracking.model_copy(update={"enabled": True}) if track else None,
+        tracking=erun,
         run_name=f"evaluate-{cfg.checkpoint.run_name}",
         log=log,
     )
     return rep
+
+
+def _open_tracking(opts: Options, cfg: Any) -> Any:
+    """The evaluation's MLflow run, nested under its training run (None: tracking off)."""
+    if not (cfg.tracking.enabled if opts.tracking is None else opts.tracking):
+        return None
+    from pipeline.tracking.evaluation import open_run
+
+    params = {
+        "checkpoint": opts.checkpoint,
+        "shards": opts.shards,
+        "bank": opts.bank,
+        "algorithm": cfg.inner.algorithm,
+        "episodes": opts.spec.episodes,
+        "seed": opts.spec.seed,
+        "max_tasks": opts.max_tasks,
+    }
+    name = cfg.checkpoint.run_name
+    return open_run(cfg.tracking, f"evaluate-{name}", name, params)
 
 
 def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):
@@ -208,15 +236,19 @@ def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):
         return None
     steps = opts.baseline_steps or max(1, ck_steps)
     log(f"multitask baseline: {steps} outer steps on {len(train_tasks)} training tasks")
-    params = baselines.pretrain_multitask(
-        model,
-        cfg,
-        train_set.read_task,
-        train_tasks,
-        steps=steps,
-        seed=opts.spec.seed + 3,
-        progress=lambda s, m: log(f"  multitask step {s}/{steps}: loss {m['loss_post']:.4f}"),
-    )
+    unit = console.loss_unit(cfg.data.episode)
+    with Progress("multitask baseline", steps) as bar:
+        params = baselines.pretrain_multitask(
+            model,
+            cfg,
+            train_set.read_task,
+            train_tasks,
+            steps=steps,
+            seed=opts.spec.seed + 3,
+            progress=lambda s, m: bar.update(
+                s, **{f"loss_{unit}": console.to_unit(m["loss_post"], cfg.data.episode)}
+            ),
+        )
     path = opts.baseline or str(Path(opts.out_dir) / "baseline.safetensors")
     baselines.save_params(path, params, {"steps": steps, "checkpoint": opts.checkpoint})
     return params

@@ -27,6 +27,7 @@ class TrainingResult:
     history: list[dict[str, float]] = field(default_factory=list)  # per-step losses
     seconds: float = 0.0  # wall time of fit(), worker start-up included
     result: Any = None  # the ray.train.Result
+    tracking_run: dict[str, str] = field(default_factory=dict)  # run_id, experiment_id
 
 
 def _local(uri: str) -> bool:
@@ -79,13 +80,18 @@ def build_trainer(
     from pipeline.runtime.episode_actors import EpisodePool
     from pipeline.runtime.train_loop import train_loop_per_worker
     from pipeline.tracking import pin_uri
+    from pipeline.tracking.describe import source_tags
 
     cfg = pin_uri(absolute(cfg))
     pool = EpisodePool(cfg.data, cfg.cluster, cfg.outer)
     c = cfg.cluster
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(cfg), "episode_actors": pool.actors},
+        train_loop_config={
+            "config": config.to_dict(cfg),
+            "episode_actors": pool.actors,
+            "tags": source_tags(cfg),  # the driver's command line and git commit, for MLflow
+        },
         scaling_config=ScalingConfig(
             num_workers=c.num_workers,
             use_gpu=c.use_gpu,
@@ -116,8 +122,11 @@ def connect(cfg: config.RunConfig) -> bool:
         # Train's controller drains each worker's one-slot report queue when it polls (every
         # 2 s by default): poll faster so that checkpoints/validations never stall a step.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    from pipeline.runtime import console
+
+    console.quiet()
     # address="local" never attaches to a `ray start` cluster left running on this machine.
-    ray.init(address=address or "local", log_to_driver=True)
+    ray.init(address=address or "local", log_to_driver=True, logging_level=console.RAY_LEVEL)
     return True
 
 
@@ -150,13 +159,15 @@ def run_training(
     import ray.train
 
     from pipeline import checkpoint as ckpt
+    from pipeline.runtime import console
 
     started = connect(cfg)
     t0 = time.perf_counter()
     try:
         trainer = build_trainer(cfg, worker_env=worker_env)
         try:
-            result = trainer.fit()
+            with console.follow_workers() as follower:  # progress drawn here, noise dropped
+                result = trainer.fit()
         except ray.train.TrainingFailedError as exc:
             cause = _metaray_cause(exc)
             if cause is not None:
@@ -179,6 +190,7 @@ def run_training(
             seconds=seconds,
             result=result,
         )
+        out.tracking_run = dict(follower.run) if follower else {}
         if not quiet:
             print(summary(cfg, out))
         return out
@@ -188,28 +200,6 @@ def run_training(
 
 
 def summary(cfg: config.RunConfig, r: TrainingResult) -> str:
-    m = r.metrics
-    lines = [
-        f"[metaray] run {cfg.checkpoint.run_name!r} finished: {r.steps}/{cfg.outer.steps} steps "
-        f"with {cfg.cluster.num_workers} worker(s) in {r.seconds:.1f} s (start-up included)",
-    ]
-    if r.history:
-        first, last = r.history[0], r.history[-1]
-        lines.append(
-            f"  meta-train loss_post {first.get('loss_post', float('nan')):.4f} (step "
-            f"{int(first['step'])}) -> {last.get('loss_post', float('nan')):.4f} (step "
-            f"{int(last['step'])})"
-        )
-    if "val_loss_post" in m:
-        lines.append(
-            f"  validation: loss before adaptation {m['val_loss_pre']:.4f}, "
-            f"after {cfg.inner.steps} inner step(s) {m['val_loss_post']:.4f}"
-        )
-    if "episodes_per_s" in m:
-        wait = 100 * m.get("data_wait_frac", 0)
-        lines.append(
-            f"  last interval: {m['episodes_per_s']:.1f} episodes/s, "
-            f"{wait:.1f}% of step time waiting for data"
-        )
-    lines.append(f"  checkpoint: {r.checkpoint}")
-    return "\n".join(lines)
+    from pipeline.runtime.train_summary import summary as text
+
+    return text(cfg, r)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pipeline import checkpoint as ckpt
 from pipeline import config
 from pipeline.data import episodes as ep
 from pipeline.meta import outer
+from pipeline.runtime import console
 from pipeline.runtime.collective import mean_all_reduce, mean_metrics
 
 FAULT_ENV = "METARAY_FAULT_KILL"  # "step:rank:marker": SIGKILL that rank once (tests)
@@ -97,7 +97,11 @@ def _report(
                 # MLflow gets the same checkpoint with its config's credentials redacted
                 ckpt.save(shared, state, config=redact_tree(cfg_tree), history=history)
                 tracker.log_artifact(shared, "checkpoint")
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(d),
+            checkpoint_dir_name=f"checkpoint_{int(metrics['step']):06d}",  # named by its step
+        )
 
 
 def train_loop_per_worker(raw: dict[str, Any]) -> None:
@@ -108,8 +112,10 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
     from pipeline.models import build_model
     from pipeline.runtime.episode_actors import EpisodePool
 
+    console.quiet()
     cfg_tree = raw.get("config", raw)
     cfg = config.from_dict(cfg_tree, "train_loop_config")
+    episode = cfg.data.episode
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(_threads(cfg.cluster))
@@ -123,10 +129,10 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
     start, total = state.step, cfg.outer.steps
     if rank == 0:
         what = f"resumed at step {start}" if resumed else "starting"
-        _say(f"{cfg.checkpoint.run_name}: {what}, {total} steps, {world} worker(s)")
+        console.say(f"{cfg.checkpoint.run_name}: {what}, {total} steps, {world} worker(s)")
 
     pool = EpisodePool(cfg.data, cfg.cluster, cfg.outer, actors=raw.get("episode_actors"))
-    tracker = _start_tracker(cfg, rank, start)
+    tracker = _start_tracker(cfg, rank, start, raw.get("tags"))
     val = ep.to_torch(pool.val_batch(rank, world), device) if pool.val_tasks else None
     all_reduce = mean_all_reduce(world)
     eval_steps = sorted({0, 1, cfg.inner.steps})
@@ -181,9 +187,15 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
                 metrics["val_loss_pre"] = curve["0"]
                 metrics["val_loss_post"] = curve[str(cfg.inner.steps)]
                 history[-1].update(val_loss_pre=curve["0"], val_loss_post=metrics["val_loss_post"])
-                tracker.log_inner_curve({int(k): v for k, v in curve.items()}, done)
+                tracker.log_inner_curve(
+                    {int(k): console.to_unit(v, episode) for k, v in curve.items()},
+                    done,
+                    unit=console.loss_unit(episode),
+                )
             save = done % cfg.checkpoint.every == 0 or last
-            tracker.log_metrics({"loss": metrics["loss"]}, done)
+            tracker.log_metrics(
+                console.display_metrics({"loss_post": metrics["loss"]}, episode), done
+            )
             if save or validate or last or timed:
                 now = time.perf_counter()
                 episodes = (done - last_step) * cfg.outer.meta_batch
@@ -192,10 +204,10 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
                 metrics["train_s"] = now - t0  # this attempt's loop time, start-up excluded
                 metrics["peak_rss_mb"] = _peak_rss_mb()  # this rank's process
                 last_t, last_step = now, done
-                logged = {k: v for k, v in metrics.items() if k not in ("step", "loss")}
-                tracker.log_metrics(logged, done)  # `loss` went out above, every step
-                if rank == 0 and (validate or last or done % max(1, total // 20) == 0):
-                    _say(_line(metrics, total))
+                logged = {k: v for k, v in metrics.items() if k not in ("loss", "loss_post")}
+                tracker.log_metrics(console.display_metrics(logged, episode), done)
+                if rank == 0:  # the driver draws it (console.follow_workers)
+                    console.emit(console.step_event(metrics, total, start, episode))
                 _report(
                     metrics,
                     state,
@@ -209,12 +221,15 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
             ray.train.report(metrics)
         elif rank == 0:
             tracker.log_model(
-                {f"params.{k}": v.cpu() for k, v in state.params.items()}, config.to_dict(cfg)
+                {f"params.{k}": v.cpu() for k, v in state.params.items()},
+                config.to_dict(cfg),
+                lrs={k: v.cpu() for k, v in state.lrs.items()},
+                step=total,
             )
         status = "FINISHED"
     finally:
         if bank is not None:
-            tracker.log_metrics({f"bank_{k}": float(v) for k, v in bank.close().items()}, total)
+            tracker.log_metrics({f"bank/{k}": float(v) for k, v in bank.close().items()}, total)
         tracker.end(status)
 
 
@@ -224,31 +239,28 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _say(line: str) -> None:
-    # Not print(): Ray Train patches print in workers and the line would show up twice.
-    sys.stdout.write(f"[metaray] {line}\n")
-    sys.stdout.flush()
-
-
-def _line(m: dict[str, float], total: int) -> str:
-    parts = [f"step {int(m['step'])}/{total}"]
-    for k in ("loss_pre", "loss_post", "val_loss_pre", "val_loss_post"):
-        if k in m:
-            parts.append(f"{k}={m[k]:.4f}")
-    parts.append(f"episodes/s={m.get('episodes_per_s', 0):.1f}")
-    parts.append(f"data_wait={100 * m.get('data_wait_frac', 0):.1f}%")
-    return " ".join(parts)
-
-
-def _start_tracker(cfg: config.RunConfig, rank: int, start: int) -> Any:
-    """Rank 0's tracker (`pipeline.tracking.make_tracker`); a no-op on other ranks."""
+def _start_tracker(cfg: config.RunConfig, rank: int, start: int, tags: Any = None) -> Any:
+    """Rank 0's tracker (`pipeline.tracking.make_tracker`); a no-op on other ranks. `tags`:
+    what the driver knows of the run (command line, git commit, config file)."""
     from pipeline.tracking import NullTracker, make_tracker, redact_tree
+    from pipeline.tracking.describe import dataset_input
 
     if rank != 0:
         return NullTracker()
     tracker = make_tracker(cfg.tracking)
-    tags = {"resumed_from_step": str(start)} if start else None
+    tags = {"metaray.kind": "train", **(tags or {})}
+    if start:
+        tags["resumed_from_step"] = str(start)
     tracker.start(cfg.checkpoint.run_name, config.flat_params(cfg), tags=tags)
+    if tracker.run_id:  # the driver prints where to find the run
+        console.emit(
+            {"kind": "run", "run_id": tracker.run_id, "experiment_id": tracker.experiment_id}
+        )
+    from pipeline.data.shards import open_shard_set
+
+    shards = open_shard_set(cfg.data.uri, s3_endpoint=cfg.data.s3_endpoint)
+    m = shards.manifest
+    tracker.log_dataset(dataset_input(m.to_json(), cfg.data.uri, m.family, m.summary()))
     safe = redact_tree(config.to_dict(cfg))  # credentials never reach MLflow
     tracker.log_text(yaml.safe_dump(safe, sort_keys=False), "config.yaml")
     if cfg.bank.enabled and cfg.bank.snapshot_uri:  # where this run's adapted tasks are kept

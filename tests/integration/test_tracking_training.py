@@ -62,15 +62,26 @@ def test_smoke_run_reads_back_params_metrics_plots_and_model(
     assert params["bank.snapshot_uri"] == "http://***@127.0.0.1:1/snapshots"
     assert SECRET not in repr(params)
 
-    loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
+    # grouped names, the unit in the name, nothing logged twice
+    names = set(run.data.metrics)
+    assert {"train/loss_post_mse", "train/loss_pre_mse", "val/loss_post_mse"} <= names
+    assert {"system/episodes_per_s", "system/peak_rss_mb", "system/data_wait_frac"} <= names
+    assert not names & {"loss", "loss_post", "val_loss_post", "val_loss_inner_0"}
+    tags = run.data.tags
+    assert tags["metaray.kind"] == "train" and tags["mlflow.source.type"] == "LOCAL"
+    assert "metaray.command" in tags and "smoke" in tags["mlflow.note.content"]
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.name == smoke_shards.name and len(dataset.dataset.digest) == 32
+    hist = client.get_metric_history(run.info.run_id, "train/loss_post_mse")
+    loss = {m.step: m.value for m in hist}
     assert sorted(loss) == [1, 2, 3, 4, 5, 6]
     assert [loss[s] for s in sorted(loss)] == pytest.approx(
         [h["loss_post"] for h in result.history]
     )
-    val = client.get_metric_history(run.info.run_id, "val_loss_post")
+    val = client.get_metric_history(run.info.run_id, "val/loss_post_mse")
     assert sorted(m.step for m in val) == [3, 6]  # outer.val_every=3
     assert val[-1].value == pytest.approx(result.metrics["val_loss_post"])
-    assert client.get_metric_history(run.info.run_id, "episodes_per_s")[0].value > 0
+    assert client.get_metric_history(run.info.run_id, "system/episodes_per_s")[0].value > 0
 
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "plots", "checkpoint"} <= paths
@@ -98,8 +109,10 @@ def test_smoke_run_reads_back_params_metrics_plots_and_model(
     want = model.functional(params_final, torch.tensor(xs).reshape(1, 3, 1), torch.ones(1, 3))
     mlflow.set_tracking_uri(mlflow_server.uri)
     (logged_model,) = client.search_logged_models([run.info.experiment_id])
-    got = mlflow.pyfunc.load_model(logged_model.model_uri).predict({"x": xs})
-    assert got.tolist() == pytest.approx(want.reshape(-1).tolist(), abs=1e-5)
+    got = mlflow.pyfunc.load_model(logged_model.model_uri).predict(
+        {"x": xs, "y": [0.0] * 3, "support": [False] * 3}
+    )
+    assert got["y_pred_meta_init"].tolist() == pytest.approx(want.reshape(-1).tolist(), abs=1e-5)
 
 
 def test_tracking_server_killed_mid_run_training_completes(
@@ -130,7 +143,7 @@ def test_tracking_server_killed_mid_run_training_completes(
             while time.monotonic() < deadline:
                 exp = client.get_experiment_by_name("outage")
                 runs = client.search_runs([exp.experiment_id]) if exp else []
-                if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
+                if runs and client.get_metric_history(runs[0].info.run_id, "train/loss_post_mse"):
                     break
                 time.sleep(0.1)
             server.stop()
@@ -148,7 +161,7 @@ def test_tracking_server_killed_mid_run_training_completes(
         run_id = replay(spilled)
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
-        steps = {m.step for m in client.get_metric_history(run_id, "loss")}
+        steps = {m.step for m in client.get_metric_history(run_id, "train/loss_post_mse")}
         assert sorted(steps) == list(range(1, STEPS + 1))
         assert "plots" in {a.path for a in client.list_artifacts(run_id)}
         assert client.search_logged_models([run.info.experiment_id])  # the final model too
