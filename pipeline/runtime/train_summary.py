@@ -90,3 +90,27 @@ def summary(cfg: config.RunConfig, r: Any) -> str:
             f"  next: metaray evaluate --checkpoint {r.checkpoint} --shards {cfg.data.uri}"
         )
     return "\n".join(lines)
+
+
+def as_dict(cfg: config.RunConfig, r: Any) -> dict[str, Any]:
+    """`metaray train --json`: what the summary says, as data (losses in metaray's unit)."""
+    from pipeline.runtime.console import display_metrics
+    from pipeline.tracking.describe import run_url
+    from pipeline.tracking.factory import resolve_uri
+
+    run = getattr(r, "tracking_run", {}) or {}
+    uri = resolve_uri(cfg.tracking) if cfg.tracking.enabled else None
+    return {
+        "run_name": cfg.checkpoint.run_name,
+        "steps": r.steps,
+        "total_steps": cfg.outer.steps,
+        "seconds": round(r.seconds, 3),
+        "checkpoint": r.checkpoint,
+        "metrics": display_metrics(r.metrics, cfg.data.episode),
+        "note": validation_note(r.history, cfg.data.episode),
+        "mlflow": {
+            "run_id": run.get("run_id"),
+            "experiment_id": run.get("experiment_id"),
+            "url": run_url(uri, run.get("experiment_id"), run.get("run_id")) if uri else None,
+        },
+    }

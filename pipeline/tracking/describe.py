@@ -80,6 +80,14 @@ def dataset_input(manifest_json: bytes, uri: str, family: str, summary: dict) ->
     }
 
 
+def run_url(uri: str, experiment_id: str | None, run_id: str | None) -> str:
+    """The run's page: on the server itself, or on `mlflow ui`'s default address."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}" if experiment_id and run_id else ""
+    if uri.startswith(("http://", "https://")):
+        return f"{redact_value(uri).rstrip('/')}/{page}"
+    return f"http://127.0.0.1:5000/{page}"
+
+
 def where_to_look(uri: str, experiment_id: str | None, run_id: str | None) -> str:
     """The next step after a run: how to open it in MLflow's UI."""
     page = f"#/experiments/{experiment_id}/runs/{run_id}" if experiment_id and run_id else ""

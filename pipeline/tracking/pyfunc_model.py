@@ -112,7 +112,7 @@ class MetarayPyfunc:
         torch = self._torch
         x = torch.tensor(np.asarray(df["x"], dtype=np.float32)).reshape(1, -1, 1)
         y = np.asarray(df["y"], dtype=np.float32) if "y" in df else np.zeros(x.shape[1])
-        sel = torch.from_numpy(is_support)
+        sel = torch.tensor(is_support)
         support = Split(
             x[:, sel],
             torch.from_numpy(y[is_support]).reshape(1, -1, 1),

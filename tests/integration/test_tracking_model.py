@@ -123,7 +123,9 @@ print(json.dumps({{"code": pipeline.__file__, "sig": str(m.metadata.signature.in
     assert all(a < b - 0.3 for a, b in zip(got["after"], got["before"], strict=True))
     from mlflow.artifacts import download_artifacts
 
-    path = download_artifacts(f"{logged.model_uri}/requirements.txt", dst_path=str(tmp_path))
+    path = download_artifacts(
+        artifact_uri=f"{logged.artifact_location}/requirements.txt", dst_path=str(tmp_path)
+    )
     text = Path(path).read_text()
     lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     assert lines and all("==" in ln for ln in lines), lines  # every requirement pinned

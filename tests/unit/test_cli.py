@@ -74,3 +74,16 @@ def test_the_wheel_carries_the_configs() -> None:
     """setup.py maps configs/ to the package data pipeline/configs."""
     text = (ROOT / "setup.py").read_text()
     assert '"pipeline.configs": "configs"' in text and '"pipeline.configs"]' in text
+
+
+def test_shards_inspect_json_is_one_object_with_the_verification(tmp_path: Path, capsys) -> None:
+    import json
+
+    out = tmp_path / "sine"
+    build = ["shards", "build", "sinusoid", "--out", str(out), "--train-tasks", "4"]
+    assert main([*build, "--val-tasks", "2", "--test-tasks", "2", "--points", "20"]) == 0
+    capsys.readouterr()
+    assert main(["shards", "inspect", str(out), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["family"] == "sinusoid" and got["verify"] == "ok" and got["problems"] == []
+    assert got["splits"]["train"]["tasks"] == 4 and got["splits"]["test"]["max_rows"] == 20
