@@ -130,3 +130,78 @@ print(json.dumps({{"code": pipeline.__file__, "sig": str(m.metadata.signature.in
     lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     assert lines and all("==" in ln for ln in lines), lines  # every requirement pinned
     assert not any(ln.split("==")[0] == "metaray" for ln in lines)
+
+
+def test_mlflow_models_serve_answers_one_adapting_request(tmp_path) -> None:
+    """`mlflow models serve --env-manager local` on 127.0.0.1: one request with support rows."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = config.load(
+        None,
+        [
+            f"tracking.uri={uri}",
+            "tracking.experiment=serve",
+            "data.episode=lm",
+            "model.kind=gru",
+            "model.hidden=8",
+            "data.max_len=12",
+        ],
+    )
+    model = build_model(cfg.model, cfg.data)
+    state = outer.init_state(model, cfg.inner, cfg.outer, seed=1)
+    tracker = make_tracker(cfg.tracking)
+    tracker.start("serve", config.flat_params(cfg))
+    tracker.log_model({f"params.{k}": v for k, v in state.params.items()}, config.to_dict(cfg))
+    tracker.end()
+    (logged,) = MlflowClient(uri).search_logged_models([tracker.experiment_id])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bindir = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}", MLFLOW_TRACKING_URI=uri)
+    cmd = [f"{bindir}/mlflow", "models", "serve", "-m", logged.model_uri, "--env-manager"]
+    cmd += ["local", "-h", "127.0.0.1", "-p", str(port)]
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=tmp_path, stdout=log, stderr=log, start_new_session=True
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/ping", timeout=2).read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    tmp_path / "serve.log"
+                ).read_text()[-3000:]
+                time.sleep(0.5)
+        body = {
+            "dataframe_split": {
+                "columns": ["text", "support"],
+                "data": [["hello", True], ["help", True], ["hold", False]],
+            },
+            "params": {"steps": 3},
+        }
+        req = urllib.request.Request(
+            f"{base}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        (pred,) = json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
+        assert set(pred) == {"bits_per_byte", "bits_per_byte_meta_init"}
+        assert 6.0 < pred["bits_per_byte_meta_init"] < 10.0
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the CLI and the uvicorn it started
+        proc.wait(timeout=30)
+        log.close()
