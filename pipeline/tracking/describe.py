@@ -21,8 +21,12 @@ from pipeline.tracking.redact import redact_value
 
 
 def _git(*args: str) -> str | None:
+    """git in the checkout the running code comes from (not the working directory)."""
+    here = str(Path(__file__).resolve().parents[2])
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "-C", here, *args], capture_output=True, text=True, timeout=5, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
