@@ -42,6 +42,7 @@ class MlflowTracker:
         self._ops: deque[dict[str, Any]] = deque()
         self._cv = threading.Condition()
         self._closing = False
+        self._flushing = False  # flush() waits: the sender does not hold metrics back
         self._deadline = float("inf")
         self._down = False
         self._thread: threading.Thread | None = None
@@ -113,6 +114,19 @@ class MlflowTracker:
                     "mono": time.monotonic(),
                 }
             )
+            if self._cfg.parent_run_id and any(k.startswith("val/") for k in clean):
+                # A Tune trial: the scheduler decides on this validation and may stop the trial
+                # (killing this process) right after; what it decided on is in MLflow first.
+                self.flush(self._cfg.flush_timeout_s)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait (at most `timeout_s`) until everything queued so far is sent."""
+        with self._cv:
+            self._flushing = True
+            self._cv.notify_all()
+            done = self._cv.wait_for(lambda: not self._ops or self._down, timeout=timeout_s)
+            self._flushing = False
+            return done
 
     def log_inner_curve(self, losses: Mapping[int, float], step: int, unit: str = "") -> None:
         """Kept for `plots/inner_steps.png` only: the metrics `val/loss_pre`/`val/loss_post`
@@ -241,7 +255,7 @@ class MlflowTracker:
                 if self._ops[0]["op"] == "metrics" and not self._closing:
                     # let a second's worth of steps gather (or 1000 values), then send once
                     self._cv.wait_for(
-                        lambda: self._closing or self._queued_values() >= 1000,
+                        lambda: self._closing or self._flushing or self._queued_values() >= 1000,
                         timeout=max(0.0, self._ops[0]["mono"] + SEND_EVERY_S - time.monotonic()),
                     )
                 batch = self._take()
