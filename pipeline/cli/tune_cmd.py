@@ -35,9 +35,10 @@ def _tune(args: argparse.Namespace) -> int:
         )
         return 0
     from pipeline.runtime.cluster_paths import connected
+    from pipeline.runtime.console import follow_workers
     from pipeline.runtime.tune import run_sweep
 
-    with connected(base, sweep):  # a local tune.storage on a multi-node cluster is refused
+    with connected(base, sweep), follow_workers(draw=False):  # no per-trial event lines
         result = run_sweep(base, sweep, best_out=args.best_out)
     if args.json:
         import dataclasses

@@ -215,8 +215,9 @@ class _Follower:
     """Wraps Ray's driver-side printer of worker output: drops the libraries' noise, prints
     metaray's lines without Ray's `(RayTrainWorker pid=...)` prefix, draws progress events."""
 
-    def __init__(self, printer: Callable[[dict], None]) -> None:
+    def __init__(self, printer: Callable[[dict], None], draw: bool = True) -> None:
         self.printer, self.bar, self.run, self.events = printer, None, {}, []
+        self.draw = draw  # False (a sweep: many trials, Tune prints its own table): drop events
         self._lock = threading.Lock()
 
     def __call__(self, data: dict) -> None:
@@ -239,6 +240,8 @@ class _Follower:
             ev = json.loads(text)
         except ValueError:
             return
+        if not self.draw:
+            return
         with self._lock:
             self.events.append(ev)
             if ev.get("kind") == "run":
@@ -256,7 +259,7 @@ class _Follower:
 
 
 @contextmanager
-def follow_workers() -> Iterator[_Follower | None]:
+def follow_workers(draw: bool = True) -> Iterator[_Follower | None]:
     """Driver, Ray initialised with log_to_driver: filter and draw the workers' output while
     the block runs. Uses Ray's log dispatcher (a private API, checked: Ray 2.60); where it is
     missing the workers' lines print as Ray prints them, and nothing else changes."""
@@ -270,7 +273,7 @@ def follow_workers() -> Iterator[_Follower | None]:
     if not found:
         yield None
         return
-    follower = _Follower(found[0][1])
+    follower = _Follower(found[0][1], draw)
     with disp._lock:
         disp.handlers = [(n, follower if n == "ray_print_logs" else h) for n, h in disp.handlers]
     try:
