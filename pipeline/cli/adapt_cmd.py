@@ -77,9 +77,11 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """The checkpoint, its config with the command line's overrides, the model."""
     from pipeline import checkpoint, config
     from pipeline.errors import MetarayError
+    from pipeline.eval.inputs import find_checkpoint
     from pipeline.models import build_model
 
-    loaded = checkpoint.load(args.checkpoint)
+    # a checkpoint or a run directory (its highest step), local or s3://, as `evaluate` takes
+    loaded = checkpoint.load(find_checkpoint(args.checkpoint))
     base = config.from_dict(loaded.config, f"{args.checkpoint}/meta.json")
     cfg = config.from_dict(
         config._merge(config.to_dict(base), config.parse_overrides(args.overrides)),

@@ -13,7 +13,9 @@ def _checkpoint(tmp_path):
     cfg = config.load(None, ["model.hidden=16", "model.embed=8", "data.max_len=12", "inner.lr=0.3"])
     model = build_model(cfg.model, cfg.data)
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=0)
-    return checkpoint.save(tmp_path / "ckpt", state, config=config.to_dict(cfg)), state
+    # a run directory, as the README's `metaray adapt --checkpoint runs/quickstart` gives it
+    checkpoint.save(tmp_path / "run" / "checkpoint_000001", state, config=config.to_dict(cfg))
+    return tmp_path / "run", state
 
 
 def test_adapt_writes_params_then_a_stored_task_warm_starts_the_next_call(tmp_path, capsys):
