@@ -136,7 +136,6 @@ def hook_overhead(steps: int, write_every: list[int]) -> None:
     """Meta-step time vs the cost of one bank write by the trainer's hook (real Ray bank).
     Measured separately on the same steps (base step, then the hook's write), so the ratio is
     not at the mercy of other processes' load between two runs; amortised per write_every."""
-    import types
 
     import ray
 
@@ -158,17 +157,18 @@ def hook_overhead(steps: int, write_every: list[int]) -> None:
     )
     model = build_model(cfg.model, cfg.data)
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=0)
-    pool = types.SimpleNamespace(train_tasks=langs, seed=0, meta_batch=16)
-    hook = BankHook(cfg, model, pool, 0, 1)
+    hook = BankHook(cfg.bank, model)
     base, write = [], []
     for step in range(steps):
         batch = ep.build_step(lambda k: rows[k], langs, cfg.data, seed=0, step=step, meta_batch=16)
         t = time.perf_counter()
-        state, _ = outer.train_step(
-            state, ep.to_torch(batch), model=model, inner_cfg=cfg.inner, outer_cfg=cfg.outer
+        b = ep.to_torch(batch)
+        new, _, adapted = outer.train_step(
+            state, b, model=model, inner_cfg=cfg.inner, outer_cfg=cfg.outer, return_adapted=True
         )
         t1 = time.perf_counter()
-        hook.after_step(step, state, batch)
+        hook.after_step(step, state.params, b, adapted)
+        state = new
         write.append(time.perf_counter() - t1)
         base.append(t1 - t)
     stats = hook.close()

@@ -137,7 +137,6 @@ def adapt_with_bank(
     start, info = warm_start(model, meta_params, support, cfg=cfg, query=query)
     adapted = adapt(
         start,
-        None,
         support,
         model=model,
         steps=steps,

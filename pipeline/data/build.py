@@ -167,64 +167,13 @@ def write_shard_set(
     loc.ensure_root()
     build = dict(build)
     build["versions"] = {**package_versions(), **build.get("versions", {})}
-
     if not force and loc.exists(mf.MANIFEST_NAME):
-        where = loc.display(mf.MANIFEST_NAME)
-        try:
-            old: mf.Manifest | None = mf.parse(loc.read_bytes(mf.MANIFEST_NAME), where)
-        except ShardError:
-            old = None
-        if old is not None and _same_build(old, family, build) and not force:
-            return BuildResult(old, skipped=True)
-        same_recipe = (
-            old is not None
-            and old.family == family
-            and old.build.get("source") == build.get("source")
-        )
-        if not (same_recipe or overwrite or force):
-            what = (
-                f"a {old.family} shard set from source {old.build.get('source')!r}"
-                if old
-                else "a manifest.json this version cannot read"
-            )
-            raise ShardError(
-                f"{uri} already holds {what}, not {family} from {build.get('source')!r}: "
-                "pass --overwrite to replace it, or choose another --out"
-            )
-        if log and old is not None:
-            log(f"{uri}: replacing the {old.family} shard set built {old.created_utc}")
-
-    build_id = uuid.uuid4().hex[:8]
-    writer = _Writer(loc, family, build_id, rows_per_file)
+        up_to_date = _check_previous(loc, uri, family, build, overwrite=overwrite, log=log)
+        if up_to_date is not None:
+            return BuildResult(up_to_date, skipped=True)
+    writer = _Writer(loc, family, uuid.uuid4().hex[:8], rows_per_file)
     try:
-        for item in tasks:
-            key, split, table = item[0], item[1], item[2]
-            meta = item[3] if len(item) > 3 and item[3] else {}
-            writer.add(key, split, table, meta)
-        for split in mf.SPLITS:
-            writer.flush(split)
-        counts = {s: sum(1 for t in writer.tasks.values() if t.split == s) for s in mf.SPLITS}
-        for split, n in counts.items():
-            if n == 0:
-                raise ShardError(
-                    f"building {uri}: the split leaves no {split} tasks "
-                    f"(train {counts['train']}, val {counts['val']}, test {counts['test']}): "
-                    f"every shard set needs train, val and test tasks"
-                    + (f"; {split_hint}" if split_hint else "")
-                )
-        manifest = mf.Manifest(
-            schema_version=mf.SCHEMA_VERSION,
-            family=family,
-            columns={k: mf.type_name(v) for k, v in mf.FAMILY_COLUMNS[family].items()},
-            build={**build, "build_id": build_id},
-            files=writer.files,
-            tasks=writer.tasks,
-            created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        )
-        tmp = f"_tmp-{build_id}-{mf.MANIFEST_NAME}"
-        writer.written.append(tmp)
-        loc.write_bytes(tmp, manifest.to_json())
-        loc.move(tmp, mf.MANIFEST_NAME)
+        manifest = _write_all(writer, uri, family, tasks, build, split_hint)
     except BaseException:
         # A clean failure (bad input, Ctrl-C) removes what this build wrote; a hard crash
         # leaves only unreferenced files, which the next build removes.
@@ -238,6 +187,82 @@ def write_shard_set(
     if log and removed:
         log(f"removed {len(removed)} leftover file(s) of earlier builds")
     return BuildResult(manifest, skipped=False, removed=removed)
+
+
+def _check_previous(
+    loc: Location,
+    uri: str,
+    family: str,
+    build: dict[str, Any],
+    *,
+    overwrite: bool,
+    log: Callable[[str], None] | None,
+) -> mf.Manifest | None:
+    """The existing manifest when it is this very build (nothing to do), else None; raises
+    when what is there is another family or source and `overwrite` is not given."""
+    where = loc.display(mf.MANIFEST_NAME)
+    try:
+        old: mf.Manifest | None = mf.parse(loc.read_bytes(mf.MANIFEST_NAME), where)
+    except ShardError:
+        old = None
+    if old is not None and _same_build(old, family, build):
+        return old
+    same_recipe = (
+        old is not None and old.family == family and old.build.get("source") == build.get("source")
+    )
+    if not (same_recipe or overwrite):
+        what = (
+            f"a {old.family} shard set from source {old.build.get('source')!r}"
+            if old
+            else "a manifest.json this version cannot read"
+        )
+        raise ShardError(
+            f"{uri} already holds {what}, not {family} from {build.get('source')!r}: "
+            "pass --overwrite to replace it, or choose another --out"
+        )
+    if log and old is not None:
+        log(f"{uri}: replacing the {old.family} shard set built {old.created_utc}")
+    return None
+
+
+def _write_all(
+    writer: _Writer,
+    uri: str,
+    family: str,
+    tasks: Iterable[Any],
+    build: dict[str, Any],
+    split_hint: str,
+) -> mf.Manifest:
+    """Every task's rows, then the manifest last (its rename is what completes the build)."""
+    for item in tasks:
+        key, split, table = item[0], item[1], item[2]
+        meta = item[3] if len(item) > 3 and item[3] else {}
+        writer.add(key, split, table, meta)
+    for split in mf.SPLITS:
+        writer.flush(split)
+    counts = {s: sum(1 for t in writer.tasks.values() if t.split == s) for s in mf.SPLITS}
+    for split, n in counts.items():
+        if n == 0:
+            raise ShardError(
+                f"building {uri}: the split leaves no {split} tasks "
+                f"(train {counts['train']}, val {counts['val']}, test {counts['test']}): "
+                f"every shard set needs train, val and test tasks"
+                + (f"; {split_hint}" if split_hint else "")
+            )
+    manifest = mf.Manifest(
+        schema_version=mf.SCHEMA_VERSION,
+        family=family,
+        columns={k: mf.type_name(v) for k, v in mf.FAMILY_COLUMNS[family].items()},
+        build={**build, "build_id": writer.build_id},
+        files=writer.files,
+        tasks=writer.tasks,
+        created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    tmp = f"_tmp-{writer.build_id}-{mf.MANIFEST_NAME}"
+    writer.written.append(tmp)
+    writer.loc.write_bytes(tmp, manifest.to_json())
+    writer.loc.move(tmp, mf.MANIFEST_NAME)
+    return manifest
 
 
 def command_line() -> str:

@@ -290,7 +290,7 @@ def _bank_method(opts, cfg, model, meta: ev.Method, log) -> ev.Method:
     log(f"memory bank {opts.bank}: {len(service.keys())} entries")
     sources: list[str] = []
 
-    def start(support, kind):
+    def start(support: Any) -> dict[str, Any]:
         params, info = warm_start(model, meta.params, support, cfg=bank_cfg, query=service.query)
         sources.extend(info.sources)
         return params

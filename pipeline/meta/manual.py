@@ -10,16 +10,17 @@ a Hessian-vector product. Equal to differentiating through the inner loop with a
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pipeline.meta.inner import adapt
+from pipeline.models.task_model import TaskModel
 
 Params = dict[str, Tensor]
 MANUAL_ALGORITHMS = ("maml", "fomaml", "metasgd")
 
 
 def manual_meta_gradients(
-    model: nn.Module,
+    model: TaskModel,
     params: Params,
     lrs: Params,
     sup,
@@ -28,20 +29,18 @@ def manual_meta_gradients(
     steps: int,
     first_order: bool,
     learn_lrs: bool,
-    n_total: int,
 ) -> tuple[Params, Params, Tensor, Params]:
     """-> (param grads, lr grads (empty unless learn_lrs), per-task query loss, adapted params),
-    gradients summed over this chunk's tasks and divided by `n_total` (the batch's tasks)."""
+    gradients summed over this chunk's tasks (`outer.meta_gradients` takes the mean)."""
     names = list(params)
     with torch.no_grad():
         t = sup.x.shape[0]
         p = {k: v.expand(t, *v.shape) for k, v in params.items()}
         traj = [p]
         for _ in range(steps):
-            p = adapt(p, None, sup, model=model, steps=1, lrs=lrs, first_order=True)
+            p = adapt(p, sup, model=model, steps=1, lrs=lrs, first_order=True)
             traj.append(p)
         q, v = model.loss_and_grad(p, qry.x, qry.y, qry.mask, set(names))
-        v = {k: g / n_total for k, g in v.items()}
         dlr = {k: torch.zeros_like(x) for k, x in lrs.items()} if learn_lrs else {}
         for k in range(steps - 1, -1, -1):
             if first_order:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from pipeline.models.cells import GATES, RECURRENCE, SEQUENCE, input_projection, linear
 from pipeline.models.gru_grad import gru_loss_and_grad
+from pipeline.models.task_model import GradHVP, LossAndGrad
 
 
 class _Recurrent(nn.Module):
@@ -28,6 +29,12 @@ class _Recurrent(nn.Module):
 
 
 class MetaRNN(nn.Module):
+    """A `TaskModel` (pipeline/models/task_model.py); `loss_and_grad` is the hand-written
+    BPTT for GRU lm/classify, None (autograd) otherwise; no hand-derived HVP."""
+
+    loss_and_grad: LossAndGrad | None = None
+    grad_hvp: GradHVP | None = None
+
     def __init__(
         self,
         *,
@@ -61,7 +68,7 @@ class MetaRNN(nn.Module):
         self.head = nn.Linear(hidden, d_out)
         self.head_names = ("head.weight", "head.bias")
         if cell == "gru" and task in ("lm", "classify"):
-            # hand-written BPTT (pipeline/models/gru_grad.py); the inner loop uses it if present
+            # hand-written BPTT (pipeline/models/gru_grad.py), chosen here once for the loops
             self.loss_and_grad = self._gru_loss_and_grad
 
     def functional(self, params: dict[str, Tensor], x: Tensor, mask: Tensor) -> Tensor:

@@ -16,6 +16,8 @@ from pipeline.models.cells import linear
 
 
 class MLP(nn.Module):
+    """A `TaskModel` (pipeline/models/task_model.py) with both hand-derived hooks."""
+
     kind = "regression"
 
     def __init__(self, d_in: int = 1, hidden: int = 40, layers: int = 2, d_out: int = 1) -> None:

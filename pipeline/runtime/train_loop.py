@@ -148,7 +148,7 @@ def _setup(raw: dict[str, Any]) -> _Run:
     if cfg.bank.enabled:  # adapted params + descriptors -> the shared memory bank (async)
         from pipeline.bank.trainer_hook import BankHook
 
-        bank = BankHook(cfg, model, pool, rank, world)
+        bank = BankHook(cfg.bank, model)
     return _Run(
         cfg=cfg,
         cfg_tree=cfg_tree,
@@ -172,16 +172,20 @@ def _train_step(run: _Run, step: int, batch: Any) -> tuple[dict[str, float], boo
     """One meta-step; -> (metrics averaged over ranks, whether a timed report is due)."""
     _maybe_fault(step, run.rank)
     cfg = run.cfg
-    run.state, local = outer.train_step(
-        run.state,
-        ep.to_torch(batch, run.device),
+    b = ep.to_torch(batch, run.device)
+    write = run.bank is not None and run.bank.due(step)
+    before = run.state
+    run.state, local, *adapted = outer.train_step(
+        before,
+        b,
         model=run.model,
         inner_cfg=cfg.inner,
         outer_cfg=cfg.outer,
         all_reduce=run.all_reduce,
+        return_adapted=write,
     )
-    if run.bank is not None:
-        run.bank.after_step(step, run.state, batch)
+    if write:  # the adapted params this step's meta-gradient came from -> the memory bank
+        run.bank.after_step(step, before.params, b, adapted[0])
     done = step + 1
     # Rank 0 decides whether a metric-only report is due (ray.train.report blocks when
     # called faster than the controller polls); the flag rides the metrics' mean.

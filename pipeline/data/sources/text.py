@@ -15,6 +15,7 @@ import hashlib
 import posixpath
 from collections.abc import Iterator, Sequence
 from fnmatch import fnmatch
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -209,6 +210,9 @@ def _parquet_tasks(
         start = end
 
 
+HINT = "pass --val-fraction/--test-fraction > 0 or --val-keys/--test-keys"
+
+
 def prepare(
     input: str,
     *,
@@ -240,7 +244,6 @@ def prepare(
         "test_keys": _keys(test_keys),
         "seed": seed,
     }
-    hint = "pass --val-fraction/--test-fraction > 0 or --val-keys/--test-keys"
     if info.type == pafs.FileType.NotFound:
         loc.check_bucket()
         raise ShardError(
@@ -248,25 +251,7 @@ def prepare(
             "Parquet file with task and text columns"
         )
     if info.type == pafs.FileType.File:
-        if not input.lower().endswith(PARQUET_SUFFIXES):
-            raise ShardError(
-                f"{input} is a single file: give a directory of UTF-8 text files (one task per "
-                "file), or a Parquet file (.parquet) with task and text columns"
-            )
-        table = _read_parquet(loc, task_column, text_column)
-        keys = pc.unique(table.column(task_column)).to_pylist()
-        if not keys:
-            raise ShardError(f"{input} has no rows: add rows with task and text columns")
-        splits = assign_splits(sorted(keys), **split_opts)
-        params.update(
-            task_column=task_column,
-            text_column=text_column,
-            fingerprint=_fingerprint([("", info)]),
-        )
-        build = {"source": "parquet", "params": params, "seed": seed, "versions": {}}
-        return Prepared(
-            FAMILY, _parquet_tasks(table, task_column, text_column, splits), build, hint
-        )
+        return _prepare_parquet(loc, info, input, task_column, text_column, split_opts, params)
     files = _list_dir(loc, glob)
     if not files:
         raise ShardError(
@@ -276,4 +261,34 @@ def prepare(
     splits = assign_splits(sorted(files), **split_opts)
     params.update(glob=glob, files=len(files), fingerprint=_fingerprint(list(files.values())))
     build = {"source": "text-directory", "params": params, "seed": seed, "versions": {}}
-    return Prepared(FAMILY, _dir_tasks(loc, files, splits), build, hint)
+    return Prepared(FAMILY, _dir_tasks(loc, files, splits), build, HINT)
+
+
+def _prepare_parquet(
+    loc: Location,
+    info: pafs.FileInfo,
+    input: str,
+    task_column: str,
+    text_column: str,
+    split_opts: dict[str, Any],
+    params: dict[str, Any],
+) -> Prepared:
+    """One Parquet file with task and text columns: its tasks, split by key."""
+    if not input.lower().endswith(PARQUET_SUFFIXES):
+        raise ShardError(
+            f"{input} is a single file: give a directory of UTF-8 text files (one task per "
+            "file), or a Parquet file (.parquet) with task and text columns"
+        )
+    table = _read_parquet(loc, task_column, text_column)
+    keys = pc.unique(table.column(task_column)).to_pylist()
+    if not keys:
+        raise ShardError(f"{input} has no rows: add rows with task and text columns")
+    splits = assign_splits(sorted(keys), **split_opts)
+    params = {
+        **params,
+        "task_column": task_column,
+        "text_column": text_column,
+        "fingerprint": _fingerprint([("", info)]),
+    }
+    build = {"source": "parquet", "params": params, "seed": params["seed"], "versions": {}}
+    return Prepared(FAMILY, _parquet_tasks(table, task_column, text_column, splits), build, HINT)

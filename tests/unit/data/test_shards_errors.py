@@ -19,7 +19,7 @@ from pipeline.data.shards import clear_cache, open_shard_set
 from pipeline.data.sources import SourceTask, sinusoid, text, wordlang
 from pipeline.errors import EpisodeError, ShardError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True)
