@@ -59,6 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--test-keys", help="comma-separated tasks for test (instead of a fraction)")
     common(q)
 
+    _register_inspect(ssub)
+
+
+def _register_inspect(ssub: argparse._SubParsersAction) -> None:
     insp = ssub.add_parser("inspect", help="summarize a shard set and verify every file")
     insp.add_argument("uri", help="directory or s3://bucket/prefix")
     insp.add_argument("--s3-endpoint", help="S3 endpoint URL (else AWS_ENDPOINT_URL)")

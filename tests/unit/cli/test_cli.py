@@ -10,7 +10,7 @@ import pytest
 from pipeline.cli import build_parser, main
 from pipeline.cli.config_cmd import shipped_dir
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_version_and_examples(capsys) -> None:
