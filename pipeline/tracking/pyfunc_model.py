@@ -68,7 +68,6 @@ class MetarayPyfunc:
             return self.params
         return adapt(
             self.params,
-            None,
             support,
             model=self.model,
             steps=steps,
