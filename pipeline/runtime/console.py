@@ -93,7 +93,7 @@ class Progress:
         self._t0 = self._last_line = time.monotonic()
         self._post = ""
         self._bar = None
-        if is_tty(self.stream):
+        if is_tty(self.stream) and _columns(self.stream) > 0:  # (a 0-wide pty shows no bar)
             from tqdm import tqdm
 
             self._bar = tqdm(
@@ -135,6 +135,13 @@ class Progress:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _columns(stream: Any) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def _num(v: Any) -> str:
