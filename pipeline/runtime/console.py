@@ -186,16 +186,6 @@ def display_metrics(metrics: Mapping[str, float], episode: str) -> dict[str, flo
     return out
 
 
-def inner_curve_metrics(curve: Mapping[int, float], episode: str, skip: set[int]) -> dict:
-    """Validation loss after k inner steps, without the k already logged as val/loss_pre/post."""
-    unit = loss_unit(episode)
-    return {
-        f"val/loss_after_{k}_steps_{unit}": to_unit(v, episode)
-        for k, v in curve.items()
-        if k not in skip
-    }
-
-
 # -- rank 0 -> driver: progress and events ride the worker's stdout ------------------------
 EVENT = "[metaray-event] "  # a JSON object follows; the driver's filter draws it, never prints it
 NOISE = re.compile(
