@@ -148,11 +148,19 @@ def slices(cfg: RunConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline import config
+    from pipeline.errors import MetarayError
 
     args = list(sys.argv[1:] if argv is None else argv)
     path = args.pop(0) if args and "=" not in args[0] else None
-    cfg = config.load(path, args)
-    res = train(**slices(cfg), log=print)
+    try:
+        cfg = config.load(path, args)
+        res = train(**slices(cfg), log=print)
+    except config.ConfigError as exc:  # the message names the file and the fix: no traceback
+        print(f"local_train: config error: {exc}", file=sys.stderr)
+        return 2
+    except MetarayError as exc:
+        print(f"local_train: {exc}", file=sys.stderr)
+        return 1
     print(f"{len(res.history)} meta-steps in {res.seconds:.1f} s ({res.tasks_per_s:.0f} tasks/s)")
     return 0
 

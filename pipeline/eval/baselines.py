@@ -50,11 +50,11 @@ def multitask_config(run_cfg: Any) -> tuple[Any, Any]:
 
 
 SELECT_STEPS = (1, 2, 5)  # validation score: mean query loss after these fine-tuning steps
-SELECT_LR = 0.3  # fine-tuning lr of that score (tuned per step count only at evaluation)
 
 
-def select_score(model: nn.Module, params: Params, val_batch: Any, lr: float = SELECT_LR) -> float:
-    """Mean validation query loss after `SELECT_STEPS` fine-tuning steps from `params`."""
+def select_score(model: nn.Module, params: Params, val_batch: Any, lr: float) -> float:
+    """Mean validation query loss after `SELECT_STEPS` fine-tuning steps at `lr` from
+    `params` (inf when fine-tuning diverges)."""
     from pipeline.meta.inner import adapt_then_score
     from pipeline.meta.losses import model_loss
 
@@ -84,7 +84,8 @@ def pretrain_multitask(
     """Train the shared parameters on pooled training tasks for `steps` outer steps.
 
     With `val_batch` (validation tasks' episodes, torch), the parameters returned are the
-    best on validation (`select_score`, every `outer.val_every` steps and at the end), the
+    best on validation (`select_score` at the run's `inner.lr`, every `outer.val_every` steps
+    and at the end), the
     same best-on-validation selection a meta-training run gets: a fair baseline."""
     inner, data = multitask_config(run_cfg)
     state = outer.init_state(model, inner, run_cfg.outer, seed=seed)
@@ -107,7 +108,7 @@ def pretrain_multitask(
         if val_batch is not None and (
             (step + 1) % run_cfg.outer.val_every == 0 or step + 1 == steps
         ):
-            score = select_score(model, state.params, val_batch)
+            score = select_score(model, state.params, val_batch, run_cfg.inner.lr)
             if score < best[0]:
                 best = (score, {k: v.detach().clone() for k, v in state.params.items()})
     if best[1] is not None:

@@ -110,7 +110,7 @@ def _methods(
     cfg, state, dev = inp.cfg, inp.state, baselines.to_device
     rand = dev(baselines.random_init(model, cfg, seed=spec.seed + 1), opts.device)
     methods = [ev.Method("random init", rand, cfg.inner.lr, note="fresh seeded init")]
-    mt = _multitask(opts, cfg, model, inp.train_set, inp.train_tasks, state.step, log)
+    mt = _multitask(opts, inp, model, state.step + _init_steps(cfg, log), log)
     if mt is not None:
         methods.append(ev.Method("multitask", dev(mt, opts.device), cfg.inner.lr))
     n_tuned = len(methods)
@@ -249,7 +249,28 @@ def _publish(
     )
 
 
-def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):
+def _init_steps(cfg: Any, log: Callable[[str], None]) -> int:
+    """Outer steps already spent on the parameters a run started from (`checkpoint.init_from`,
+    e.g. multitask pretraining): the multitask baseline gets them too (the same budget)."""
+    uri = cfg.checkpoint.init_from
+    if not uri:
+        return 0
+    from pipeline import checkpoint as ckpt
+
+    try:
+        if uri.endswith(".safetensors"):
+            steps = int(baselines.load_params(uri)[1].get("steps", 0))
+        else:
+            steps = int(ckpt.load(ckpt.find(uri, select="last").path).state.step)
+    except Exception as exc:  # the baseline then gets fewer steps: say so, do not hide it
+        log(f"checkpoint.init_from={uri} unreadable here ({exc}): its steps are not counted")
+        return 0
+    log(f"the run started from {uri} ({steps} outer steps): counted in the baseline's budget")
+    return steps
+
+
+def _multitask(opts, inp, model, ck_steps, log):
+    cfg, train_set, train_tasks = inp.cfg, inp.train_set, inp.train_tasks
     ref = dict(model.named_parameters())
     if opts.baseline and Path(opts.baseline).is_file():
         params, meta = baselines.load_params(opts.baseline)
@@ -261,7 +282,23 @@ def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):
         log(f"multitask baseline skipped: training shards {cfg.data.uri} not readable here")
         return None
     steps = opts.baseline_steps or max(1, ck_steps)
-    log(f"multitask baseline: {steps} outer steps on {len(train_tasks)} training tasks")
+    val = None
+    if inp.val_tasks and cfg.data.episode != "classify":  # the same best-on-val selection
+        from pipeline.data import episodes as ep
+
+        batch = ep.build_step(
+            inp.val_set.read_task,
+            inp.val_tasks,
+            cfg.data,
+            seed=cfg.outer.seed + ep.VAL_SEED_OFFSET,
+            step=0,
+            meta_batch=cfg.outer.val_tasks,
+        )  # the validation episodes a training run scores itself on
+        val = ep.to_torch(batch)
+    log(
+        f"multitask baseline: {steps} outer steps on {len(train_tasks)} training tasks"
+        + (", its best on validation kept" if val is not None else "")
+    )
     unit, episode = console.loss_unit(cfg.data.episode), cfg.data.episode
     with Progress("multitask baseline", steps) as bar:
         params = baselines.pretrain_multitask(
@@ -274,6 +311,7 @@ def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):
             progress=lambda s, m: bar.update(
                 s, **{f"loss_{unit}": console.to_unit(m["loss_post"], episode)}
             ),
+            val_batch=val,
         )
     path = opts.baseline or str(Path(opts.out_dir) / "baseline.safetensors")
     baselines.save_params(path, params, {"steps": steps, "checkpoint": opts.checkpoint})

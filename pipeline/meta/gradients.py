@@ -1,7 +1,7 @@
 """Meta-gradients, pure: one function per algorithm family, the mean over tasks taken once.
 
 Families (`family` picks one per batch from `inner.algorithm` and the model's hooks):
-- the hand-derived reverse sweep (`meta/manual.py`; models with `grad_hvp`, the MLP):
+- the hand-derived reverse sweep (`meta/manual.py`; models with `grad_hvp`: MLP, GRU):
   MAML, FOMAML, Meta-SGD with no autograd at all;
 - autograd of the query loss through `inner.adapt`, second order (MAML, Meta-SGD, ANIL) or
   first order (FOMAML, `inner.first_order`);
@@ -75,7 +75,7 @@ def _manual_sweep(
     model: TaskModel,
     inner_cfg: InnerConfig,
 ) -> tuple[Params, Tensor, Params]:
-    """No autograd: the hand-derived reverse sweep (`meta/manual.py`, the MLP)."""
+    """No autograd: the hand-derived reverse sweep (`meta/manual.py`; MLP and GRU)."""
     g, dlr, q, adapted = manual_meta_gradients(
         model,
         state.params,

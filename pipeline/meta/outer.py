@@ -91,7 +91,11 @@ def apply_gradients(state: MetaState, grads: Params, outer_cfg: OuterConfig) -> 
     updates, opt = update(grads, state.opt, current, outer_cfg.lr)
     new = optim.apply_updates(current, updates)
     params = {k: new[k] for k in state.params}
-    lrs = {k: new.get(LR_PREFIX + k, v) for k, v in state.lrs.items()}
+    # a learned inner lr below 0 would climb the support loss: clamp at 0
+    lrs = {
+        k: new[LR_PREFIX + k].clamp_min(0.0) if LR_PREFIX + k in new else v
+        for k, v in state.lrs.items()
+    }
     return MetaState(params, lrs, opt, state.step + 1)
 
 
@@ -137,6 +141,8 @@ def train_step(
             state, batch, model=model, inner_cfg=plain, chunk=chunk, pre_metrics=False
         )
         grads = {k: g + inner_cfg.pre_weight * g0[k] if k in g0 else g for k, g in grads.items()}
+    if not inner_cfg.learn_init:  # the init stays: only Meta-SGD's inner lrs are learned
+        grads = {k: g for k, g in grads.items() if k.startswith(LR_PREFIX)}
     new = apply_gradients(state, all_reduce(grads), outer_cfg)
     return (new, out[1], out[2]) if return_adapted else (new, out[1])
 

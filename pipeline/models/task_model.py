@@ -8,7 +8,9 @@ so the loops choose their path once from `loss_and_grad` / `grad_hvp`, never by 
   per-task support loss and its gradient by hand (MLP; GRU lm/classify: hand-written BPTT);
   differentiable, so second-order MAML can backpropagate through it.
 - `grad_hvp(params, x, y, mask, u, need_grad) -> (grads, Hessian-vector products with u)`
-  (MLP): meta-gradients of MAML/FOMAML/Meta-SGD then need no autograd at all.
+  (MLP; GRU lm/classify): meta-gradients of MAML/FOMAML/Meta-SGD then need no autograd.
+  Both take an optional `cache=` dict: `loss_and_grad` leaves its pass there and `grad_hvp`
+  reuses it at the same params and data (the GRU; the MLP ignores it).
 Both always equal autograd (tested).
 """
 

@@ -101,11 +101,15 @@ def shared_fs_declared() -> bool:
 
 @contextmanager
 def connected(cfg: Any, sweep: Any = None) -> Iterator[None]:
-    """Refuse paths a cluster cannot use, join Ray (`launch.connect`), refuse node-local
-    outputs on a multi-node cluster; shut Ray down after the block if this started it."""
-    from pipeline.runtime.launch import connect
+    """Refuse paths a cluster cannot use and bad inputs (`checks.preflight`), join Ray
+    (`launch.connect`), refuse node-local outputs on a multi-node cluster; shut Ray down after
+    the block if this started it."""
+    from pipeline.runtime.checks import preflight
+    from pipeline.runtime.launch import absolute, connect
+    from pipeline.tracking import pin_uri
 
     check_job_paths(cfg, sweep)
+    preflight(pin_uri(absolute(cfg)))  # bad inputs answered before Ray starts
     started = connect(cfg)
     try:
         check_shared_storage(cfg, sweep)

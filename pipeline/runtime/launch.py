@@ -9,14 +9,17 @@ Ray traceback around it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline import config
 from pipeline.errors import MetarayError
+from pipeline.runtime import checks
 
 
 @dataclass
@@ -28,6 +31,9 @@ class TrainingResult:
     seconds: float = 0.0  # wall time of fit(), worker start-up included
     result: Any = None  # the ray.train.Result
     tracking_run: dict[str, str] = field(default_factory=dict)  # run_id, experiment_id
+    model: str = ""  # which checkpoint is the run's model (checkpoint.select), and where
+    stopped_early: bool = False
+    spilled: list[str] = field(default_factory=list)  # unsent tracking buffers (replay them)
 
 
 def _local(uri: str) -> bool:
@@ -83,6 +89,9 @@ def build_trainer(
     from pipeline.tracking.describe import source_tags
 
     cfg = pin_uri(absolute(cfg))
+    healed = checks.heal_run_dir(cfg)
+    if healed:
+        print(healed)
     pool = EpisodePool(cfg.data, cfg.cluster, cfg.outer)
     c = cfg.cluster
     return TorchTrainer(
@@ -118,16 +127,55 @@ def connect(cfg: config.RunConfig) -> bool:
     if ray.is_initialized():
         return False
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        # Train's controller drains each worker's one-slot report queue when it polls (every
-        # 2 s by default): poll faster so that checkpoints/validations never stall a step.
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     from pipeline.runtime import console
 
-    console.quiet()
+    console.quiet()  # colour codes off when not a terminal, the libraries' chatter off
+    if address:
+        ray.init(address=address, log_to_driver=True, logging_level=console.RAY_LEVEL)
+        return True
+    # Train's controller drains each worker's one-slot report queue when it polls (every
+    # 2 s by default): poll faster so that checkpoints/validations never stall a step.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     # address="local" never attaches to a `ray start` cluster left running on this machine.
-    ray.init(address=address or "local", log_to_driver=True, logging_level=console.RAY_LEVEL)
+    with loopback_only():
+        ray.init(
+            address="local",
+            log_to_driver=True,
+            _node_ip_address="127.0.0.1",
+            logging_level=console.RAY_LEVEL,
+        )
     return True
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Around `ray.init(address="local", _node_ip_address="127.0.0.1")`: keep the embedded
+    single-node Ray on 127.0.0.1.
+
+    Ray binds its GCS, raylet, object manager, every worker's gRPC server and the dashboard
+    agent to loopback when the node's IP is 127.0.0.1, but `ray.init` rewrites a loopback
+    `_node_ip_address` to the host's routable address (`services.resolve_ip_for_localhost`)
+    unless "clusters" are off (`ray_constants.ENABLE_RAY_CLUSTER`, read from
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when Ray is imported; the processes Ray starts read the
+    variable). Single node only, which `address="local"` always is. The dashboard page stays
+    on 127.0.0.1 (Ray's default). Both are restored afterwards, for a later `ray.init` of
+    this process that joins a real cluster."""
+    from ray._private import ray_constants
+
+    env, flag = os.environ.get(_CLUSTERS_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_CLUSTERS_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # the driver imported Ray before this call
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = flag
+        if env is None:
+            os.environ.pop(_CLUSTERS_ENV, None)
+        else:
+            os.environ[_CLUSTERS_ENV] = env
+
+
+_CLUSTERS_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def _metaray_cause(exc: BaseException) -> MetarayError | None:
@@ -159,23 +207,24 @@ def run_training(
     import ray.train
 
     from pipeline import checkpoint as ckpt
-    from pipeline.runtime import console
+    from pipeline.tracking import pin_uri
+    from pipeline.tracking.factory import spilled_since
 
+    cfg = pin_uri(absolute(cfg))  # before Ray starts: its workers inherit the credentials
+    checks.preflight(cfg)
     started = connect(cfg)
-    t0 = time.perf_counter()
+    t0, wall0 = time.perf_counter(), time.time()
     try:
-        trainer = build_trainer(cfg, worker_env=worker_env)
-        try:
-            with console.follow_workers() as follower:  # progress drawn here, noise dropped
-                result = trainer.fit()
-        except ray.train.TrainingFailedError as exc:
-            cause = _metaray_cause(exc)
-            if cause is not None:
-                raise cause from None
-            raise
-        finally:
-            release(trainer)
+        result, tracking_run = _fit(build_trainer(cfg, worker_env=worker_env))
         seconds = time.perf_counter() - t0
+        from pipeline.runtime.selection import prune_unregistered
+
+        pruned = prune_unregistered(absolute(cfg), result)
+        if pruned and not quiet:
+            print(
+                f"[metaray] removed {len(pruned)} checkpoint(s) written before an interruption "
+                f"that Ray never registered: {', '.join(pruned)}"
+            )
         history: list[dict[str, float]] = []
         where = None
         if result.checkpoint is not None:
@@ -189,14 +238,52 @@ def run_training(
             history=history,
             seconds=seconds,
             result=result,
+            model=_model_line(cfg) if where else "",
+            stopped_early=bool((result.metrics or {}).get("stopped_early")),
+            spilled=[str(p) for p in spilled_since(cfg.tracking, wall0)]
+            if cfg.tracking.enabled
+            else [],
         )
-        out.tracking_run = dict(follower.run) if follower else {}
+        out.tracking_run = tracking_run
         if not quiet:
             print(summary(cfg, out))
         return out
     finally:
         if started:
             ray.shutdown()
+
+
+def _fit(trainer: Any) -> tuple[Any, dict[str, str]]:
+    """`trainer.fit()` with the workers' output followed (progress drawn on this driver, the
+    libraries' noise dropped); a worker's metaray error comes back as itself. Returns the
+    result and the tracking run rank 0 announced."""
+    import ray.train
+
+    from pipeline.runtime import console
+
+    try:
+        with console.follow_workers() as follower:
+            result = trainer.fit()
+        return result, dict(follower.run) if follower else {}
+    except ray.train.TrainingFailedError as exc:
+        cause = _metaray_cause(exc)
+        if cause is not None:
+            raise cause from None
+        raise
+    finally:
+        release(trainer)
+
+
+def _model_line(cfg: config.RunConfig) -> str:
+    from pipeline import checkpoint as ckpt
+    from pipeline.runtime.selection import run_uri
+
+    select = cfg.checkpoint.select
+    try:
+        found = ckpt.find(run_uri(absolute(cfg)), s3_endpoint=cfg.data.s3_endpoint, select=select)
+    except MetarayError as exc:  # the run's result stands; say why no model line
+        return f"not found ({exc})"
+    return f"{found.why}: {found.uri}"
 
 
 def summary(cfg: config.RunConfig, r: TrainingResult) -> str:

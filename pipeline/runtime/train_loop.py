@@ -25,11 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline import checkpoint as ckpt
 from pipeline import config
 from pipeline.data import episodes as ep
 from pipeline.meta import outer
-from pipeline.runtime import console
+from pipeline.runtime import console, selection
 from pipeline.runtime import worker_report as wr
 from pipeline.runtime.collective import mean_all_reduce, mean_metrics
 
@@ -64,10 +63,15 @@ class _Run:
     all_reduce: Callable[[outer.Params], outer.Params]
     bank: Any  # BankHook when bank.enabled, else None
     clock: _Clock
+    best: selection.BestVal  # best validation so far; early stopping
+    end: int  # the step this attempt trains to (a run that stopped early stays stopped)
 
     @property
     def total(self) -> int:
         return self.cfg.outer.steps
+
+    def last(self, done: int) -> bool:
+        return done == self.end or self.best.stopped_early
 
 
 def _threads(cluster: config.ClusterConfig) -> int:
@@ -96,17 +100,10 @@ def _to(state: outer.MetaState, device: torch.device) -> outer.MetaState:
     return outer.MetaState(move(state.params), move(state.lrs), move(state.opt), state.step)
 
 
-def _restore(state: outer.MetaState) -> tuple[outer.MetaState, list[dict[str, float]], bool]:
-    """State and loss history from `ray.train.get_checkpoint()` (resume), else as given."""
-    import ray.train  # Ray: the checkpoint of a restarted attempt
-
-    found = ray.train.get_checkpoint()
-    if found is None:
-        return state, [], False
-    with found.as_directory() as d:
-        loaded = ckpt.load(d)
-    ckpt.restore_rng(loaded.rng)
-    return loaded.state, [h for h in loaded.history if h["step"] <= loaded.state.step], True
+def _restore(cfg: config.RunConfig, state: outer.MetaState) -> selection.Restored:
+    """The newest intact checkpoint of the run (Ray's, or one Ray never registered), else
+    `checkpoint.resume_from`, else `checkpoint.init_from`'s parameters, else `state`."""
+    return selection.restore(cfg, state)  # Ray: ray.train.get_checkpoint() inside
 
 
 def _maybe_fault(step: int, rank: int) -> None:
@@ -133,17 +130,21 @@ def _setup(raw: dict[str, Any]) -> _Run:
     device = _device(cfg.cluster)
     model = build_model(cfg.model, cfg.data).to(device)
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=cfg.outer.seed)
-    state, history, resumed = _restore(state)
+    state, history, resumed, note, extra = _restore(cfg, state)
+    best = selection.BestVal.from_extra(extra)
     state = _to(state, device)
     start = state.step
+    end = start if best.stopped_early else cfg.outer.steps
     if rank == 0:
         what = f"resumed at step {start}" if resumed else "starting"
         wr.say(f"{cfg.checkpoint.run_name}: {what}, {cfg.outer.steps} steps, {world} worker(s)")
+        if note:
+            wr.say(note)
     pool = EpisodePool(cfg.data, cfg.cluster, cfg.outer, actors=raw.get("episode_actors"))
     tracker = wr.start_tracker(cfg, rank, start, raw.get("tags"))
     val = ep.to_torch(pool.val_batch(rank, world), device) if pool.val_tasks else None
     all_reduce = mean_all_reduce(world)
-    stream = pool.stream(rank, world, start, cfg.outer.steps)
+    stream = pool.stream(rank, world, start, end)
     bank = None
     if cfg.bank.enabled:  # adapted params + descriptors -> the shared memory bank (async)
         from pipeline.bank.trainer_hook import BankHook
@@ -165,6 +166,8 @@ def _setup(raw: dict[str, Any]) -> _Run:
         all_reduce=all_reduce,
         bank=bank,
         clock=_Clock(last_step=start),
+        best=best,
+        end=end,
     )
 
 
@@ -199,8 +202,9 @@ def _train_step(run: _Run, step: int, batch: Any) -> tuple[dict[str, float], boo
 
 
 def _validate(run: _Run, done: int, metrics: dict[str, float]) -> bool:
-    """Query loss after 0, 1 and `inner.steps` steps on the validation batch, when due."""
-    last = done == run.total
+    """Query loss after 0, 1 and `inner.steps` steps on the validation batch, when due; a new
+    best is saved beside the run's checkpoints (rank 0); patience spent stops the run."""
+    last = run.last(done)
     if run.val is None or not (done % run.cfg.outer.val_every == 0 or last):
         return False
     curve = outer.evaluate(
@@ -221,6 +225,11 @@ def _validate(run: _Run, done: int, metrics: dict[str, float]) -> bool:
         done,
         unit=console.loss_unit(ep_kind),
     )
+    if run.best.update(metrics["val_loss_post"], done, run.cfg.outer.early_stop_patience):
+        if run.rank == 0:
+            run.best.save(run.cfg, run.state, run.cfg_tree, run.history)
+    elif run.best.stopped_early:
+        metrics["stopped_early"] = run.history[-1]["stopped_early"] = 1.0
     return True
 
 
@@ -229,7 +238,7 @@ def _report_step(
 ) -> None:
     """Log `loss`; on a checkpoint, validation, timed or last step also the throughput
     figures, the console line and `ray.train.report` (with the checkpoint when one is due)."""
-    last = done == run.total
+    last = run.last(done)
     save = done % run.cfg.checkpoint.every == 0 or last
     episode = run.cfg.data.episode
     run.tracker.log_metrics(console.display_metrics({"loss_post": metrics["loss"]}, episode), done)
@@ -253,17 +262,32 @@ def _report_step(
         run.history,
         with_checkpoint=save and run.rank == 0,
         tracker=run.tracker if last else None,
+        extra=run.best.to_extra(),
     )
+    if run.best.stopped_early and run.rank == 0:
+        b = run.best
+        wr.say(
+            f"stopped early at step {done}: no new best val_loss_post in {b.since} "
+            f"validations (outer.early_stop_patience); best {b.loss:.4f} at step {b.step}"
+        )
 
 
 def _finish(run: _Run) -> None:
     """A run with nothing left to train reports its last metrics; else rank 0 logs the model."""
-    if run.start >= run.total:
+    if run.start >= run.end:
         wr.report_done(run.start, run.history)
-    elif run.rank == 0:
-        weights = {f"params.{k}": v.cpu() for k, v in run.state.params.items()}
+    elif run.rank == 0:  # the run's model: its best on validation (checkpoint.select) or last
+        params, which = selection.final_params(run.cfg, run.state, run.best)
+        wr.say(which)
+        weights = {f"params.{k}": v.cpu() for k, v in params.items()}
         lrs = {k: v.cpu() for k, v in run.state.lrs.items()}
-        run.tracker.log_model(weights, config.to_dict(run.cfg), lrs=lrs, step=run.total)
+        run.tracker.log_model(weights, config.to_dict(run.cfg), lrs=lrs, step=_model_step(run))
+
+
+def _model_step(run: _Run) -> int:
+    """The outer step the logged model is from: the best validation's when that is kept."""
+    best = getattr(run.best, "step", 0)
+    return best if run.cfg.checkpoint.select == "best" and best else run.state.step
 
 
 def _close(run: _Run, status: str) -> None:
@@ -284,6 +308,8 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
             metrics, timed = _train_step(run, step, batch)
             validated = _validate(run, step + 1, metrics)
             _report_step(run, step + 1, metrics, validated=validated, timed=timed)
+            if run.best.stopped_early:
+                break
         _finish(run)
         status = "FINISHED"
     finally:

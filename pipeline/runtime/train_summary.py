@@ -45,6 +45,11 @@ def validation_note(history: list[dict[str, float]], episode: str) -> str | None
     )
 
 
+def _run_dir(cfg: config.RunConfig) -> str:
+    """What `evaluate`/`adapt` take: the run directory (its model is found there)."""
+    return f"{cfg.checkpoint.storage.rstrip('/')}/{cfg.checkpoint.run_name}"
+
+
 def summary(cfg: config.RunConfig, r: Any) -> str:
     from pipeline.tracking.describe import where_to_look
     from pipeline.tracking.factory import resolve_uri
@@ -81,14 +86,24 @@ def summary(cfg: config.RunConfig, r: Any) -> str:
             f"  last interval: {m['episodes_per_s']:.1f} episodes/s, "
             f"{wait:.1f}% of step time waiting for data"
         )
-    lines.append(f"  checkpoint: {r.checkpoint}")
+    if getattr(r, "stopped_early", False):
+        lines.append(
+            f"  stopped early: no new best validation loss in {cfg.outer.early_stop_patience} "
+            "validation(s) (outer.early_stop_patience)"
+        )
+    lines.append(f"  last checkpoint: {r.checkpoint}")
+    for path in getattr(r, "spilled", []):
+        lines.append(
+            f"  tracking: the server did not answer; this run's calls are saved in {path}: "
+            f"send them with `python -m pipeline.tracking replay {path}`"
+        )
+    if getattr(r, "model", ""):
+        lines.append(f"  model (checkpoint.select={cfg.checkpoint.select}): {r.model}")
     run = getattr(r, "tracking_run", {}) or {}
     if cfg.tracking.enabled:
         uri = resolve_uri(cfg.tracking)
         lines.append("  next: " + where_to_look(uri, run.get("experiment_id"), run.get("run_id")))
-        lines.append(
-            f"  next: metaray evaluate --checkpoint {r.checkpoint} --shards {cfg.data.uri}"
-        )
+    lines.append(f"  next: metaray evaluate --checkpoint {_run_dir(cfg)} --shards {cfg.data.uri}")
     return "\n".join(lines)
 
 

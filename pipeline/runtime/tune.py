@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline import config
 from pipeline.config import ConfigError, RunConfig
+from pipeline.runtime import tune_state
 from pipeline.runtime.tune_config import SweepConfig, apply_overrides
 from pipeline.runtime.tune_report import SweepResult, summarize, write_best
 
@@ -171,14 +172,19 @@ def run_sweep(
     import ray
     from ray import tune
 
+    from pipeline.runtime.checks import preflight
     from pipeline.runtime.launch import absolute, connect
     from pipeline.tracking import pin_uri
 
     # Validation reports carry the metric, step reports do not: ASHA skips results without it.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     base = pin_uri(absolute(base))
+    preflight(base)
     storage = _storage(sweep)
     sweep_dir = f"{storage}/{sweep.name}"
+    resume = tune.Tuner.can_restore(sweep_dir)
+    if resume:  # before anything is unpickled: metaray must have written this state
+        tune_state.verify(sweep_dir)
     started = connect(base)
     try:
         limit = concurrency(base, sweep, ray.cluster_resources())
@@ -197,6 +203,8 @@ def run_sweep(
         except BaseException:
             parent.end("FAILED")  # an interrupted sweep: Tune state kept, rerun resumes
             raise
+        finally:  # whatever Tune left is what the next run may resume
+            tune_state.sign(sweep_dir)
         result = summarize(grid, base, sweep)
         out = best_out or (
             f"{sweep_dir}/best_config.yaml"
@@ -231,6 +239,7 @@ def _tuner(
     from ray import tune
 
     if tune.Tuner.can_restore(sweep_dir):
+        tune_state.verify(sweep_dir)  # nothing is unpickled that metaray did not write
         if not quiet:
             print(f"[metaray] resuming sweep {sweep.name!r} from {sweep_dir}")
         return tune.Tuner.restore(sweep_dir, trainable=trainable, resume_errored=True)
@@ -258,9 +267,12 @@ def _best_config(base: RunConfig, sweep: SweepConfig, result: SweepResult, sweep
         sweep_dir=sweep_dir,
         parent_run_id=None,
     )
-    return best_cfg.model_copy(
+    best_cfg = best_cfg.model_copy(
         update={"checkpoint": base.checkpoint.model_copy(update={"run_name": f"{sweep.name}-best"})}
     )
+    from pipeline.tracking import redact_tree  # a file people share: no credentials
+
+    return config.from_dict(redact_tree(config.to_dict(best_cfg)), "best config")
 
 
 def _finish_parent(parent: Any, base: RunConfig, result: SweepResult) -> None:

@@ -149,13 +149,28 @@ def _list_dir(loc: Location, glob: str) -> dict[str, tuple[str, pafs.FileInfo]]:
 def _dir_tasks(
     loc: Location, files: dict[str, tuple[str, pafs.FileInfo]], splits: dict[str, str]
 ) -> Iterator[SourceTask]:
+    """One task per file. A file that is not UTF-8 (or has no lines) does not stop the
+    others being read: every such file is reported together, after the last one."""
+    problems: list[str] = []
     for key in sorted(files):
         rel = files[key][0]
         where = loc.display(rel)
-        lines = decode_lines(loc.read_bytes(rel), where)
+        try:
+            lines = decode_lines(loc.read_bytes(rel), where)
+        except ShardError as exc:
+            problems.append(str(exc))
+            continue
         if not lines:
-            raise ShardError(f"{where} has no non-blank lines: add examples or remove the file")
-        yield SourceTask(key, splits[key], _table(lines), {"source": rel})
+            problems.append(f"{where} has no non-blank lines: add examples or remove the file")
+        elif not problems:  # once one file is bad nothing is written: just read on
+            yield SourceTask(key, splits[key], _table(lines), {"source": rel})
+    if len(problems) == 1:
+        raise ShardError(problems[0])
+    if problems:
+        raise ShardError(
+            f"{loc.uri}: {len(problems)} of {len(files)} files cannot be used:\n  "
+            + "\n  ".join(problems)
+        )
 
 
 def _read_parquet(loc: Location, task_column: str, text_column: str) -> pa.Table:

@@ -411,6 +411,7 @@ def test_build_failing_over_a_complete_set_keeps_the_old_set(tmp_path):
             broken(),
             build={"source": "sinusoid", "params": {"points": 12}},
             rows_per_file=10,
+            overwrite=True,
         )
     ss = open_shard_set(str(out))
     assert ss.manifest.build["build_id"] == old.manifest.build["build_id"]
