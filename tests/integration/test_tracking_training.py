@@ -114,6 +114,39 @@ def test_smoke_run_reads_back_params_metrics_plots_and_model(
     )
     assert got["y_pred_meta_init"].tolist() == pytest.approx(want.reshape(-1).tolist(), abs=1e-5)
 
+    # `metaray evaluate` of that run: its own run, nested under the training run, opened
+    # before the work (its duration is the evaluation's), results as a table, CIs as metrics
+    from pipeline.eval import run as eval_run
+    from pipeline.eval.methods import EvalSpec
+
+    spec = EvalSpec(steps=(0, 1), shots=(5,), k_query=5, episodes=2)
+    opts = eval_run.Options(
+        checkpoint=str(tmp_path / "runs" / "smoke"),
+        shards=str(smoke_shards),
+        out_dir=str(tmp_path / "eval"),
+        spec=spec,
+        baseline_steps=2,
+        lr_grid=(0.01,),
+        tracking=True,
+    )
+    eval_run.run(opts, log=lambda _: None)
+    (ev,) = client.search_runs(
+        [run.info.experiment_id], "tags.`metaray.kind` = 'evaluate'", max_results=5
+    )
+    assert ev.data.tags["mlflow.parentRunId"] == run.info.run_id
+    assert ev.data.tags["metaray.training_run_id"] == run.info.run_id
+    assert ev.info.status == "FINISHED" and ev.info.end_time - ev.info.start_time > 500
+    names = set(ev.data.metrics)
+    assert {"eval/k5/meta_init", "eval/k5/meta_init/ci_lo", "eval/k5/meta_init/ci_hi"} <= names
+    assert "eval/k5/meta_init_minus_random_init" in names
+    table = client.load_table(
+        run.info.experiment_id, "evaluation/results.json", run_ids=[ev.info.run_id]
+    )
+    assert {"meta-init", "random init"} <= set(table["method"])
+    plots = {a.path for a in client.list_artifacts(ev.info.run_id, "evaluation")}
+    assert "evaluation/eval_k5.png" in plots
+    assert not client.list_artifacts(ev.info.run_id, "plots")  # no meta-step curves here
+
 
 def test_tracking_server_killed_mid_run_training_completes(
     ray_cluster, smoke_shards: Path, tmp_path: Path, monkeypatch
