@@ -44,7 +44,7 @@ def _tune(args: argparse.Namespace) -> int:
         import dataclasses
         import json
 
-        fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+        fields = dataclasses.asdict(result)  # rows and best as objects, not their repr
         fields.pop("table", None)  # the printed table; rows hold the same figures
         print(json.dumps(fields, default=str))
     return 0 if result.best is not None else 1
