@@ -114,3 +114,24 @@ def read(opts: Any, log: Callable[[str], None]) -> Inputs:
         else (train_set, train_set.tasks("val") if train_set else [])
     )
     return Inputs(cfg, loaded.state, shards, test_tasks, train_set, train_tasks, val_set, val_tasks)
+
+
+def init_steps(cfg: Any, log: Callable[[str], None]) -> int:
+    """Outer steps already spent on the parameters a run started from (`checkpoint.init_from`,
+    e.g. multitask pretraining): the multitask baseline gets them too (the same budget)."""
+    uri = cfg.checkpoint.init_from
+    if not uri:
+        return 0
+    from pipeline import checkpoint as ckpt
+    from pipeline.eval.baselines import load_params
+
+    try:
+        if uri.endswith(".safetensors"):
+            steps = int(load_params(uri)[1].get("steps", 0))
+        else:
+            steps = int(ckpt.load(ckpt.find(uri, select="last").path).state.step)
+    except Exception as exc:  # the baseline then gets fewer steps: say so, do not hide it
+        log(f"checkpoint.init_from={uri} unreadable here ({exc}): its steps are not counted")
+        return 0
+    log(f"the run started from {uri} ({steps} outer steps): counted in the baseline's budget")
+    return steps

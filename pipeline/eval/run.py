@@ -110,7 +110,7 @@ def _methods(
     cfg, state, dev = inp.cfg, inp.state, baselines.to_device
     rand = dev(baselines.random_init(model, cfg, seed=spec.seed + 1), opts.device)
     methods = [ev.Method("random init", rand, cfg.inner.lr, note="fresh seeded init")]
-    mt = _multitask(opts, inp, model, state.step + _init_steps(cfg, log), log)
+    mt = _multitask(opts, inp, model, state.step + eval_inputs.init_steps(cfg, log), log)
     if mt is not None:
         methods.append(ev.Method("multitask", dev(mt, opts.device), cfg.inner.lr))
     n_tuned = len(methods)
@@ -249,26 +249,6 @@ def _publish(
     )
 
 
-def _init_steps(cfg: Any, log: Callable[[str], None]) -> int:
-    """Outer steps already spent on the parameters a run started from (`checkpoint.init_from`,
-    e.g. multitask pretraining): the multitask baseline gets them too (the same budget)."""
-    uri = cfg.checkpoint.init_from
-    if not uri:
-        return 0
-    from pipeline import checkpoint as ckpt
-
-    try:
-        if uri.endswith(".safetensors"):
-            steps = int(baselines.load_params(uri)[1].get("steps", 0))
-        else:
-            steps = int(ckpt.load(ckpt.find(uri, select="last").path).state.step)
-    except Exception as exc:  # the baseline then gets fewer steps: say so, do not hide it
-        log(f"checkpoint.init_from={uri} unreadable here ({exc}): its steps are not counted")
-        return 0
-    log(f"the run started from {uri} ({steps} outer steps): counted in the baseline's budget")
-    return steps
-
-
 def _multitask(opts, inp, model, ck_steps, log):
     cfg, train_set, train_tasks = inp.cfg, inp.train_set, inp.train_tasks
     ref = dict(model.named_parameters())
@@ -286,14 +266,13 @@ def _multitask(opts, inp, model, ck_steps, log):
     if inp.val_tasks and cfg.data.episode != "classify":  # the same best-on-val selection
         from pipeline.data import episodes as ep
 
-        batch = ep.build_step(
+        batch = ep.validation_batch(  # the episodes a training run scores itself on
             inp.val_set.read_task,
             inp.val_tasks,
             cfg.data,
-            seed=cfg.outer.seed + ep.VAL_SEED_OFFSET,
-            step=0,
-            meta_batch=cfg.outer.val_tasks,
-        )  # the validation episodes a training run scores itself on
+            seed=cfg.outer.seed,
+            n=cfg.outer.val_tasks,
+        )
         val = ep.to_torch(batch)
     log(
         f"multitask baseline: {steps} outer steps on {len(train_tasks)} training tasks"

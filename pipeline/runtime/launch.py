@@ -119,6 +119,19 @@ def release(trainer: Any) -> None:
         ray.kill(actor)
 
 
+REPORT_POLL_S = "0.5"
+
+
+def fast_report_poll() -> None:
+    """Train's controller drains each worker's one-slot report queue when it polls (every
+    2 s by default), so a step that reports waits for the poll. Ray Train V2 hands this
+    variable from the driver to its controller and workers at `fit()` (ENV_VARS_TO_PROPAGATE),
+    so setting it here covers embedded Ray, `ray job submit`, launcher and KubeRay clusters
+    alike (they all start `metaray train`, whose driver calls `connect`). A value the user
+    set is kept."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
+
+
 def connect(cfg: config.RunConfig) -> bool:
     """Join `cluster.address` / `RAY_ADDRESS`, else start an embedded local Ray.
     Returns True when this call started Ray (the caller then shuts it down)."""
@@ -126,6 +139,7 @@ def connect(cfg: config.RunConfig) -> bool:
 
     if ray.is_initialized():
         return False
+    fast_report_poll()
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     from pipeline.runtime import console
 
@@ -133,9 +147,6 @@ def connect(cfg: config.RunConfig) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True, logging_level=console.RAY_LEVEL)
         return True
-    # Train's controller drains each worker's one-slot report queue when it polls (every
-    # 2 s by default): poll faster so that checkpoints/validations never stall a step.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     # address="local" never attaches to a `ray start` cluster left running on this machine.
     with loopback_only():
         ray.init(

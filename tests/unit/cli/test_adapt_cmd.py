@@ -7,6 +7,7 @@ from pipeline import checkpoint, config
 from pipeline.cli import main
 from pipeline.meta import outer
 from pipeline.models import build_model
+from pipeline.runtime import selection
 
 
 def _checkpoint(tmp_path):
@@ -107,7 +108,7 @@ def test_adapt_takes_a_run_directory_and_uses_its_best_on_validation(tmp_path, c
     run = tmp_path / "runs" / "quickstart"
     later = outer.MetaState(state.params, state.lrs, state.opt, 9)
     checkpoint.save(run / "checkpoint_2026-12-01_00-00-09", later, config=config.to_dict(cfg))
-    checkpoint.write_best(
+    selection.write_best(
         str(run), state, config=config.to_dict(cfg), history=[], best_val={"loss": 1.5}
     )
     support = tmp_path / "words.txt"
