@@ -10,7 +10,10 @@ Imports only torch and the functional core (no pydantic/Ray), so `gpu_check.py` 
 
 from __future__ import annotations
 
+import ast
+import contextlib
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -23,19 +26,28 @@ from pipeline.meta.losses import task_loss
 Params = dict[str, Tensor]
 
 
+def config_defaults(cls_name: str) -> dict:
+    """Field defaults of a `pipeline/config.py` slice, read with `ast` (no pydantic: the GPU
+    machine has none), so a knob added there reaches the bench configs by itself."""
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "pipeline" / "config.py").read_text())
+    body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name).body
+    out = {}
+    for node in body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        value = node.value
+        if isinstance(value, ast.Call) and value.args:  # Field(default, ...)
+            value = value.args[0]
+        with contextlib.suppress(ValueError, TypeError):
+            out[node.target.id] = ast.literal_eval(value)
+    return out
+
+
 def plain_cfgs(algorithm: str, steps: int, lr: float, outer_lr: float = 1e-3):
-    """(inner, outer) settings as plain namespaces with every field the core reads: the GPU
-    machine has no pydantic, so `pipeline.config` (whose defaults these are) cannot load."""
-    inner = SimpleNamespace(
-        algorithm=algorithm,
-        steps=steps,
-        lr=lr,
-        first_order=False,
-        lr_shape="param",
-        step_schedule=(),
-        pre_weight=0.0,
-    )
-    return inner, SimpleNamespace(optimizer="adam", lr=outer_lr, grad_clip=None, chunk=None)
+    """(inner, outer) slices as plain namespaces: `pipeline.config`'s defaults, overridden."""
+    inner = {**config_defaults("InnerConfig"), "algorithm": algorithm, "steps": steps, "lr": lr}
+    outer = {**config_defaults("OuterConfig"), "optimizer": "adam", "lr": outer_lr}
+    return SimpleNamespace(**inner), SimpleNamespace(**outer)
 
 
 def one_task_loss(model: nn.Module, steps: int, lr: float) -> Callable[..., Tensor]:

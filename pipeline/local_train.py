@@ -67,20 +67,6 @@ def cached_reader(source: TaskSource, max_tasks: int = 4096) -> Callable[[str], 
     return read
 
 
-def validation_batch(
-    read: Callable[[str], dict], tasks: list[str], data: DataConfig, outer_cfg: OuterConfig
-) -> ep.EpisodeBatch:
-    """The fixed validation batch (same episodes at every validation)."""
-    return ep.build_step(
-        read,
-        tasks,
-        data,
-        seed=outer_cfg.seed + ep.VAL_SEED_OFFSET,
-        step=0,
-        meta_batch=outer_cfg.val_tasks,
-    )
-
-
 def train(
     data: DataConfig,
     model_cfg: ModelConfig,
@@ -105,7 +91,11 @@ def train(
     train_tasks, val_tasks = source.tasks("train"), source.tasks("val")
     model = build_model(model_cfg, data)
     state = outer.init_state(model, inner, outer_cfg, seed=outer_cfg.seed)
-    val = ep.to_torch(validation_batch(read, val_tasks, data, outer_cfg)) if val_tasks else None
+    val = None
+    if val_tasks:
+        val = ep.to_torch(
+            ep.validation_batch(read, val_tasks, data, seed=outer_cfg.seed, n=outer_cfg.val_tasks)
+        )
     result = LocalResult(state, model)
     total = outer_cfg.steps if steps is None else steps
     start = time.perf_counter()

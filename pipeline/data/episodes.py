@@ -236,6 +236,23 @@ def build_step(
     return collate(eps)
 
 
+def validation_batch(
+    read_task: Callable[[str], Rows],
+    val_tasks: Sequence[str],
+    data_cfg: DataConfig,
+    *,
+    seed: int,
+    n: int,
+) -> EpisodeBatch:
+    """The fixed validation batch of a run seeded `seed` (`outer.seed`): `n` episodes
+    (`outer.val_tasks`) of its own seed stream, the same at every validation. Training
+    (single-process and the episode actors' share) and evaluation's baseline selection
+    score on it."""
+    return build_step(
+        read_task, val_tasks, data_cfg, seed=seed + VAL_SEED_OFFSET, step=0, meta_batch=n
+    )
+
+
 def to_torch(batch: EpisodeBatch, device: Any = "cpu") -> EpisodeBatch:
     import torch
 

@@ -181,7 +181,7 @@ class EpisodePool:
 
     def val_batch(self, rank: int, world: int) -> Any:
         """Rank `rank`'s share of the fixed validation batch (the same at every validation,
-        and the same episodes as `pipeline.local_train.validation_batch`)."""
+        and the same episodes as `episodes.validation_batch`)."""
         n, seed = self.val_size(world), self.seed + ep.VAL_SEED_OFFSET
         calls = self.request(self.val_tasks, [0], n, rank, world, seed=seed)
         return self.assemble(calls, ray.get([ref for _, ref in calls]))[0]
