@@ -224,7 +224,7 @@ def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):
 
 def _bank_method(opts, cfg, model, meta: ev.Method, log) -> ev.Method:
     from pipeline.bank.service import BankService
-    from pipeline.bank.warm_start import warm_start
+    from pipeline.bank.warm_start import warm_start, with_entry_support
 
     endpoint = opts.s3_endpoint or cfg.bank.s3_endpoint  # read-only: the WAL is replayed
     bank_cfg = cfg.bank.model_copy(update={"snapshot_uri": opts.bank, "s3_endpoint": endpoint})
@@ -233,7 +233,15 @@ def _bank_method(opts, cfg, model, meta: ev.Method, log) -> ev.Method:
     sources: list[str] = []
 
     def start(support, kind):
-        params, info = warm_start(model, meta.params, support, cfg=bank_cfg, query=service.query)
+        params, info = warm_start(
+            model,
+            meta.params,
+            support,
+            cfg=bank_cfg,
+            query=with_entry_support(service),
+            lrs=meta.lrs,  # the probe (bank.select=probe) adapts with the method's own rates
+            trainable=meta.trainable,
+        )
         sources.extend(info.sources)
         return params
 
