@@ -12,6 +12,8 @@ saying where adaptation started, the similarity, the steps and the support loss 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,18 +43,35 @@ def _read_support(path: str) -> list[str]:
 
 
 def _adapt(args: argparse.Namespace) -> int:
-    import os
+    """Checkpoint + support file -> warm start (bank) or meta-init -> inner loop -> file."""
+    loaded, cfg, model = _load(args)
+    support, n_examples = _support(args.support, cfg)
+    query, svc = _bank_query(args, cfg)
+    steps = cfg.inner.steps if args.steps is None else args.steps
+    result = _run_adapt(loaded, cfg, model, support, query, steps)
+    _write(args, result, steps, n_examples)
+    if args.key and svc is not None:
+        _store(svc, args.key, result, steps, n_examples)
+    info = result.info
+    print(f"start: {info.sources[0]} (best similarity {info.best_sims[0]})")
+    print(f"support loss {result.before:.4f} -> {result.after:.4f} nats/byte after {steps} steps")
+    print(f"wrote {args.out}")
+    return 0
 
-    import numpy as np
-    import torch
-    from safetensors.torch import save_file
 
+@dataclass
+class _Result:
+    adapted: dict[str, Any]  # task-batched [1, ...] adapted parameters
+    info: Any  # warm_start.StartInfo: where adaptation started
+    before: float  # support loss at the meta-init
+    after: float  # support loss adapted
+    names: list[str]  # the meta-parameters' names
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The checkpoint, its config with the command line's overrides, the model."""
     from pipeline import checkpoint, config
-    from pipeline.bank.warm_start import adapt_with_bank, flatten_batched
-    from pipeline.data.episodes import Split, encode
     from pipeline.errors import MetarayError
-    from pipeline.meta.losses import model_loss
-    from pipeline.meta.outer import trainable_names
     from pipeline.models import build_model
 
     loaded = checkpoint.load(args.checkpoint)
@@ -66,25 +85,45 @@ def _adapt(args: argparse.Namespace) -> int:
             f"metaray adapt takes text support files, for lm models; this checkpoint is "
             f"data.episode={cfg.data.episode!r}"
         )
-    model = build_model(cfg.model, cfg.data)
-    x, y, mask = encode(_read_support(args.support), cfg.data.max_len)
-    support = Split(*(torch.from_numpy(a[None]) for a in (x, y, mask)))
-    query, svc = None, None
+    return loaded, cfg, build_model(cfg.model, cfg.data)
+
+
+def _support(path: str, cfg: Any) -> tuple[Any, int]:
+    """The support file as one task's Split of tensors (T=1), and its number of examples."""
+    import torch
+
+    from pipeline.data.episodes import Split, encode
+
+    x, y, mask = encode(_read_support(path), cfg.data.max_len)
+    return Split(*(torch.from_numpy(a[None]) for a in (x, y, mask))), int(x.shape[0])
+
+
+def _bank_query(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
+    """(query callable or None, in-process BankService or None) for the chosen bank."""
     if args.bank_uri:
         from pipeline.bank.service import BankService
 
         svc = BankService(cfg.bank.model_copy(update={"snapshot_uri": args.bank_uri}))
-        query = svc.query
-    elif args.bank_running:
-        import ray
+        return svc.query, svc
+    if args.bank_running:
+        import ray  # Ray: the running bank actor of a cluster
 
         from pipeline.bank import actor
 
         ray.init(address=cfg.cluster.address or "auto", log_to_driver=False)
         handle = actor.lookup_bank(cfg.bank.name, cfg.bank.namespace)
-        query = lambda d, k: actor.query(handle, d, k)  # noqa: E731
+        return (lambda d, k: actor.query(handle, d, k)), None
+    return None, None
+
+
+def _run_adapt(loaded: Any, cfg: Any, model: Any, support: Any, query: Any, steps: int) -> _Result:
+    import torch
+
+    from pipeline.bank.warm_start import adapt_with_bank
+    from pipeline.meta.losses import model_loss
+    from pipeline.meta.outer import trainable_names
+
     params = loaded.state.params
-    steps = cfg.inner.steps if args.steps is None else args.steps
     adapted, info = adapt_with_bank(
         model,
         params,
@@ -98,33 +137,44 @@ def _adapt(args: argparse.Namespace) -> int:
     with torch.no_grad():
         before = float(model_loss(model, params, support)[0])
         after = float(model_loss(model, adapted, support)[0])
-    tensors = {k: v[0].contiguous() for k, v in adapted.items()}
+    return _Result(adapted, info, before, after, list(params))
+
+
+def _write(args: argparse.Namespace, result: _Result, steps: int, n_examples: int) -> None:
+    """The adapted parameters as safetensors, with where they came from; atomic."""
+    import os
+
+    from safetensors.torch import save_file
+
+    tensors = {k: v[0].contiguous() for k, v in result.adapted.items()}
     meta = {
-        "start": info.sources[0],
-        "best_similarity": str(info.best_sims[0]),
+        "start": result.info.sources[0],
+        "best_similarity": str(result.info.best_sims[0]),
         "steps": str(steps),
-        "support_examples": str(x.shape[0]),
-        "support_loss_meta_init": f"{before:.6f}",
-        "support_loss_adapted": f"{after:.6f}",
+        "support_examples": str(n_examples),
+        "support_loss_meta_init": f"{result.before:.6f}",
+        "support_loss_adapted": f"{result.after:.6f}",
         "checkpoint": os.path.abspath(args.checkpoint),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"
     save_file(tensors, tmp, metadata=meta)
     os.replace(tmp, args.out)
-    if args.key and svc is not None:
-        names = list(params)
-        svc.put(
-            {
-                "keys": [args.key],
-                "descriptor": info.descriptors,
-                "params": flatten_batched(adapted, names),
-                "step": np.array([steps]),
-                "support": np.array([x.shape[0]]),
-                "loss": np.array([after]),
-            }
-        )
-    print(f"start: {info.sources[0]} (best similarity {info.best_sims[0]})")
-    print(f"support loss {before:.4f} -> {after:.4f} nats/byte after {steps} steps")
-    print(f"wrote {args.out}")
-    return 0
+
+
+def _store(svc: Any, key: str, result: _Result, steps: int, n_examples: int) -> None:
+    """Also keep the result in the (in-process) bank under `key`."""
+    import numpy as np
+
+    from pipeline.bank.warm_start import flatten_batched
+
+    svc.put(
+        {
+            "keys": [key],
+            "descriptor": result.info.descriptors,
+            "params": flatten_batched(result.adapted, result.names),
+            "step": np.array([steps]),
+            "support": np.array([n_examples]),
+            "loss": np.array([result.after]),
+        }
+    )

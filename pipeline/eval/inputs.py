@@ -1,11 +1,14 @@
-"""Inputs of `metaray evaluate`: find the checkpoint (local or s3://), default shot counts,
-script groups of held-out wordlang languages, the training shard set."""
+"""Inputs of `metaray evaluate`: find and read the checkpoint (local or s3://), the shard sets
+and their splits, default shot counts, script groups of held-out wordlang languages."""
 
 from __future__ import annotations
 
 import posixpath
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import MetarayError
 
@@ -82,3 +85,56 @@ def open_or_none(uri: str, endpoint: str | None):
         return open_shard_set(uri, s3_endpoint=endpoint)
     except MetarayError:
         return None
+
+
+@dataclass
+class Inputs:
+    """What `metaray evaluate` reads before it runs anything."""
+
+    cfg: Any  # the checkpoint's RunConfig
+    state: Any  # its MetaState
+    shards: Any  # the shard set evaluated on (test tasks; val tasks when it has them)
+    test_tasks: list[str]
+    train_set: Any  # the run's own training shard set, None when not readable here
+    train_tasks: list[str]
+    val_set: Any
+    val_tasks: list[str]
+
+    @property
+    def kind(self) -> str:
+        return self.cfg.data.episode
+
+
+def read(opts: Any, log: Callable[[str], None]) -> Inputs:
+    """The checkpoint and its config; the shard set; its test, train and val tasks.
+    `opts`: `pipeline.eval.run.Options`."""
+    from pipeline import checkpoint as ckpt
+    from pipeline import config
+    from pipeline.data.shards import open_shard_set
+
+    loaded = ckpt.load(find_checkpoint(opts.checkpoint, opts.s3_endpoint))
+    cfg = config.from_dict(loaded.config, source=f"{opts.checkpoint} (checkpoint config)")
+    kind = cfg.data.episode
+    log(f"checkpoint {opts.checkpoint}: step {loaded.state.step}, {cfg.inner.algorithm}, {kind}")
+    endpoint = opts.s3_endpoint or cfg.data.s3_endpoint
+    shards = open_shard_set(opts.shards, s3_endpoint=endpoint)
+    needs = "sinusoid" if kind == "regression" else "wordlang or text"
+    if (shards.family == "sinusoid") != (kind == "regression"):
+        raise MetarayError(
+            f"{opts.shards} is a {shards.family} shard set but the checkpoint was trained for "
+            f"{kind} episodes; evaluate it on a {needs} shard set"
+        )
+    test_tasks = shards.tasks("test")[: opts.max_tasks]
+    if not test_tasks:
+        raise MetarayError(f"{opts.shards}: no test tasks; build the shard set with a test split")
+    # Training tasks (baseline, script groups) are those of the run's own shard set.
+    train_set = (
+        shards if cfg.data.uri in (opts.shards, None) else open_or_none(cfg.data.uri, endpoint)
+    )
+    train_tasks = train_set.tasks("train") if train_set else []
+    val_set, val_tasks = (
+        (shards, shards.tasks("val"))
+        if shards.tasks("val")
+        else (train_set, train_set.tasks("val") if train_set else [])
+    )
+    return Inputs(cfg, loaded.state, shards, test_tasks, train_set, train_tasks, val_set, val_tasks)

@@ -16,6 +16,8 @@ from matplotlib.figure import Figure
 from pipeline.eval import stats as st
 
 REFERENCE = "meta-init"  # paired differences are reference minus each other method
+BASELINE = "multitask"  # the verdict compares the meta-init against multitask + fine-tuning
+MIN_CI_TASKS = 4  # a CI over 3 or fewer tasks means nothing: such groups show the mean only
 
 
 def build(
@@ -79,6 +81,8 @@ def build(
             m: {str(s): {t: list(map(float, v)) for t, v in raw[m][k][s].items()} for s in steps}
             for m in methods
         }
+    if REFERENCE in raw and BASELINE in raw:
+        rep["verdict"] = verdict(rep)
     return rep
 
 
@@ -112,7 +116,7 @@ def table(rep: Mapping[str, Any]) -> str:
             lines.append(f"  {g}: {', '.join(rep['groups'][g])}")
             for name, per in per_g.items():
                 label = ("  Δ " if " - " in name else "  ") + name
-                lines.append(_row(label, [st.fmt(per[s]) for s in steps], w))
+                lines.append(_row(label, [_group_cell(per[s]) for s in steps], w))
         last = steps[-1]
         lines.append(f"  per task after {last} steps:")
         tasks = sorted(next(iter(res.values()))[last]["tasks"])
@@ -122,7 +126,60 @@ def table(rep: Mapping[str, Any]) -> str:
             cells = [st.fmt(res[m][last]["tasks"][t]) for m in res]
             cells += [st.fmt(p[last]["tasks"][t]) for p in rep["paired"][k].values()]
             lines.append(_row(f"  {t}", cells, w))
+    if rep.get("verdict"):
+        lines += ["", "Verdict (paired 95% CIs over held-out tasks, not over episodes):"]
+        lines += [f"  {v}" for v in rep["verdict"]]
     return "\n".join(lines).lstrip("\n")
+
+
+def _group_cell(stat: Mapping[str, Any]) -> str:
+    if stat.get("n_tasks", 0) < MIN_CI_TASKS and stat.get("n"):
+        return f"{stat['mean']:.3f} (n={stat['n_tasks']})"
+    return st.fmt(stat)
+
+
+def _steps_word(s: int) -> str:
+    return f"{s} step" + ("" if s == 1 else "s")
+
+
+def verdict(rep: Mapping[str, Any], *, baseline: str = BASELINE) -> list[str]:
+    """Plain sentences, derived from the paired 95% CIs over held-out tasks, saying whether
+    the meta-init beats `baseline` fine-tuning after each inner-step count (> 0) and shot
+    count. A CI over fewer than `MIN_CI_TASKS` tasks decides nothing and says so."""
+    key = f"{REFERENCE} - {baseline}"
+    lower = not rep["higher_is_better"]
+    unit = {"bits per byte": " bpb", "accuracy": ""}.get(rep["metric"], "")
+    out: list[str] = []
+    for k in map(str, rep["shots"]):
+        per = rep["paired"].get(k, {}).get(key)
+        if per is None:
+            out.append(f"K={k}: no {baseline} baseline in this evaluation: no verdict")
+            continue
+        for s in (s for s in rep["steps"] if s > 0):
+            o = per[str(s)]["overall"]
+            n, after = o.get("n_tasks", 0), f"after {_steps_word(s)} at K={k}"
+            what = "held-out " + ("languages" if rep.get("family") == "wordlang" else "tasks")
+            if o.get("ci_over") != "tasks" or n < MIN_CI_TASKS:
+                out.append(f"{after}: {n} {what} cannot decide (need {MIN_CI_TASKS}+)")
+                continue
+            gain = -o["mean"] if lower else o["mean"]
+            lo, hi = sorted((-o["hi"], -o["lo"]) if lower else (o["lo"], o["hi"]))
+            ci = f"95% CI {lo:.2f} to {hi:.2f}, {n} {what}"
+            if lo > 0:
+                out.append(
+                    f"meta-init beats {baseline} fine-tuning {after} by {gain:.2f}{unit} ({ci})"
+                )
+            elif hi < 0:
+                out.append(
+                    f"meta-init is WORSE than {baseline} fine-tuning {after} by "
+                    f"{-gain:.2f}{unit} ({ci})"
+                )
+            else:
+                out.append(
+                    f"meta-init does not measurably beat {baseline} fine-tuning {after} "
+                    f"(gain {gain:+.2f}{unit}, {ci})"
+                )
+    return out
 
 
 def write_json(rep: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:

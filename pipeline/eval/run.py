@@ -42,61 +42,68 @@ class Options:
 
 
 def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from pipeline import checkpoint as ckpt
-    from pipeline import config
-    from pipeline.data.shards import open_shard_set
-    from pipeline.meta.outer import trainable_names
-    from pipeline.models import build_model
+    """Read the inputs, build the methods, tune the baselines, evaluate, report."""
+    inp = eval_inputs.read(opts, log)
+    model = _build_model(opts, inp.cfg)
+    spec = _spec(opts, inp, log)
+    methods, n_tuned = _methods(opts, inp, model, spec, log)
+    try:
+        _tune_baselines(opts, inp, model, methods[:n_tuned], spec, log)
+        by_shot = {
+            k: _episodes(inp.shards, inp.test_tasks, inp, spec, shot=k, n=spec.episodes)
+            for k in spec.shots
+        }
+    except EpisodeError as exc:
+        raise MetarayError(f"{exc} (in `metaray evaluate`: lower --shots or --k-query)") from None
+    raw = ev.evaluate_methods(
+        model, methods, by_shot, spec, n_way=inp.cfg.data.n_way, progress=log, device=opts.device
+    )
+    rep = _build_report(opts, inp, spec, methods, raw)
+    _publish(opts, inp.cfg, rep, log)
+    return rep
 
-    ck_dir = eval_inputs.find_checkpoint(opts.checkpoint, opts.s3_endpoint)
-    loaded = ckpt.load(ck_dir)
-    cfg = config.from_dict(loaded.config, source=f"{opts.checkpoint} (checkpoint config)")
-    kind = cfg.data.episode
-    log(f"checkpoint {opts.checkpoint}: step {loaded.state.step}, {cfg.inner.algorithm}, {kind}")
-    endpoint = opts.s3_endpoint or cfg.data.s3_endpoint
-    shards = open_shard_set(opts.shards, s3_endpoint=endpoint)
-    needs = "sinusoid" if kind == "regression" else "wordlang or text"
-    if (shards.family == "sinusoid") != (kind == "regression"):
-        raise MetarayError(
-            f"{opts.shards} is a {shards.family} shard set but the checkpoint was trained for "
-            f"{kind} episodes; evaluate it on a {needs} shard set"
-        )
-    test_tasks = shards.tasks("test")[: opts.max_tasks]
-    if not test_tasks:
-        raise MetarayError(f"{opts.shards}: no test tasks; build the shard set with a test split")
-    # Training tasks (baseline, script groups) are those of the run's own shard set.
-    train_set = (
-        shards
-        if cfg.data.uri in (opts.shards, None)
-        else eval_inputs.open_or_none(cfg.data.uri, endpoint)
-    )
-    train_tasks = train_set.tasks("train") if train_set else []
-    val_set, val_tasks = (
-        (shards, shards.tasks("val"))
-        if shards.tasks("val")
-        else (train_set, train_set.tasks("val") if train_set else [])
-    )
+
+def _build_model(opts: Options, cfg: Any) -> Any:
+    from pipeline.models import build_model
 
     threads = opts.threads or cfg.cluster.threads_per_worker
     if threads:  # the run's per-worker setting: oversubscribed small matmuls run many times slower
         import torch
 
         torch.set_num_threads(threads)
-    model = build_model(cfg.model, cfg.data).to(opts.device)
-    state = loaded.state
-    dev = baselines.to_device
+    return build_model(cfg.model, cfg.data).to(opts.device)
+
+
+def _spec(opts: Options, inp: eval_inputs.Inputs, log: Callable[[str], None]) -> ev.EvalSpec:
+    """The evaluation spec with the checkpoint's defaults filled in (k_query, shot counts)."""
     spec = opts.spec
     if not spec.shots or not spec.k_query:
-        spec = replace(spec, k_query=spec.k_query or cfg.data.k_query)
-        spec = replace(
-            spec, shots=spec.shots or eval_inputs.default_shots(cfg, shards, test_tasks, spec, log)
+        spec = replace(spec, k_query=spec.k_query or inp.cfg.data.k_query)
+        shots = spec.shots or eval_inputs.default_shots(
+            inp.cfg, inp.shards, inp.test_tasks, spec, log
         )
-    methods: list[ev.Method] = []
+        spec = replace(spec, shots=shots)
+    return spec
+
+
+def _methods(
+    opts: Options,
+    inp: eval_inputs.Inputs,
+    model: Any,
+    spec: ev.EvalSpec,
+    log: Callable[[str], None],
+) -> tuple[list[ev.Method], int]:
+    """random init, multitask (when trainable), meta-init, bank warm start (with --bank);
+    and how many of them, from the front, are fine-tuning baselines whose lr gets tuned."""
+    from pipeline.meta.outer import trainable_names
+
+    cfg, state, dev = inp.cfg, inp.state, baselines.to_device
     rand = dev(baselines.random_init(model, cfg, seed=spec.seed + 1), opts.device)
-    methods.append(ev.Method("random init", rand, cfg.inner.lr, note="fresh seeded init"))
-    mt = _multitask(opts, cfg, model, train_set, train_tasks, state.step, log)
+    methods = [ev.Method("random init", rand, cfg.inner.lr, note="fresh seeded init")]
+    mt = _multitask(opts, cfg, model, inp.train_set, inp.train_tasks, state.step, log)
     if mt is not None:
         methods.append(ev.Method("multitask", dev(mt, opts.device), cfg.inner.lr))
+    n_tuned = len(methods)
     lrs = state.lrs if isinstance(state.lrs, dict) else float(state.lrs)
     methods.append(
         ev.Method(
@@ -108,81 +115,98 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
     )
     if opts.bank:
         methods.append(_bank_method(opts, cfg, model, methods[-1], log))
+    return methods, n_tuned
 
-    read = shards.read_task
-    try:
-        # N-way episodes need N validation tasks; lm/regression tune on up to 4 of them.
-        tune_tasks = val_tasks if kind == "classify" else val_tasks[:4]
-        if kind == "classify" and len(val_tasks) < cfg.data.n_way:
-            log(f"{len(val_tasks)} val tasks < n_way={cfg.data.n_way}: baseline lrs untuned")
-            tune_tasks = []
-        if tune_tasks:  # tune the fine-tuning baselines' learning rate, never on test tasks
-            tune_eps = ev.make_episodes(
-                val_set.read_task,
-                tune_tasks,
-                cfg.data,
-                shot=spec.shots[0],
-                k_query=spec.k_query,
-                n_episodes=opts.tune_episodes,
-                seed=spec.seed + 7,
-            )
-            for m in methods[: 2 if mt is not None else 1]:
-                m.lrs, scores = ev.tune_lr(
-                    model,
-                    m,
-                    tune_eps,
-                    opts.lr_grid,
-                    spec.steps,
-                    kind=kind,
-                    n_way=cfg.data.n_way,
-                    device=opts.device,
-                )
-                log(
-                    f"{m.name}: fine-tuning lr {m.lrs:g} (val {ev.METRIC[kind]}: "
-                    + ", ".join(f"{k:g}->{v:.3f}" for k, v in scores.items())
-                    + ")"
-                )
-                if len(opts.lr_grid) > 1 and m.lrs in (min(opts.lr_grid), max(opts.lr_grid)):
-                    log(f"  {m.name}: the best lr is at the edge of the grid; widen --lr-grid")
-        else:
-            log("no usable validation tasks: the baselines keep the run's inner lr (untuned)")
-        by_shot = {
-            k: ev.make_episodes(
-                read,
-                test_tasks,
-                cfg.data,
-                shot=k,
-                k_query=spec.k_query,
-                n_episodes=spec.episodes,
-                seed=spec.seed,
-            )
-            for k in spec.shots
-        }
-    except EpisodeError as exc:
-        raise MetarayError(f"{exc} (in `metaray evaluate`: lower --shots or --k-query)") from None
-    raw = ev.evaluate_methods(
-        model, methods, by_shot, spec, n_way=cfg.data.n_way, progress=log, device=opts.device
+
+def _episodes(
+    shards, tasks, inp: eval_inputs.Inputs, spec: ev.EvalSpec, *, shot: int, n: int, seed=None
+):
+    return ev.make_episodes(
+        shards.read_task,
+        tasks,
+        inp.cfg.data,
+        shot=shot,
+        k_query=spec.k_query,
+        n_episodes=n,
+        seed=spec.seed if seed is None else seed,
     )
-    rep = eval_report.build(
+
+
+def _tune_baselines(
+    opts: Options,
+    inp: eval_inputs.Inputs,
+    model: Any,
+    baselines_: list[ev.Method],
+    spec: ev.EvalSpec,
+    log: Callable[[str], None],
+) -> None:
+    """Tune the fine-tuning baselines' learning rate on validation tasks, never on test tasks."""
+    kind, n_way = inp.kind, inp.cfg.data.n_way
+    # N-way episodes need N validation tasks; lm/regression tune on up to 4 of them.
+    tune_tasks = inp.val_tasks if kind == "classify" else inp.val_tasks[:4]
+    if kind == "classify" and len(inp.val_tasks) < n_way:
+        log(f"{len(inp.val_tasks)} val tasks < n_way={n_way}: baseline lrs untuned")
+        tune_tasks = []
+    if not tune_tasks:
+        log("no usable validation tasks: the baselines keep the run's inner lr (untuned)")
+        return
+    tune_eps = _episodes(
+        inp.val_set,
+        tune_tasks,
+        inp,
+        spec,
+        shot=spec.shots[0],
+        n=opts.tune_episodes,
+        seed=spec.seed + 7,
+    )
+    for m in baselines_:
+        m.lrs, scores = ev.tune_lr(
+            model,
+            m,
+            tune_eps,
+            opts.lr_grid,
+            spec.steps,
+            kind=kind,
+            n_way=n_way,
+            device=opts.device,
+        )
+        log(
+            f"{m.name}: fine-tuning lr {m.lrs:g} (val {ev.METRIC[kind]}: "
+            + ", ".join(f"{k:g}->{v:.3f}" for k, v in scores.items())
+            + ")"
+        )
+        if len(opts.lr_grid) > 1 and m.lrs in (min(opts.lr_grid), max(opts.lr_grid)):
+            log(f"  {m.name}: the best lr is at the edge of the grid; widen --lr-grid")
+
+
+def _build_report(
+    opts: Options, inp: eval_inputs.Inputs, spec: ev.EvalSpec, methods: list[ev.Method], raw: dict
+) -> dict[str, Any]:
+    kind = inp.kind
+    return eval_report.build(
         raw,
         kind=kind,
         metric=ev.METRIC[kind],
         higher_is_better=ev.HIGHER_IS_BETTER[kind],
-        groups=eval_inputs.script_groups(shards.family, train_tasks, test_tasks),
+        groups=eval_inputs.script_groups(inp.shards.family, inp.train_tasks, inp.test_tasks),
         info={
             "checkpoint": opts.checkpoint,
             "shards": opts.shards,
             "bank": opts.bank,
-            "checkpoint_step": state.step,
-            "algorithm": cfg.inner.algorithm,
-            "family": shards.family,
-            "test_tasks": test_tasks,
+            "checkpoint_step": inp.state.step,
+            "algorithm": inp.cfg.inner.algorithm,
+            "family": inp.shards.family,
+            "test_tasks": inp.test_tasks,
             "k_query": spec.k_query,
             "episodes_per_task": spec.episodes,
             "lrs": {m.name: m.lrs for m in methods if isinstance(m.lrs, float)},
             "notes": {m.name: m.note for m in methods if m.note},
         },
     )
+
+
+def _publish(opts: Options, cfg: Any, rep: dict[str, Any], log: Callable[[str], None]) -> None:
+    """JSON + PNGs under --out; to MLflow when tracking is on (flag, else the run's config)."""
     track = cfg.tracking.enabled if opts.tracking is None else opts.tracking
     eval_report.publish(
         rep,
@@ -192,7 +216,6 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
         run_name=f"evaluate-{cfg.checkpoint.run_name}",
         log=log,
     )
-    return rep
 
 
 def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):

@@ -5,28 +5,68 @@ Every rank builds the same initial state from the seed (or the same checkpoint),
 slice of each step's global meta-batch from the episode actors, and applies the mean of all
 ranks' gradients, so all ranks hold identical parameters and the run's trajectory does not
 depend on the number of workers. Rank 0 writes checkpoints and owns the tracker.
+
+The loop reads as a recipe: `_setup` -> per step `_train_step`, `_validate`, `_report_step`
+-> `_finish` -> `_close`. The Ray touch points are `_rank_world` (ray.train.get_context),
+`_restore` (ray.train.get_checkpoint), `_device` (ray.train.torch) and the two
+`ray.train.report` calls in `pipeline.runtime.worker_report`.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
-import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
+from torch import nn
 
 from pipeline import checkpoint as ckpt
 from pipeline import config
 from pipeline.data import episodes as ep
 from pipeline.meta import outer
+from pipeline.runtime import worker_report as wr
 from pipeline.runtime.collective import mean_all_reduce, mean_metrics
 
 FAULT_ENV = "METARAY_FAULT_KILL"  # "step:rank:marker": SIGKILL that rank once (tests)
+
+
+@dataclass
+class _Clock:
+    """Wall-clock marks for the throughput metrics of the next report."""
+
+    t0: float = field(default_factory=time.perf_counter)  # this attempt's loop start
+    last_t: float = field(default_factory=time.perf_counter)  # the previous report
+    last_step: int = 0
+
+
+@dataclass
+class _Run:
+    """What one rank's loop holds from setup to close."""
+
+    cfg: config.RunConfig
+    cfg_tree: dict[str, Any]  # the config as the driver sent it (saved in checkpoints)
+    rank: int
+    world: int
+    device: torch.device
+    model: nn.Module
+    state: outer.MetaState
+    history: list[dict[str, float]]
+    start: int
+    stream: Any  # EpisodeStream: (step, numpy batch) of this rank's slices
+    tracker: Any  # rank 0's tracker, a NullTracker elsewhere
+    val: Any  # this rank's share of the fixed validation batch (torch), or None
+    all_reduce: Callable[[outer.Params], outer.Params]
+    bank: Any  # BankHook when bank.enabled, else None
+    clock: _Clock
+
+    @property
+    def total(self) -> int:
+        return self.cfg.outer.steps
 
 
 def _threads(cluster: config.ClusterConfig) -> int:
@@ -35,10 +75,17 @@ def _threads(cluster: config.ClusterConfig) -> int:
 
 def _device(cluster: config.ClusterConfig) -> torch.device:
     if cluster.use_gpu:
-        from ray.train.torch import get_device
+        from ray.train.torch import get_device  # Ray: this worker's GPU
 
         return get_device()
     return torch.device("cpu")
+
+
+def _rank_world() -> tuple[int, int]:
+    import ray.train  # Ray: which rank of how many this worker is
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()
 
 
 def _to(state: outer.MetaState, device: torch.device) -> outer.MetaState:
@@ -50,7 +97,7 @@ def _to(state: outer.MetaState, device: torch.device) -> outer.MetaState:
 
 def _restore(state: outer.MetaState) -> tuple[outer.MetaState, list[dict[str, float]], bool]:
     """State and loss history from `ray.train.get_checkpoint()` (resume), else as given."""
-    import ray.train
+    import ray.train  # Ray: the checkpoint of a restarted attempt
 
     found = ray.train.get_checkpoint()
     if found is None:
@@ -72,186 +119,159 @@ def _maybe_fault(step: int, rank: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _report(
-    metrics: dict[str, float],
-    state: outer.MetaState,
-    cfg_tree: dict,
-    history: list,
-    *,
-    with_checkpoint: bool,
-    tracker: Any = None,
-) -> None:
-    """`ray.train.report`; with a checkpoint on rank 0. `tracker` (the final report only) also
-    gets the checkpoint as an MLflow artifact: it copies the directory before it is deleted."""
-    import ray.train
-
-    if not with_checkpoint:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory(prefix="metaray-ckpt-") as d:
-        ckpt.save(d, state, config=cfg_tree, history=history)
-        if tracker is not None:
-            from pipeline.tracking import redact_tree
-
-            with tempfile.TemporaryDirectory(prefix="metaray-ckpt-mlflow-") as shared:
-                # MLflow gets the same checkpoint with its config's credentials redacted
-                ckpt.save(shared, state, config=redact_tree(cfg_tree), history=history)
-                tracker.log_artifact(shared, "checkpoint")
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-
-def train_loop_per_worker(raw: dict[str, Any]) -> None:
-    """`raw`: `{"config": config.to_dict(cfg), "episode_actors": [handles]}` (the actors are
-    optional: without them this rank starts a private pool) or the config dict alone."""
-    import ray.train
-
+def _setup(raw: dict[str, Any]) -> _Run:
+    """Config, rank, model, initial or restored state, episode stream, tracker, bank hook."""
     from pipeline.models import build_model
     from pipeline.runtime.episode_actors import EpisodePool
 
     cfg_tree = raw.get("config", raw)
     cfg = config.from_dict(cfg_tree, "train_loop_config")
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = _rank_world()
     torch.set_num_threads(_threads(cfg.cluster))
     device = _device(cfg.cluster)
-
     model = build_model(cfg.model, cfg.data).to(device)
-    buffers = dict(model.named_buffers()) or None
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=cfg.outer.seed)
     state, history, resumed = _restore(state)
     state = _to(state, device)
-    start, total = state.step, cfg.outer.steps
+    start = state.step
     if rank == 0:
         what = f"resumed at step {start}" if resumed else "starting"
-        _say(f"{cfg.checkpoint.run_name}: {what}, {total} steps, {world} worker(s)")
-
+        wr.say(f"{cfg.checkpoint.run_name}: {what}, {cfg.outer.steps} steps, {world} worker(s)")
     pool = EpisodePool(cfg.data, cfg.cluster, cfg.outer, actors=raw.get("episode_actors"))
-    tracker = _start_tracker(cfg, rank, start)
+    tracker = wr.start_tracker(cfg, rank, start)
     val = ep.to_torch(pool.val_batch(rank, world), device) if pool.val_tasks else None
     all_reduce = mean_all_reduce(world)
-    eval_steps = sorted({0, 1, cfg.inner.steps})
-    stream = pool.stream(rank, world, start, total)
+    stream = pool.stream(rank, world, start, cfg.outer.steps)
     bank = None
     if cfg.bank.enabled:  # adapted params + descriptors -> the shared memory bank (async)
         from pipeline.bank.trainer_hook import BankHook
 
         bank = BankHook(cfg, model, pool, rank, world)
-    t0, last_t, last_step, metrics = time.perf_counter(), time.perf_counter(), start, {}
+    return _Run(
+        cfg=cfg,
+        cfg_tree=cfg_tree,
+        rank=rank,
+        world=world,
+        device=device,
+        model=model,
+        state=state,
+        history=history,
+        start=start,
+        stream=stream,
+        tracker=tracker,
+        val=val,
+        all_reduce=all_reduce,
+        bank=bank,
+        clock=_Clock(last_step=start),
+    )
+
+
+def _train_step(run: _Run, step: int, batch: Any) -> tuple[dict[str, float], bool]:
+    """One meta-step; -> (metrics averaged over ranks, whether a timed report is due)."""
+    _maybe_fault(step, run.rank)
+    cfg = run.cfg
+    run.state, local = outer.train_step(
+        run.state,
+        ep.to_torch(batch, run.device),
+        model=run.model,
+        inner_cfg=cfg.inner,
+        outer_cfg=cfg.outer,
+        all_reduce=run.all_reduce,
+    )
+    if run.bank is not None:
+        run.bank.after_step(step, run.state, batch)
+    done = step + 1
+    # Rank 0 decides whether a metric-only report is due (ray.train.report blocks when
+    # called faster than the controller polls); the flag rides the metrics' mean.
+    due = done % cfg.cluster.report_every == 0
+    since = time.perf_counter() - run.clock.last_t
+    tick = due and run.rank == 0 and since >= cfg.cluster.report_min_s
+    metrics = mean_metrics({**local, "_tick": float(tick)}, run.world)
+    timed = metrics.pop("_tick") > 0
+    run.history.append({"step": done, **metrics})
+    return {"step": done, "loss": metrics["loss_post"], **metrics}, timed
+
+
+def _validate(run: _Run, done: int, metrics: dict[str, float]) -> bool:
+    """Query loss after 0, 1 and `inner.steps` steps on the validation batch, when due."""
+    last = done == run.total
+    if run.val is None or not (done % run.cfg.outer.val_every == 0 or last):
+        return False
+    curve = outer.evaluate(
+        run.state,
+        run.val,
+        model=run.model,
+        inner_cfg=run.cfg.inner,
+        steps=sorted({0, 1, run.cfg.inner.steps}),
+        chunk=run.cfg.outer.chunk,
+    )
+    curve = mean_metrics({str(k): v for k, v in curve.items()}, run.world)
+    metrics["val_loss_pre"] = curve["0"]
+    metrics["val_loss_post"] = curve[str(run.cfg.inner.steps)]
+    run.history[-1].update(val_loss_pre=curve["0"], val_loss_post=metrics["val_loss_post"])
+    run.tracker.log_inner_curve({int(k): v for k, v in curve.items()}, done)
+    return True
+
+
+def _report_step(
+    run: _Run, done: int, metrics: dict[str, float], *, validated: bool, timed: bool
+) -> None:
+    """Log `loss`; on a checkpoint, validation, timed or last step also the throughput
+    figures, the console line and `ray.train.report` (with the checkpoint when one is due)."""
+    last = done == run.total
+    save = done % run.cfg.checkpoint.every == 0 or last
+    run.tracker.log_metrics({"loss": metrics["loss"]}, done)
+    if not (save or validated or last or timed):
+        return
+    now, clock = time.perf_counter(), run.clock
+    episodes = (done - clock.last_step) * run.cfg.outer.meta_batch
+    metrics["episodes_per_s"] = episodes / max(now - clock.last_t, 1e-9)
+    metrics["data_wait_frac"] = run.stream.wait_s / max(now - clock.t0, 1e-9)
+    metrics["train_s"] = now - clock.t0  # this attempt's loop time, start-up excluded
+    metrics["peak_rss_mb"] = wr.peak_rss_mb()  # this rank's process
+    clock.last_t, clock.last_step = now, done
+    logged = {k: v for k, v in metrics.items() if k not in ("step", "loss")}
+    run.tracker.log_metrics(logged, done)  # `loss` went out above, every step
+    if run.rank == 0 and (validated or last or done % max(1, run.total // 20) == 0):
+        wr.say(wr.line(metrics, run.total))
+    wr.report(
+        metrics,
+        run.state,
+        run.cfg_tree,
+        run.history,
+        with_checkpoint=save and run.rank == 0,
+        tracker=run.tracker if last else None,
+    )
+
+
+def _finish(run: _Run) -> None:
+    """A run with nothing left to train reports its last metrics; else rank 0 logs the model."""
+    if run.start >= run.total:
+        wr.report_done(run.start, run.history)
+    elif run.rank == 0:
+        weights = {f"params.{k}": v.cpu() for k, v in run.state.params.items()}
+        run.tracker.log_model(weights, config.to_dict(run.cfg))
+
+
+def _close(run: _Run, status: str) -> None:
+    """Flush the bank writer, then end the tracked run with `status`."""
+    if run.bank is not None:
+        stats = run.bank.close()
+        run.tracker.log_metrics({f"bank_{k}": float(v) for k, v in stats.items()}, run.total)
+    run.tracker.end(status)
+
+
+def train_loop_per_worker(raw: dict[str, Any]) -> None:
+    """`raw`: `{"config": config.to_dict(cfg), "episode_actors": [handles]}` (the actors are
+    optional: without them this rank starts a private pool) or the config dict alone."""
+    run = _setup(raw)
     status = "FAILED"
     try:
-        for step, batch in stream:
-            _maybe_fault(step, rank)
-            state, local = outer.train_step(
-                state,
-                ep.to_torch(batch, device),
-                model=model,
-                inner_cfg=cfg.inner,
-                outer_cfg=cfg.outer,
-                buffers=buffers,
-                all_reduce=all_reduce,
-            )
-            if bank is not None:
-                bank.after_step(step, state, batch)
-            done, last = step + 1, step + 1 == total
-            # Rank 0 decides whether a metric-only report is due (ray.train.report blocks
-            # when called faster than the controller polls); the flag rides the metrics' mean.
-            due = done % cfg.cluster.report_every == 0
-            tick = due and rank == 0 and time.perf_counter() - last_t >= cfg.cluster.report_min_s
-            metrics = mean_metrics({**local, "_tick": float(tick)}, world)
-            timed = metrics.pop("_tick") > 0
-            history.append({"step": done, **metrics})
-            metrics = {"step": done, "loss": metrics["loss_post"], **metrics}
-            validate = val is not None and (done % cfg.outer.val_every == 0 or last)
-            if validate:
-                curve = mean_metrics(
-                    {
-                        str(k): v
-                        for k, v in outer.evaluate(
-                            state,
-                            val,
-                            model=model,
-                            inner_cfg=cfg.inner,
-                            steps=eval_steps,
-                            buffers=buffers,
-                            chunk=cfg.outer.chunk,
-                        ).items()
-                    },
-                    world,
-                )
-                metrics["val_loss_pre"] = curve["0"]
-                metrics["val_loss_post"] = curve[str(cfg.inner.steps)]
-                history[-1].update(val_loss_pre=curve["0"], val_loss_post=metrics["val_loss_post"])
-                tracker.log_inner_curve({int(k): v for k, v in curve.items()}, done)
-            save = done % cfg.checkpoint.every == 0 or last
-            tracker.log_metrics({"loss": metrics["loss"]}, done)
-            if save or validate or last or timed:
-                now = time.perf_counter()
-                episodes = (done - last_step) * cfg.outer.meta_batch
-                metrics["episodes_per_s"] = episodes / max(now - last_t, 1e-9)
-                metrics["data_wait_frac"] = stream.wait_s / max(now - t0, 1e-9)
-                metrics["train_s"] = now - t0  # this attempt's loop time, start-up excluded
-                metrics["peak_rss_mb"] = _peak_rss_mb()  # this rank's process
-                last_t, last_step = now, done
-                logged = {k: v for k, v in metrics.items() if k not in ("step", "loss")}
-                tracker.log_metrics(logged, done)  # `loss` went out above, every step
-                if rank == 0 and (validate or last or done % max(1, total // 20) == 0):
-                    _say(_line(metrics, total))
-                _report(
-                    metrics,
-                    state,
-                    cfg_tree,
-                    history,
-                    with_checkpoint=save and rank == 0,
-                    tracker=tracker if last else None,
-                )
-        if start >= total:  # nothing left to train: report the finished run's last metrics
-            metrics = {"step": start, **(history[-1] if history else {})}
-            ray.train.report(metrics)
-        elif rank == 0:
-            tracker.log_model(
-                {f"params.{k}": v.cpu() for k, v in state.params.items()}, config.to_dict(cfg)
-            )
+        for step, batch in run.stream:
+            metrics, timed = _train_step(run, step, batch)
+            validated = _validate(run, step + 1, metrics)
+            _report_step(run, step + 1, metrics, validated=validated, timed=timed)
+        _finish(run)
         status = "FINISHED"
     finally:
-        if bank is not None:
-            tracker.log_metrics({f"bank_{k}": float(v) for k, v in bank.close().items()}, total)
-        tracker.end(status)
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
-def _say(line: str) -> None:
-    # Not print(): Ray Train patches print in workers and the line would show up twice.
-    sys.stdout.write(f"[metaray] {line}\n")
-    sys.stdout.flush()
-
-
-def _line(m: dict[str, float], total: int) -> str:
-    parts = [f"step {int(m['step'])}/{total}"]
-    for k in ("loss_pre", "loss_post", "val_loss_pre", "val_loss_post"):
-        if k in m:
-            parts.append(f"{k}={m[k]:.4f}")
-    parts.append(f"episodes/s={m.get('episodes_per_s', 0):.1f}")
-    parts.append(f"data_wait={100 * m.get('data_wait_frac', 0):.1f}%")
-    return " ".join(parts)
-
-
-def _start_tracker(cfg: config.RunConfig, rank: int, start: int) -> Any:
-    """Rank 0's tracker (`pipeline.tracking.make_tracker`); a no-op on other ranks."""
-    from pipeline.tracking import NullTracker, make_tracker, redact_tree
-
-    if rank != 0:
-        return NullTracker()
-    tracker = make_tracker(cfg.tracking)
-    tags = {"resumed_from_step": str(start)} if start else None
-    tracker.start(cfg.checkpoint.run_name, config.flat_params(cfg), tags=tags)
-    safe = redact_tree(config.to_dict(cfg))  # credentials never reach MLflow
-    tracker.log_text(yaml.safe_dump(safe, sort_keys=False), "config.yaml")
-    if cfg.bank.enabled and cfg.bank.snapshot_uri:  # where this run's adapted tasks are kept
-        bank = safe["bank"]
-        tracker.set_tags({"bank.snapshot_uri": bank["snapshot_uri"], "bank.name": bank["name"]})
-    return tracker
+        _close(run, status)

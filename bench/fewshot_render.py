@@ -1,0 +1,154 @@
+"""Markdown tables and the issue-11 target check for a `bench/fewshot.py` result JSON."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+STEPS = ("0", "1", "2", "5", "10")
+REF = "multitask"
+
+
+def clean(x: Any) -> Any:
+    """JSON-able: str keys, floats (no inf/nan: None), lists."""
+    if isinstance(x, dict):
+        return {str(k): clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | set):
+        return [clean(v) for v in (sorted(x) if isinstance(x, set) else x)]
+    if hasattr(x, "tolist"):
+        return clean(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, np.generic):
+        return clean(x.item())
+    return x
+
+
+def _ci(o: dict | None, digits: int = 2) -> str:
+    if not o or o.get("mean") is None:
+        return "-"
+    if (o.get("n") or 0) <= 3 or o.get("lo") is None:
+        return f"{o['mean']:+.{digits}f} (n={o.get('n')})"
+    return f"{o['mean']:+.{digits}f} [{o['lo']:+.{digits}f}, {o['hi']:+.{digits}f}]"
+
+
+def _mean(o: dict | None) -> str:
+    if not o or o.get("mean") is None:
+        return "-"
+    return f"{o['mean']:.3f}"
+
+
+def targets(rep: dict, method: str = "recipe") -> list[tuple[str, bool, str]]:
+    """Issue 11's targets for `method`: (target, met, figures)."""
+    out = []
+    summ = rep["summary"]
+    for k in summ:
+        d = summ[k].get(method, {}).get("delta", {})
+        for s in ("1", "2", "5"):
+            o = (d.get(s) or {}).get("seen script", {}).get("overall")
+            ok = bool(o and o.get("hi") is not None and o["hi"] < 0)
+            out.append((f"K={k} seen script, {s} steps: beats multitask (CI < 0)", ok, _ci(o)))
+        o = (d.get("10") or {}).get("seen script", {}).get("overall")
+        ok = bool(o and o.get("lo") is not None and o["lo"] <= 0)
+        out.append((f"K={k} seen script, 10 steps: not worse (CI low <= 0)", ok, _ci(o)))
+        bad = [
+            s
+            for s in STEPS
+            if ((d.get(s) or {}).get("unseen script", {}).get("overall") or {}).get("lo", -1) > 0
+        ]
+        figs = ", ".join(
+            f"{s}: {_ci((d.get(s) or {}).get('unseen script', {}).get('overall'))}" for s in STEPS
+        )
+        out.append((f"K={k} unseen script: not worse at any step", not bad, figs))
+        mine, rand = summ[k].get(method, {}).get("mean", {}), summ[k].get("random init", {})
+        worse = [
+            s
+            for s in STEPS
+            if mine.get(s)
+            and rand.get("mean", {}).get(s)
+            and mine[s]["mean"] > rand["mean"][s]["mean"]
+        ]
+        out.append(
+            (
+                f"K={k}: never worse than random init",
+                not worse,
+                f"worse at steps {worse}" if worse else "ok at every step",
+            )
+        )
+        o = (d.get("0") or {}).get("all", {}).get("overall")
+        out.append((f"K={k}: step-0 bpb <= multitask's", bool(o and o["mean"] <= 0), _ci(o)))
+    return out
+
+
+def render(rep: dict) -> str:
+    summ, lines = rep["summary"], []
+    a = rep["args"]
+    lines.append(
+        f"budget {a['steps']} outer steps x {a['meta_batch']} tasks x "
+        f"{a['train_k']}+{a['train_q']} words; GRU {a['hidden']}; folds "
+        f"{a.get('run_folds') or 'all'}; seeds {a['seeds']}; {a['episodes']} test "
+        f"episodes/language; wall {rep.get('wall_s', 0) / 60:.1f} min"
+    )
+    for k, res in summ.items():
+        n = next(iter(res.values()))["mean"]["0"]["n_tasks"]
+        lines += [
+            "",
+            f"**K={k}: bits per byte on query words (mean over {n} languages)**",
+            "",
+            "| method | " + " | ".join(f"{s} steps" for s in STEPS) + " |",
+            "|---|" + "---:|" * len(STEPS),
+        ]
+        for m, r in res.items():
+            lines.append(f"| {m} | " + " | ".join(_mean(r["mean"].get(s)) for s in STEPS) + " |")
+        lines += [
+            "",
+            f"**K={k}: method - multitask+FT, paired per language, mean [95% CI over languages]**",
+            "",
+            "| method | languages | " + " | ".join(f"{s} steps" for s in STEPS) + " |",
+            "|---|---|" + "---:|" * len(STEPS),
+        ]
+        for m, r in res.items():
+            if m == REF or not r["delta"]:
+                continue
+            for g in ("all", "seen script", "unseen script"):
+                cells = [_ci((r["delta"].get(s) or {}).get(g, {}).get("overall")) for s in STEPS]
+                nl = ((r["delta"].get("1") or {}).get(g, {}).get("overall") or {}).get("n")
+                lines.append(f"| {m} | {g} ({nl}) | " + " | ".join(cells) + " |")
+    lines += _per_language(rep)
+    if "recipe" in next(iter(summ.values())):
+        lines += ["", "**Targets (recipe)**", "", "| target | met | figures |", "|---|---|---|"]
+        for t, ok, fig in targets(rep):
+            lines.append(f"| {t} | {'yes' if ok else 'NO'} | {fig} |")
+    return "\n".join(lines)
+
+
+def _per_language(rep: dict, method: str = "recipe") -> list[str]:
+    summ = rep["summary"]
+    shots = [k for k in summ if method in summ[k] and summ[k][method]["delta"]]
+    if not shots:
+        return []
+    seen = set(rep["groups"].get("seen script", []))
+    head = [f"K={k} {s}" for k in shots for s in STEPS]
+    lines = [
+        "",
+        f"**Per language: {method} - multitask+FT (bpb; mean over episodes)**",
+        "",
+        "| language | script seen | multitask K=8 1 step | " + " | ".join(head) + " |",
+        "|---|---|---:|" + "---:|" * len(head),
+    ]
+    langs = sorted(summ[shots[0]][method]["delta"]["1"]["all"]["tasks"])
+    for lang in langs:
+        mt = summ[shots[0]][REF]["mean"]
+        cells = []
+        for k in shots:
+            for s in STEPS:
+                t = summ[k][method]["delta"][s]["all"]["tasks"].get(lang)
+                cells.append(f"{t['mean']:+.2f}" if t else "-")
+        raw_mt = rep["raw"][REF][shots[0]]["1"].get(lang)
+        base = f"{np.mean(raw_mt):.2f}" if raw_mt else _mean(mt.get("1"))
+        lines.append(
+            f"| {lang} | {'yes' if lang in seen else 'no'} | {base} | " + " | ".join(cells) + " |"
+        )
+    return lines

@@ -1,0 +1,259 @@
+"""Training side of `bench/fewshot.py`: every method trained in-process on the functional
+core (`pipeline.meta.outer.train_step` / `meta_gradients` + `apply_gradients`, the same
+step the Ray workers run), with the SAME budget in examples seen and the SAME
+best-on-validation checkpoint selection for every method, the multitask baseline included.
+
+Budget: `steps` outer steps of `meta_batch` tasks, each task `k_support + k_query` words
+(multitask folds the support into its query: the same words, no inner loop). A recipe that
+pretrains multitask for P steps and meta-trains for the rest spends P + (steps - P) = steps.
+Selection: every `val_every` steps the current parameters are scored on the fold's
+validation languages (mean query bpb after 1, 2 and 5 inner steps with the method's own
+inner learning rates; multitask: lr `MT_VAL_LR`); the best scoring ones are kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.data import episodes as ep
+from pipeline.eval import baselines
+from pipeline.eval.methods import Episode, Method, run_method
+from pipeline.meta import outer
+
+MT_VAL_LR = 0.3
+VAL_STEPS = (1, 2, 5)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One trained method. algorithm: multitask | maml | fomaml | metasgd | anil | reptile |
+    lslr (MAML with one learned inner lr per parameter TENSOR, MAML++'s LSLR)."""
+
+    name: str
+    algorithm: str
+    inner_steps: tuple[int, ...] = (1,)  # cycled over meta-steps (a schedule over step counts)
+    inner_lr: float = 0.1
+    pretrain: float = 0.0  # share of the budget spent on multitask pretraining first
+    pre_weight: float = 0.0  # weight of the query loss BEFORE adaptation in the outer loss
+    first_order: bool = False
+    outer_lr: float | None = None  # None: the run's outer lr
+
+
+@dataclass
+class Trained:
+    spec: Spec
+    params: dict[str, torch.Tensor]
+    lrs: float | dict[str, torch.Tensor]
+    trainable: Sequence[str] | None
+    val: list[dict[str, float]] = field(default_factory=list)
+    best_step: int = 0
+    seconds: float = 0.0
+
+    def method(self) -> Method:
+        return Method(self.spec.name, self.params, self.lrs, self.trainable)
+
+
+def val_score(model, params, lrs, trainable, val_eps: Sequence[Episode]) -> float:
+    vals = run_method(model, Method("val", params, lrs, trainable), val_eps, VAL_STEPS)
+    return float(np.mean([np.mean(v) for s in VAL_STEPS for v in vals[s].values()]))
+
+
+class Selector:
+    """Keeps the best-on-validation parameters seen so far (the run's "final" model)."""
+
+    def __init__(self, model, val_eps, trainable) -> None:
+        self.model, self.val_eps, self.trainable = model, val_eps, trainable
+        self.best = (np.inf, 0, None, None)
+        self.rows: list[dict[str, float]] = []
+
+    def offer(self, step: int, params, lrs) -> None:
+        p = {k: v.detach().clone() for k, v in params.items()}
+        lr = {k: v.detach().clone() for k, v in lrs.items()} if isinstance(lrs, dict) else lrs
+        score = val_score(self.model, p, lr, self.trainable, self.val_eps)
+        self.rows.append({"step": step, "val_bpb": score})
+        if score < self.best[0]:
+            self.best = (score, step, p, lr)
+
+
+def _lrs_for_eval(state: outer.MetaState, algorithm: str) -> float | dict[str, torch.Tensor]:
+    if algorithm in ("metasgd", "lslr"):
+        return {k: v.detach().clamp_min(0.0) for k, v in state.lrs.items()}
+    return {k: v.detach() for k, v in state.lrs.items()}
+
+
+def train_multitask(
+    model,
+    run_cfg,
+    read,
+    train: Sequence[str],
+    *,
+    steps: int,
+    seed: int,
+    sel: Selector,
+    val_every: int,
+    snapshot_at: Sequence[int] = (),
+) -> dict[int, dict[str, torch.Tensor]]:
+    """The multitask baseline's loop (0 inner steps, every word a query word); returns the
+    parameters at the steps in `snapshot_at` (where recipes branch off to meta-train)."""
+    inner, data = baselines.multitask_config(run_cfg)
+    state = outer.init_state(model, inner, run_cfg.outer, seed=seed)
+    snaps = {0: dict(state.params)} if 0 in snapshot_at else {}
+    for step in range(steps):
+        batch = ep.build_step(
+            read, train, data, seed=seed, step=step, meta_batch=run_cfg.outer.meta_batch
+        )
+        state, _ = outer.train_step(
+            state,
+            ep.to_torch(batch),
+            model=model,
+            inner_cfg=inner,
+            outer_cfg=run_cfg.outer,
+            pre_metrics=False,
+        )
+        if step + 1 in snapshot_at:
+            snaps[step + 1] = {k: v.detach().clone() for k, v in state.params.items()}
+        if (step + 1) % val_every == 0 or step + 1 == steps:
+            sel.offer(step + 1, state.params, MT_VAL_LR)
+    return snaps
+
+
+def meta_inner(run_cfg, spec: Spec) -> Any:
+    alg = "metasgd" if spec.algorithm == "lslr" else spec.algorithm
+    return run_cfg.inner.model_copy(
+        update={
+            "algorithm": alg,
+            "steps": spec.inner_steps[0],
+            "lr": spec.inner_lr,
+            "first_order": spec.first_order,
+        }
+    )
+
+
+def init_meta_state(model, run_cfg, spec: Spec, params, seed: int) -> outer.MetaState:
+    inner = meta_inner(run_cfg, spec)
+    outer_cfg = _outer_cfg(run_cfg, spec)
+    state = outer.init_state(model, inner, outer_cfg, seed=seed)
+    if params is not None:
+        state = state._replace(params={k: v.detach().clone() for k, v in params.items()})
+    if spec.algorithm == "lslr":  # one scalar lr per tensor instead of one per parameter
+        state = state._replace(
+            lrs={k: torch.tensor(spec.inner_lr, dtype=v.dtype) for k, v in state.params.items()}
+        )
+    init, _ = outer.optim.OPTIMIZERS[outer_cfg.optimizer]
+    return state._replace(opt=init(outer.meta_trainables(state, inner.algorithm)))
+
+
+def _outer_cfg(run_cfg, spec: Spec):
+    if spec.outer_lr is None:
+        return run_cfg.outer
+    return run_cfg.outer.model_copy(update={"lr": spec.outer_lr})
+
+
+def train_meta(
+    model,
+    run_cfg,
+    read,
+    train: Sequence[str],
+    spec: Spec,
+    *,
+    start_params,
+    first_step: int,
+    steps: int,
+    seed: int,
+    sel: Selector,
+    val_every: int,
+) -> outer.MetaState:
+    """Meta-train from `start_params` (None: a fresh seeded init) for steps
+    `first_step..steps-1` of the budget; the episodes of step t are the same as the
+    multitask baseline's step t would draw (same seed stream)."""
+    inner0 = meta_inner(run_cfg, spec)
+    outer_cfg = _outer_cfg(run_cfg, spec)
+    mt_inner, _ = baselines.multitask_config(run_cfg)
+    state = init_meta_state(model, run_cfg, spec, start_params, seed)
+    for step in range(first_step, steps):
+        inner = inner0.model_copy(
+            update={"steps": spec.inner_steps[(step - first_step) % len(spec.inner_steps)]}
+        )
+        b = ep.to_torch(
+            ep.build_step(
+                read, train, run_cfg.data, seed=seed, step=step, meta_batch=run_cfg.outer.meta_batch
+            )
+        )
+        grads, _ = outer.meta_gradients(
+            state, None, b, model=model, inner_cfg=inner, chunk=outer_cfg.chunk, pre_metrics=False
+        )
+        if spec.pre_weight:  # keep the init a usable model before any step (step-0 loss)
+            g0, _ = outer.meta_gradients(
+                state, None, b, model=model, inner_cfg=mt_inner, pre_metrics=False
+            )
+            for k in state.params:
+                grads[k] = grads[k] + spec.pre_weight * g0[k]
+        state = outer.apply_gradients(state, grads, outer_cfg)
+        if (step + 1) % val_every == 0 or step + 1 == steps:
+            sel.offer(step + 1, state.params, _lrs_for_eval(state, spec.algorithm))
+    return state
+
+
+def train_method(
+    model,
+    run_cfg,
+    read,
+    train: Sequence[str],
+    spec: Spec,
+    *,
+    steps: int,
+    seed: int,
+    val_eps: Sequence[Episode],
+    val_every: int,
+    mt_snaps: dict[int, dict] | None = None,
+    log: Callable[[str], None] = print,
+) -> Trained:
+    t0 = time.perf_counter()
+    trainable = list(model.head_names) if spec.algorithm == "anil" else None
+    sel = Selector(model, val_eps, trainable)
+    if spec.algorithm == "multitask":
+        train_multitask(
+            model, run_cfg, read, train, steps=steps, seed=seed, sel=sel, val_every=val_every
+        )
+    else:
+        p_steps = int(round(spec.pretrain * steps))
+        start = None
+        if p_steps:
+            if mt_snaps is None or p_steps not in mt_snaps:
+                raise ValueError(f"{spec.name}: no multitask snapshot at step {p_steps}")
+            start = mt_snaps[p_steps]
+        train_meta(
+            model,
+            run_cfg,
+            read,
+            train,
+            spec,
+            start_params=start,
+            first_step=p_steps,
+            steps=steps,
+            seed=seed,
+            sel=sel,
+            val_every=val_every,
+        )
+    score, best_step, params, lrs = sel.best
+    out = Trained(spec, params, lrs, trainable, sel.rows, best_step, time.perf_counter() - t0)
+    log(
+        f"  trained {spec.name}: best val {score:.3f} bpb at step {best_step}/{steps} "
+        f"({out.seconds:.0f} s)"
+    )
+    return out
+
+
+def pretrain_steps(specs: Sequence[Spec], steps: int) -> list[int]:
+    """The multitask steps at which some recipe branches off (snapshots to keep)."""
+    return sorted({int(round(s.pretrain * steps)) for s in specs if s.pretrain})
+
+
+def with_name(spec: Spec, name: str) -> Spec:
+    return replace(spec, name=name)

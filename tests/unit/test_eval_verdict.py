@@ -1,0 +1,60 @@
+"""The evaluation's plain verdict: derived from the paired CIs over held-out tasks, honest
+when the meta-init does not win, silent on numbers when too few tasks decide."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.eval import report as eval_report
+
+
+def _raw(delta_by_task: dict[str, float], noise: float = 0.01, n_ep: int = 4):
+    """meta-init = multitask + delta per task (per episode, small noise); 1 step only."""
+    rng = np.random.default_rng(0)
+    base = {t: list(5.0 + rng.normal(0, 0.5, n_ep)) for t in delta_by_task}
+    meta = {t: [b + d + rng.normal(0, noise) for b in base[t]] for t, d in delta_by_task.items()}
+    per = lambda v: {0: v, 1: v}  # noqa: E731
+    return {"multitask": {8: per(base)}, "meta-init": {8: per(meta)}}
+
+
+def _verdict(deltas: dict[str, float]) -> list[str]:
+    rep = eval_report.build(
+        _raw(deltas),
+        kind="lm",
+        metric="bits per byte",
+        higher_is_better=False,
+        info={"family": "wordlang"},
+    )
+    return rep["verdict"]
+
+
+def test_a_clear_win_is_stated_with_its_gain_and_ci_over_languages():
+    langs = {f"l{i}": -0.4 + 0.02 * i for i in range(8)}
+    (line,) = _verdict(langs)
+    gain = -np.mean(list(langs.values()))
+    assert line.startswith("meta-init beats multitask fine-tuning after 1 step at K=8 by")
+    assert f"by {gain:.2f} bpb" in line and "8 held-out languages" in line
+    lo, hi = (float(x) for x in line.split("95% CI ")[1].split(",")[0].split(" to "))
+    assert 0 < lo < gain < hi
+
+
+def test_a_loss_or_a_tie_is_not_called_a_win():
+    (worse,) = _verdict({f"l{i}": 0.3 + 0.01 * i for i in range(6)})
+    assert "WORSE" in worse and "beats" not in worse
+    (tie,) = _verdict({f"l{i}": (-1) ** i * 0.2 for i in range(6)})
+    assert tie.startswith("meta-init does not measurably beat")
+
+
+def test_three_languages_cannot_decide_and_group_cis_show_no_numbers():
+    (line,) = _verdict({"a": -0.5, "b": -0.6, "c": -0.4})
+    assert "cannot decide" in line and "95% CI" not in line
+    rep = eval_report.build(
+        _raw({"a": -0.5, "b": -0.6, "c": -0.4, "d": -0.5}),
+        kind="lm",
+        metric="bits per byte",
+        higher_is_better=False,
+        groups={"unseen script": ["a", "b"]},
+    )
+    text = eval_report.table(rep)
+    group_rows = [ln for ln in text.splitlines() if ln.startswith("  Δ meta-init - multitask")]
+    assert group_rows and all("±" not in ln and "(n=2)" in ln for ln in group_rows)
