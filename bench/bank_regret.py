@@ -172,6 +172,8 @@ def one_language(ctx, lang, eps, bank, keys, thr) -> list[dict]:
         }
         if lang in keys:
             rec["own entry"] = ent[:, e, keys.index(lang)].tolist()
+        if "en" in keys:  # the "a bank holding a single English entry"
+            rec["English entry"] = ent[:, e, keys.index("en")].tolist()
         for m in sources:  # rank of the chosen entry among the stored ones (1 = best)
             src = sources[m][e]
             if src.startswith("bank:") and "," not in src:

@@ -39,6 +39,7 @@ def group_stats(recs, steps) -> dict:
     """Per method bpb, and per bank variant: gain vs random entry, regret, vs meta-init."""
     d = lambda a, b: per_language(recs, lambda r: np.subtract(series(r, a), series(r, b)))  # noqa: E731
     methods = list(recs[0]["bpb"]) + ["random entry", "hindsight-best"]
+    methods += [m for m in ("English entry", "own entry") if m in recs[0]]
     out = {"languages": len({r["lang"] for r in recs}), "episodes": len(recs), "bpb": {}}
     for m in methods:
         v = per_language(recs, lambda r, m=m: series(r, m))

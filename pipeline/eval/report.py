@@ -255,6 +255,7 @@ def publish(
     tracking: Any = None,
     run_name: str = "evaluate",
     log: Callable[[str], None] = print,
+    extra_artifacts: Sequence[str | os.PathLike[str]] = (),
 ) -> dict[str, Any]:
     """Print the table; write JSON, the table as text and the PNGs under `out_dir`; with a
     `tracking` config slice, log them to an MLflow run (metric curves against inner steps)."""
@@ -284,7 +285,7 @@ def publish(
             tracker.log_metrics({n: v for n, v in metrics.items() if math.isfinite(v)}, int(s))
     tracker.log_text(text, "evaluation/eval_table.txt")
     tracker.log_artifact(jpath, "evaluation")
-    for p in pngs:
+    for p in [*pngs, *extra_artifacts]:  # extra: e.g. the bank's descriptor map
         tracker.log_artifact(p, "evaluation")
     tracker.end("FINISHED")
     result["run_id"] = tracker.run_id

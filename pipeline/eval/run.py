@@ -59,8 +59,24 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
         model, methods, by_shot, spec, n_way=inp.cfg.data.n_way, progress=log, device=opts.device
     )
     rep = _build_report(opts, inp, spec, methods, raw)
-    _publish(opts, inp.cfg, rep, log)
+    _publish(opts, inp.cfg, rep, log, extra=_bank_map(opts, model, methods, by_shot, log))
     return rep
+
+
+def _bank_map(opts: Options, model, methods, by_shot, log) -> list[Path]:
+    """With --bank: the descriptor map of the bank's entries and the test episodes (smallest
+    shot count: where retrieval is hardest), as a PNG beside the other plots."""
+    bank = next((m for m in methods if "bank_service" in m.extra), None)
+    if bank is None:
+        return []
+    from pipeline.bank.descriptor_map import evaluation_map
+
+    service, kind = bank.extra["bank_service"], bank.extra["descriptor"]
+    shot = min(by_shot)
+    path = Path(opts.out_dir) / "bank_descriptor_map.png"
+    png = evaluation_map(model, bank.params, service, by_shot[shot], kind, path)
+    log(f"descriptor map (K={shot} queries): {png}")
+    return [png]
 
 
 def _build_model(opts: Options, cfg: Any) -> Any:
@@ -205,7 +221,9 @@ def _build_report(
     )
 
 
-def _publish(opts: Options, cfg: Any, rep: dict[str, Any], log: Callable[[str], None]) -> None:
+def _publish(
+    opts: Options, cfg: Any, rep: dict[str, Any], log: Callable[[str], None], extra=()
+) -> None:
     """JSON + PNGs under --out; to MLflow when tracking is on (flag, else the run's config)."""
     track = cfg.tracking.enabled if opts.tracking is None else opts.tracking
     eval_report.publish(
@@ -215,6 +233,7 @@ def _publish(opts: Options, cfg: Any, rep: dict[str, Any], log: Callable[[str], 
         tracking=cfg.tracking.model_copy(update={"enabled": True}) if track else None,
         run_name=f"evaluate-{cfg.checkpoint.run_name}",
         log=log,
+        extra_artifacts=extra,
     )
 
 
@@ -274,5 +293,5 @@ def _bank_method(opts, cfg, model, meta: ev.Method, log) -> ev.Method:
         meta.lrs,
         meta.trainable,
         start=start,
-        extra={"sources": sources},
+        extra={"sources": sources, "bank_service": service, "descriptor": bank_cfg.descriptor},
     )
