@@ -70,6 +70,10 @@ VARIANTS = {
     "bank: calibrated, probe@1 top-3": dict(
         similarity="calibrated", threshold="thr", top_k=3, select="probe", probe_steps=1
     ),
+    # no novelty gate: the probe alone decides between the meta-init and the top-3
+    "bank: probe@1 top-3, no gate": dict(
+        similarity="calibrated", threshold=-1.0, top_k=3, select="probe", probe_steps=1
+    ),
 }
 BLEND3 = dict(similarity="raw", threshold=-1.0, top_k=3, blend="weighted", select="similarity")
 
@@ -172,6 +176,9 @@ def one_language(ctx, lang, eps, bank, keys, thr) -> list[dict]:
         }
         if lang in keys:
             rec["own entry"] = ent[:, e, keys.index(lang)].tolist()
+        same = [j for j, k in enumerate(keys) if LANGUAGES[k].script == LANGUAGES[lang].script]
+        if same:  # a stricter "random entry": one of the query's own script
+            rec["random same-script entry"] = ent[:, e, same].mean(1).tolist()
         if "en" in keys:  # the issue's "a bank holding a single English entry"
             rec["English entry"] = ent[:, e, keys.index("en")].tolist()
         for m in sources:  # rank of the chosen entry among the stored ones (1 = best)
@@ -249,9 +256,21 @@ def choose_threshold(recs, key) -> float:
     return float(max(vals, key=lambda t: (pr(recs, t, key)["f1"], t)))
 
 
+def rounded(x, digits: int = 4):
+    """The report with floats to `digits` decimals (bpb to 0.0001: far below any CI)."""
+    if isinstance(x, float):
+        return round(x, digits)
+    if isinstance(x, dict):
+        return {k: rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [rounded(v, digits) for v in x]
+    return x
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--render", help="print the markdown tables of a report JSON and exit")
+    ap.add_argument("--compact", help="with --render: only these ';'-separated variants")
     ap.add_argument("--cache", default="/tmp/bankwork/cache")
     ap.add_argument("--shots", default="8,32")
     ap.add_argument("--steps", default="0,1,2,5")
@@ -265,10 +284,11 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/bank_regret.json")
     args = ap.parse_args()
     if args.render:
-        from bank_regret_report import render
+        from bank_regret_report import compact, render
 
         with open(args.render) as f:
-            print(render(json.load(f)))
+            rep = json.load(f)
+        print(compact(rep, tuple(args.compact.split(";"))) if args.compact else render(rep))
         return
     args.shots = [int(x) for x in args.shots.split(",")]
     args.steps = [int(x) for x in args.steps.split(",")]
@@ -341,7 +361,7 @@ def main() -> None:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(report, f)
+        json.dump(rounded(report), f)
     os.replace(tmp, args.out)
     log(f"wrote {args.out}")
 

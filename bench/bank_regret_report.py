@@ -39,7 +39,8 @@ def group_stats(recs, steps) -> dict:
     """Per method bpb, and per bank variant: gain vs random entry, regret, vs meta-init."""
     d = lambda a, b: per_language(recs, lambda r: np.subtract(series(r, a), series(r, b)))  # noqa: E731
     methods = list(recs[0]["bpb"]) + ["random entry", "hindsight-best"]
-    methods += [m for m in ("English entry", "own entry") if m in recs[0]]
+    extra = ("random same-script entry", "English entry", "own entry")
+    methods += [m for m in extra if all(m in r for r in recs)]
     out = {"languages": len({r["lang"] for r in recs}), "episodes": len(recs), "bpb": {}}
     for m in methods:
         v = per_language(recs, lambda r, m=m: series(r, m))
@@ -188,4 +189,44 @@ def render(report: dict) -> str:
     out += ["", "**targets**", ""]
     for b in [m for m in s["groups"][next(iter(s["groups"]))] if m.startswith("bank")]:
         out += [f"*{b}*", ""] + [f"- {t}" for t in targets(s["groups"], b, s["shots"])] + [""]
+    return "\n".join(out)
+
+
+def compact(report: dict, variants: tuple[str, ...]) -> str:
+    """The RESULTS.md table: per group and K, bpb (0/1/2/5 steps) of the references and the
+    given bank variants, then gain and regret with CIs."""
+    s = summarise(report)
+    fc = lambda c: f"{c['mean']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]"  # noqa: E731
+    steps = s["steps"]
+    head = "| group | start | " + " | ".join(f"bpb @{x}" for x in steps) + " |"
+    out = [head, "|---" * (len(steps) + 2) + "|"]
+    refs = (
+        "meta-init",
+        "random entry",
+        "random same-script entry",
+        "English entry",
+        "uniform average",
+        "blend top-3",
+        "hindsight-best",
+        "own entry",
+    )
+    for g, gs in s["groups"].items():
+        for m in (*refs, *variants):
+            if m in gs["bpb"]:
+                vals = " | ".join(f"{gs['bpb'][m][x]['mean']:.3f}" for x in steps)
+                out.append(f"| {g} | {m} | {vals} |")
+    out += [
+        "",
+        "| group | bank variant | steps | warm | bank - random entry | regret (bank - best) "
+        "| regret / (meta - best) | bank - meta-init |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for g, gs in s["groups"].items():
+        for b in variants:
+            for x in steps:
+                r = gs[b][x]
+                out.append(
+                    f"| {g} | {b} | {x} | {r['warm']:.0%} | {fc(r['gain'])} | "
+                    f"{fc(r['regret'])} | {r['regret_frac']:.0%} | {fc(r['vs_meta'])} |"
+                )
     return "\n".join(out)

@@ -127,7 +127,11 @@ class BankConfig(_Slice):
     capacity: int = Field(10_000, gt=0, description="entries before eviction")
     eviction: Literal["lru", "worst_loss"] = Field("lru", description="which entry goes first")
     threshold: float = Field(
-        0.8, ge=-1, le=2, description="similarity to warm-start (`similarity`; bench/RESULTS.md)"
+        0.83,
+        ge=-1,
+        le=2,
+        description="similarity (`similarity`) a stored task needs to be a candidate start; "
+        "chosen on training languages, byte n-grams (bench/RESULTS.md, bank regret)",
     )
     similarity: Literal["raw", "calibrated"] = Field(
         "calibrated",
@@ -135,7 +139,7 @@ class BankConfig(_Slice):
         "corrected for each side's sampling noise (means the same at every K)",
     )
     attenuation_power: float = Field(
-        0.75,
+        0.55,
         ge=0,
         le=2,
         description="calibrated similarity = cosine / (reliability product) ** this; fitted "
