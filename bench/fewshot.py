@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fewshot_eval as fe
 import fewshot_render
-from fewshot_data import episodes_for, load_words, make_folds
+from fewshot_data import Fold, episodes_for, load_words, make_folds
 from fewshot_train import Spec, pretrain_steps, train_method
 
 from pipeline import config
@@ -253,7 +253,11 @@ def main() -> None:
     ap.add_argument("--eval-seed", type=int, default=20_251_201)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--merge", nargs="+", help="combine per-fold result JSONs into --out")
     args = ap.parse_args()
+    if args.merge:
+        merge_files(args.merge, args.out or "bench/results/fewshot.json")
+        return
     if args.render:
         with open(args.render) as f:
             print(fewshot_render.render(json.load(f)))
@@ -280,9 +284,9 @@ def main() -> None:
     infos: dict = {}
     load0 = os.getloadavg()
     for seed in [int(s) for s in args.seeds.split(",")]:
-        for i, fi in enumerate(run):
+        for fi in run:
             fold = folds[fi]
-            specs = main_specs + (other if i < args.other_folds else [])
+            specs = main_specs + (other if fi < args.other_folds else [])
             log(
                 f"seed {seed} fold {fi}: test {fold.test} val {fold.val} "
                 f"({len(fold.train)} train); methods {[s.name for s in specs]}"
@@ -292,27 +296,90 @@ def main() -> None:
             for m, per_k in r.items():
                 for k, rk in per_k.items():
                     fe.merge(raw.setdefault(m, {}).setdefault(k, {}), rk)
+            done = sorted({int(x.split("fold")[1]) for x in infos})
+            part = argparse.Namespace(**{**vars(args), "out": args.out + ".partial"})
+            write(
+                part,
+                folds,
+                done,
+                raw,
+                infos,
+                main_specs + other,
+                time.perf_counter() - t0,
+                [load0, os.getloadavg()],
+                quiet=True,
+            )
+    write(
+        args,
+        folds,
+        list(run),
+        raw,
+        infos,
+        main_specs + other,
+        time.perf_counter() - t0,
+        [load0, os.getloadavg()],
+    )
+
+
+def write(args, folds, run, raw, infos, specs, wall_s, loads, quiet=False) -> None:
     tested = [lang for fi in run for lang in folds[fi].test]
     seen = {lang for fi in run for lang in folds[fi].test if folds[fi].seen_script(lang)}
     groups = {"seen script": seen, "unseen script": set(tested) - seen}
+    args.run_folds = ",".join(map(str, run))
     report = {
         "args": vars(args),
         "folds": [f.__dict__ for f in folds],
         "groups": {g: sorted(v) for g, v in groups.items()},
-        "specs": {s.name: s.__dict__ for s in main_specs + other},
+        "specs": {s.name: s.__dict__ for s in specs},
         "summary": fe.summary(raw, REF, groups, STEPS, args.shots),
         "raw": raw,
         "info": infos,
-        "wall_s": time.perf_counter() - t0,
-        "load": [load0, os.getloadavg()],
+        "wall_s": wall_s,
+        "load": loads,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(fewshot_render.clean(report), f, indent=1)
     os.replace(tmp, args.out)
-    print(fewshot_render.render(fewshot_render.clean(report)))
-    log(f"wrote {args.out}")
+    if not quiet:
+        print(fewshot_render.render(fewshot_render.clean(report)))
+        print(f"wrote {args.out}")
+
+
+def merge_files(paths: list[str], out: str) -> None:
+    """One report from per-fold runs (`--run-folds i` each, e.g. to hold the machine's heavy
+    lock one fold at a time): raw values, infos and wall times combined, statistics redone."""
+    raw: dict = {}
+    infos, specs, run, wall, loads = {}, {}, [], 0.0, []
+    for path in paths:
+        with open(path) as f:
+            rep = json.load(f)
+        for m, per_k in rep["raw"].items():
+            for k, rk in per_k.items():
+                fe.merge(
+                    raw.setdefault(m, {}).setdefault(int(k), {}), {int(s): v for s, v in rk.items()}
+                )
+        infos.update(rep["info"])
+        specs.update(rep["specs"])
+        run += [int(x) for x in str(rep["args"]["run_folds"]).split(",")]
+        wall += rep["wall_s"]
+        loads += rep["load"]
+    args = argparse.Namespace(**{**rep["args"], "out": out})
+    folds = [
+        Fold(**{k: tuple(v) if isinstance(v, list) else v for k, v in f.items()})
+        for f in rep["folds"]
+    ]
+    write(
+        args,
+        folds,
+        sorted(set(run)),
+        raw,
+        infos,
+        [Spec(**{**v, "inner_steps": tuple(v["inner_steps"])}) for v in specs.values()],
+        wall,
+        loads,
+    )
 
 
 if __name__ == "__main__":

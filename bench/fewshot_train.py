@@ -124,29 +124,21 @@ def train_multitask(
 
 
 def meta_inner(run_cfg, spec: Spec) -> Any:
-    alg = "metasgd" if spec.algorithm == "lslr" else spec.algorithm
+    """The run's `inner` slice for `spec`: the product's own config keys (lslr = Meta-SGD
+    with `lr_shape=tensor`; the step schedule and the pre-adaptation weight are applied by
+    `outer.train_step` itself)."""
+    lslr = spec.algorithm == "lslr"
     return run_cfg.inner.model_copy(
         update={
-            "algorithm": alg,
+            "algorithm": "metasgd" if lslr else spec.algorithm,
+            "lr_shape": "tensor" if lslr else "param",
             "steps": spec.inner_steps[0],
+            "step_schedule": spec.inner_steps if len(spec.inner_steps) > 1 else (),
+            "pre_weight": spec.pre_weight,
             "lr": spec.inner_lr,
             "first_order": spec.first_order,
         }
     )
-
-
-def init_meta_state(model, run_cfg, spec: Spec, params, seed: int) -> outer.MetaState:
-    inner = meta_inner(run_cfg, spec)
-    outer_cfg = _outer_cfg(run_cfg, spec)
-    state = outer.init_state(model, inner, outer_cfg, seed=seed)
-    if params is not None:
-        state = state._replace(params={k: v.detach().clone() for k, v in params.items()})
-    if spec.algorithm == "lslr":  # one scalar lr per tensor instead of one per parameter
-        state = state._replace(
-            lrs={k: torch.tensor(spec.inner_lr, dtype=v.dtype) for k, v in state.params.items()}
-        )
-    init, _ = outer.optim.OPTIMIZERS[outer_cfg.optimizer]
-    return state._replace(opt=init(outer.meta_trainables(state, inner.algorithm)))
 
 
 def _outer_cfg(run_cfg, spec: Spec):
@@ -169,32 +161,27 @@ def train_meta(
     sel: Selector,
     val_every: int,
 ) -> outer.MetaState:
-    """Meta-train from `start_params` (None: a fresh seeded init) for steps
-    `first_step..steps-1` of the budget; the episodes of step t are the same as the
-    multitask baseline's step t would draw (same seed stream)."""
-    inner0 = meta_inner(run_cfg, spec)
+    """Meta-train from `start_params` (None: a fresh seeded init; else a fresh outer
+    optimizer on those parameters, as `checkpoint.init_from` does) for steps
+    `first_step..steps-1` of the budget with the core's `outer.train_step`; the episodes of
+    step t are those the multitask baseline's step t draws (same seed stream)."""
+    inner = meta_inner(run_cfg, spec)
     outer_cfg = _outer_cfg(run_cfg, spec)
-    mt_inner, _ = baselines.multitask_config(run_cfg)
-    state = init_meta_state(model, run_cfg, spec, start_params, seed)
+    state = outer.init_state(model, inner, outer_cfg, seed=seed)
+    if start_params is not None:
+        state = state._replace(params={k: v.detach().clone() for k, v in start_params.items()})
     for step in range(first_step, steps):
-        inner = inner0.model_copy(
-            update={"steps": spec.inner_steps[(step - first_step) % len(spec.inner_steps)]}
+        batch = ep.build_step(
+            read, train, run_cfg.data, seed=seed, step=step, meta_batch=run_cfg.outer.meta_batch
         )
-        b = ep.to_torch(
-            ep.build_step(
-                read, train, run_cfg.data, seed=seed, step=step, meta_batch=run_cfg.outer.meta_batch
-            )
+        state, _ = outer.train_step(
+            state,
+            ep.to_torch(batch),
+            model=model,
+            inner_cfg=inner,
+            outer_cfg=outer_cfg,
+            pre_metrics=False,
         )
-        grads, _ = outer.meta_gradients(
-            state, None, b, model=model, inner_cfg=inner, chunk=outer_cfg.chunk, pre_metrics=False
-        )
-        if spec.pre_weight:  # keep the init a usable model before any step (step-0 loss)
-            g0, _ = outer.meta_gradients(
-                state, None, b, model=model, inner_cfg=mt_inner, pre_metrics=False
-            )
-            for k in state.params:
-                grads[k] = grads[k] + spec.pre_weight * g0[k]
-        state = outer.apply_gradients(state, grads, outer_cfg)
         if (step + 1) % val_every == 0 or step + 1 == steps:
             sel.offer(step + 1, state.params, _lrs_for_eval(state, spec.algorithm))
     return state

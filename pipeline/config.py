@@ -62,6 +62,21 @@ class InnerConfig(_Slice):
     first_order: bool = Field(
         False, description="drop second-order terms (implied by fomaml and reptile)"
     )
+    lr_shape: Literal["param", "tensor"] = Field(
+        "param",
+        description="Meta-SGD's learned lrs: one per parameter, or one per tensor (MAML++ LSLR)",
+    )
+    step_schedule: tuple[int, ...] = Field(
+        (),
+        description="inner steps per meta-step, cycled (e.g. [1, 2, 5]: train for the step "
+        "counts users evaluate at); empty: always `steps`",
+    )
+    pre_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the query loss BEFORE adaptation in the outer loss: keeps the "
+        "meta-init a usable model at step 0",
+    )
 
 
 class OuterConfig(_Slice):

@@ -34,13 +34,37 @@ Params = dict[str, Tensor]
 def multitask_config(run_cfg: Any) -> tuple[Any, Any]:
     """(inner, data) slices for pretraining: 0 inner steps; every example is a query example."""
     inner = run_cfg.inner.model_copy(
-        update={"algorithm": "fomaml", "steps": 0, "first_order": True}
+        update={
+            "algorithm": "fomaml",
+            "steps": 0,
+            "first_order": True,
+            "step_schedule": (),
+            "pre_weight": 0.0,
+        }
     )
     data = run_cfg.data
     if data.episode != "classify":
         # The support half is never used without an inner loop: fold it into the query.
         data = data.model_copy(update={"k_support": 1, "k_query": data.k_support + data.k_query})
     return inner, data
+
+
+SELECT_STEPS = (1, 2, 5)  # validation score: mean query loss after these fine-tuning steps
+SELECT_LR = 0.3  # fine-tuning lr of that score (tuned per step count only at evaluation)
+
+
+def select_score(model: nn.Module, params: Params, val_batch: Any, lr: float = SELECT_LR) -> float:
+    """Mean validation query loss after `SELECT_STEPS` fine-tuning steps from `params`."""
+    from pipeline.meta.inner import adapt
+    from pipeline.meta.losses import model_loss
+
+    total, done, p = 0.0, 0, {k: v.detach() for k, v in params.items()}
+    for s in SELECT_STEPS:
+        p = adapt(p, None, val_batch.support, model=model, steps=s - done, lrs=lr, first_order=True)
+        p, done = {k: v.detach() for k, v in p.items()}, s
+        with torch.no_grad():
+            total += float(model_loss(model, p, val_batch.query).mean())
+    return total / len(SELECT_STEPS)
 
 
 def pretrain_multitask(
@@ -52,11 +76,17 @@ def pretrain_multitask(
     steps: int,
     seed: int,
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    val_batch: Any = None,
 ) -> Params:
-    """Train the shared parameters on pooled training tasks for `steps` outer steps."""
+    """Train the shared parameters on pooled training tasks for `steps` outer steps.
+
+    With `val_batch` (validation tasks' episodes, torch), the parameters returned are the
+    best on validation (`select_score`, every `outer.val_every` steps and at the end), the
+    same best-on-validation selection a meta-training run gets: a fair baseline."""
     inner, data = multitask_config(run_cfg)
     state = outer.init_state(model, inner, run_cfg.outer, seed=seed)
     metrics: dict[str, float] = {}
+    best: tuple[float, Params | None] = (float("inf"), None)
     for step in range(steps):
         batch = ep.build_step(
             read_task, train_tasks, data, seed=seed, step=step, meta_batch=run_cfg.outer.meta_batch
@@ -71,6 +101,14 @@ def pretrain_multitask(
         )
         if progress and (step + 1) % max(1, steps // 10) == 0:
             progress(step + 1, metrics)
+        if val_batch is not None and (
+            (step + 1) % run_cfg.outer.val_every == 0 or step + 1 == steps
+        ):
+            score = select_score(model, state.params, val_batch)
+            if score < best[0]:
+                best = (score, {k: v.detach().clone() for k, v in state.params.items()})
+    if best[1] is not None:
+        return best[1]
     return {k: v.detach() for k, v in state.params.items()}
 
 

@@ -62,7 +62,7 @@ def init_state(
         params = {k: v.detach().clone() for k, v in fresh.named_parameters()}
     else:
         params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    if inner_cfg.algorithm == "metasgd":
+    if inner_cfg.algorithm == "metasgd" and getattr(inner_cfg, "lr_shape", "param") == "param":
         lrs = {k: torch.full_like(v, inner_cfg.lr) for k, v in params.items()}
     else:
         lrs = {k: torch.tensor(inner_cfg.lr, dtype=v.dtype) for k, v in params.items()}
@@ -216,16 +216,29 @@ def train_step(
     pre_metrics: bool = True,
 ) -> tuple[MetaState, dict[str, float]]:
     """The single outer step of both the single-process loop and the Ray Train worker:
-    meta-gradients on this worker's tasks -> `all_reduce` (mean over ranks) -> optimizer."""
+    meta-gradients on this worker's tasks -> `all_reduce` (mean over ranks) -> optimizer.
+    `inner.step_schedule` picks this step's inner step count; `inner.pre_weight` adds the
+    query loss at the meta-parameters themselves (before adaptation) to the outer loss."""
+    chunk = chunk if chunk is not None else outer_cfg.chunk
+    schedule = tuple(getattr(inner_cfg, "step_schedule", ()) or ())
+    if schedule:
+        inner_cfg = inner_cfg.model_copy(update={"steps": schedule[state.step % len(schedule)]})
     grads, metrics = meta_gradients(
         state,
         buffers,
         batch,
         model=model,
         inner_cfg=inner_cfg,
-        chunk=chunk if chunk is not None else outer_cfg.chunk,
+        chunk=chunk,
         pre_metrics=pre_metrics,
     )
+    weight = float(getattr(inner_cfg, "pre_weight", 0.0) or 0.0)
+    if weight:
+        plain = inner_cfg.model_copy(update={"algorithm": "fomaml", "steps": 0})
+        g0, _ = meta_gradients(
+            state, buffers, batch, model=model, inner_cfg=plain, chunk=chunk, pre_metrics=False
+        )
+        grads = {k: g + weight * g0[k] if k in g0 else g for k, g in grads.items()}
     grads = all_reduce(grads)
     return apply_gradients(state, grads, outer_cfg), metrics
 
