@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import warmstart as ws
+from bank_regret_report import choose_threshold, rounded
 
 from pipeline import config
 from pipeline.bank.service import BankService
@@ -231,40 +232,6 @@ def scenario(ctx, langs, src_rows, k, n_eps, seed, thr, loo, sims_only=False) ->
         else:
             recs += one_language(ctx, lang, eps, bank, keys, thr)
     return recs
-
-
-def pr(recs, thr, key) -> dict:
-    lab = np.array([r["related stored"] for r in recs])
-    dec = np.array([r[key] >= thr for r in recs])
-    tp = int((lab & dec).sum())
-    prec = tp / max(int(dec.sum()), 1)
-    rec = tp / max(int(lab.sum()), 1)
-    f1 = 2 * prec * rec / max(prec + rec, 1e-12)
-    return {
-        "threshold": float(thr),
-        "precision": prec,
-        "recall": rec,
-        "f1": f1,
-        "decided_related": int(dec.sum()),
-        "related": int(lab.sum()),
-        "n": len(recs),
-    }
-
-
-def choose_threshold(recs, key) -> float:
-    vals = np.unique(np.round([r[key] for r in recs], 3))
-    return float(max(vals, key=lambda t: (pr(recs, t, key)["f1"], t)))
-
-
-def rounded(x, digits: int = 4):
-    """The report with floats to `digits` decimals (bpb to 0.0001: far below any CI)."""
-    if isinstance(x, float):
-        return round(x, digits)
-    if isinstance(x, dict):
-        return {k: rounded(v, digits) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [rounded(v, digits) for v in x]
-    return x
 
 
 def main() -> None:

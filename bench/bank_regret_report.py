@@ -67,17 +67,36 @@ def group_stats(recs, steps) -> dict:
 
 
 def pr(recs, key: str, thr: float) -> dict:
+    """Precision and recall of "a related task is stored" decided as `r[key] >= thr`."""
     lab = np.array([r["related stored"] for r in recs])
     dec = np.array([r[key] >= thr for r in recs])
     tp = int((lab & dec).sum())
     p, rc = tp / max(int(dec.sum()), 1), tp / max(int(lab.sum()), 1)
     return {
+        "f1": 2 * p * rc / max(p + rc, 1e-12),
         "precision": p,
         "recall": rc,
         "warm": int(dec.sum()),
         "related": int(lab.sum()),
         "n": len(recs),
     }
+
+
+def choose_threshold(recs, key: str) -> float:
+    """The threshold (to 0.001) with the best F1; ties: the higher one."""
+    vals = np.unique(np.round([r[key] for r in recs], 3))
+    return float(max(vals, key=lambda t: (pr(recs, key, t)["f1"], t)))
+
+
+def rounded(x, digits: int = 4):
+    """The report with floats to `digits` decimals (bpb to 0.0001: far below any CI)."""
+    if isinstance(x, float):
+        return round(x, digits)
+    if isinstance(x, dict):
+        return {k: rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [rounded(v, digits) for v in x]
+    return x
 
 
 def targets(groups: dict, name: str, shots) -> list[str]:

@@ -86,7 +86,7 @@ class StartInfo:
     calibrated_sims: list[float | None] = field(default_factory=list)  # what the threshold saw
     reliability: list[float | None] = field(default_factory=list)  # query x entry, top hit
     descriptors: np.ndarray | None = None
-    probe: list[dict[str, float]] = field(default_factory=list)  # candidate -> probe loss
+    probe: list[dict[str, float]] = field(default_factory=list)  # per task: candidate -> loss
 
     @property
     def warm(self) -> list[bool]:
@@ -171,6 +171,32 @@ def probe_losses(model, starts: Params, owner: np.ndarray, support, *, steps, lr
     return total / 2
 
 
+def _pick(model, base, cands, support, cfg: BankConfig, lrs, trainable, info) -> list[int]:
+    """Index of each task's chosen candidate: the lowest probe loss where there is a choice
+    (one batched probe over every candidate of every task); `info.probe` records the losses."""
+    t = len(cands)
+    pick, info.probe = [0] * t, [{} for _ in range(t)]
+    many = [i for i in range(t) if len(cands[i]) > 1]
+    if not many:
+        return pick
+    if lrs is None:
+        raise ValueError("bank.select=probe needs the inner learning rates: pass lrs=")
+    owner = np.array([i for i in many for _ in cands[i]])
+    flat = np.stack([row for i in many for _, row in cands[i]])
+    starts = unflatten(flat, base)
+    loss = probe_losses(
+        model, starts, owner, support, steps=cfg.probe_steps, lrs=lrs, trainable=trainable
+    )
+    at = 0
+    for i in many:
+        n = len(cands[i])
+        pick[i] = int(np.argmin(loss[at : at + n]))
+        losses = loss[at : at + n]
+        info.probe[i] = {lab: float(x) for (lab, _), x in zip(cands[i], losses, strict=True)}
+        at += n
+    return pick
+
+
 def warm_start(
     model,
     meta_params: Params,
@@ -204,30 +230,7 @@ def warm_start(
     info.best_sims = [float(hits["sims"][i][0]) for i in range(t)]
     info.calibrated_sims = [float(scored[i][0]) for i in range(t)]
     info.reliability = [float(rel[i][0]) for i in range(t)]
-    pick = [0] * t
-    many = [i for i in range(t) if len(cands[i]) > 1]
-    if many:
-        if lrs is None:
-            raise ValueError("bank.select=probe needs the inner learning rates: pass lrs=")
-        owner = np.array([i for i in many for _ in cands[i]])
-        flat = np.stack([row for i in many for _, row in cands[i]])
-        loss = probe_losses(
-            model,
-            unflatten(flat, base),
-            owner,
-            support,
-            steps=cfg.probe_steps,
-            lrs=lrs,
-            trainable=trainable,
-        )
-        at = 0
-        for i in many:
-            n = len(cands[i])
-            pick[i] = int(np.argmin(loss[at : at + n]))
-            info.probe.append(
-                {lab: float(x) for (lab, _), x in zip(cands[i], loss[at : at + n], strict=True)}
-            )
-            at += n
+    pick = _pick(model, base, cands, support, cfg, lrs, trainable, info)
     info.sources = [cands[i][pick[i]][0] for i in range(t)]
     if not any(info.warm):  # nothing close: exactly the meta-init path (shared, not copied)
         return base, info
