@@ -66,15 +66,30 @@ VARIANTS = {
         similarity="calibrated", threshold="thr", top_k=1, select="similarity"
     ),
     "bank: calibrated, probe@0 top-3": dict(
-        similarity="calibrated", threshold="thr", top_k=3, select="probe", probe_steps=0
+        similarity="calibrated",
+        threshold="thr",
+        top_k=3,
+        select="probe",
+        probe_steps=0,
+        probe_gate=True,
     ),
     "bank: calibrated, probe@1 top-3": dict(
-        similarity="calibrated", threshold="thr", top_k=3, select="probe", probe_steps=1
+        similarity="calibrated",
+        threshold="thr",
+        top_k=3,
+        select="probe",
+        probe_steps=1,
+        probe_gate=True,
     ),
     # no novelty gate: the probe alone decides between the meta-init and the top-3
     "bank: probe@1 top-3, no gate": dict(
-        similarity="calibrated", threshold=-1.0, top_k=3, select="probe", probe_steps=1
-    ),
+        similarity="calibrated",
+        threshold="thr",
+        top_k=3,
+        select="probe",
+        probe_steps=1,
+        probe_gate=False,
+    ),  # run 2 had threshold=-1.0 here: the same candidates (every calibrated sim is > -1)
 }
 BLEND3 = dict(similarity="raw", threshold=-1.0, top_k=3, blend="weighted", select="similarity")
 

@@ -145,8 +145,9 @@ class BankConfig(_Slice):
         0.83,
         ge=-1,
         le=2,
-        description="similarity (`similarity`) a stored task needs to be a candidate start; "
-        "chosen on training languages, byte n-grams (bench/RESULTS.md, bank regret)",
+        description="similarity (`similarity`) at which a stored task counts as related (the "
+        "novelty decision; a start with select=similarity or probe_gate); chosen on training "
+        "languages, byte n-grams (bench/RESULTS.md, bank regret)",
     )
     similarity: Literal["raw", "calibrated"] = Field(
         "calibrated",
@@ -169,6 +170,11 @@ class BankConfig(_Slice):
     )
     probe_steps: int = Field(
         1, ge=0, description="inner steps in the probe (0: step-0 support loss, no split)"
+    )
+    probe_gate: bool = Field(
+        False,
+        description="probe only the hits that clear `threshold` (else all top_k: lower regret "
+        "on training languages, and never worse than the meta-init, which is always probed)",
     )
     snapshot_uri: str | None = Field(None, description="directory or s3:// prefix for snapshots")
     dtype: Literal["float32", "float16"] = Field("float32", description="stored parameter dtype")

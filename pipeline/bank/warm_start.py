@@ -1,17 +1,19 @@
 """Task adaptation with bank warm starts: descriptor -> bank query -> start -> the ONE inner loop.
 
 For each task in a batch: compute its descriptor from the support set and ask the bank for its
-`bank.top_k` nearest stored tasks. A hit counts when its similarity clears `bank.threshold`:
+`bank.top_k` nearest stored tasks. A hit is related when its similarity clears `bank.threshold`:
 with `bank.similarity=calibrated` (the default) that is the cosine corrected for both sides'
 sampling noise (`pipeline.meta.descriptor.calibrated_similarity`), so one threshold means the
 same at every support size. No hit: the meta-init (a novel task). Otherwise the start is
 - `bank.select=similarity`: the top hit (`blend=nearest`) or the similarity-weighted mean of
   the hits (`blend=weighted`);
-- `bank.select=probe` (the default): whichever of the meta-init, each hit and (with two or
-  more hits) their weighted blend has the lowest HELD-OUT support loss after
-  `bank.probe_steps` inner steps: adapt on the even support examples, score on the odd ones,
-  and the other way round. Only the support set is used (never the query), and the meta-init
-  is always a candidate, so a wrong hit costs only when the probe is fooled by a small support.
+- `bank.select=probe` (the default): whichever of the meta-init, each of the top-k (all of
+  them by default; with `bank.probe_gate` only the hits) and their weighted blend has the
+  lowest HELD-OUT support loss after `bank.probe_steps` inner steps: adapt on the even support
+  examples, score on the odd ones, and the other way round. Only the support set is used (never
+  the query), and the meta-init is always a candidate, so a wrong entry costs only when the
+  probe is fooled by a small support. The threshold then only makes the novelty decision
+  (`StartInfo.novel`: no stored task is related).
 Then `pipeline.meta.inner.adapt`, the same inner loop training uses.
 
 The bank is reached through a plain callable `query(descriptors, k) -> {"keys", "sims",
@@ -85,6 +87,7 @@ class StartInfo:
     best_sims: list[float | None] = field(default_factory=list)  # raw cosine of the top hit
     calibrated_sims: list[float | None] = field(default_factory=list)  # what the threshold saw
     reliability: list[float | None] = field(default_factory=list)  # query x entry, top hit
+    novel: list[bool] = field(default_factory=list)  # the novelty decision: nothing related
     descriptors: np.ndarray | None = None
     probe: list[dict[str, float]] = field(default_factory=list)  # per task: candidate -> loss
 
@@ -127,7 +130,8 @@ def _blend(sims: np.ndarray, stored: np.ndarray) -> np.ndarray:
 
 def _candidates(i, hits, scored, flat_base, cfg: BankConfig) -> list[tuple[str, np.ndarray]]:
     """(source label, flat start) pairs for task `i`; the meta-init first."""
-    ok = np.flatnonzero(scored[i] >= cfg.threshold)
+    gate = cfg.select == "similarity" or cfg.probe_gate
+    ok = np.flatnonzero(scored[i] >= cfg.threshold) if gate else np.arange(len(scored[i]))
     if ok.size == 0:
         return [("meta-init", flat_base)]
     keys = [hits["keys"][i][j] for j in ok]
@@ -223,6 +227,7 @@ def warm_start(
             [None] * t,
             [None] * t,
         )
+        info.novel = [True] * t
         return base, info
     scored, rel = _scored_sims(model, base, support, cfg, hits)
     flat_base = flatten(base)
@@ -230,6 +235,7 @@ def warm_start(
     info.best_sims = [float(hits["sims"][i][0]) for i in range(t)]
     info.calibrated_sims = [float(scored[i][0]) for i in range(t)]
     info.reliability = [float(rel[i][0]) for i in range(t)]
+    info.novel = [dsc.is_novel(c, cfg.threshold) for c in info.calibrated_sims]
     pick = _pick(model, base, cands, support, cfg, lrs, trainable, info)
     info.sources = [cands[i][pick[i]][0] for i in range(t)]
     if not any(info.warm):  # nothing close: exactly the meta-init path (shared, not copied)

@@ -236,3 +236,19 @@ def test_probe_picks_the_entry_adapted_to_the_task_over_a_worse_relative():
     assert info.sources == ["bank:good"]
     assert set(info.probe[0]) == {"meta-init", "bank:bad", "bank:good", "bank:bad,good"}
     assert info.probe[0]["bank:good"] == min(info.probe[0].values())
+
+
+def test_novelty_flag_and_the_probe_gate():
+    """A stored task in another script is not related (novel), whatever the probe does; with
+    probe_gate it is not even probed, without it the probe weighs it against the meta-init."""
+    model, params = _model()
+    sup = _support(RU)
+    en = describe(model, params, _support(EN, EN2), kind="ngram")[:1]
+    for gate, probed in ((True, False), (False, True)):
+        bank = _bank(threshold=0.83, select="probe", similarity="calibrated", probe_gate=gate)
+        bank.put({"keys": ["en"], "descriptor": en, "params": flatten(params)[None] + 0.01})
+        _, info = warm_start(model, params, sup, cfg=bank.cfg, query=bank.query, lrs=0.1)
+        assert info.novel == [True]
+        assert bool(info.probe[0]) == probed
+        if gate:
+            assert info.sources == ["meta-init"]
