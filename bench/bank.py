@@ -3,6 +3,7 @@
     .venv/bin/python bench/bank.py            # full run (~1-2 min on 2 cores)
     .venv/bin/python bench/bank.py --quick    # smaller sizes, seconds
     .venv/bin/python bench/bank.py --ray      # also put/query through the Ray actor
+    .venv/bin/python bench/bank.py --scale 10000,100000,1000000   # JSON lines, HNSW vs exact
 
 Query latency: one query (k=5, cosine) against N entries; the parameter width does not enter
 the search (only the k returned rows are copied), so the 100k index holds small parameter rows
@@ -136,7 +137,6 @@ def hook_overhead(steps: int, write_every: list[int]) -> None:
     """Meta-step time vs the cost of one bank write by the trainer's hook (real Ray bank).
     Measured separately on the same steps (base step, then the hook's write), so the ratio is
     not at the mercy of other processes' load between two runs; amortised per write_every."""
-    import types
 
     import ray
 
@@ -158,17 +158,18 @@ def hook_overhead(steps: int, write_every: list[int]) -> None:
     )
     model = build_model(cfg.model, cfg.data)
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=0)
-    pool = types.SimpleNamespace(train_tasks=langs, seed=0, meta_batch=16)
-    hook = BankHook(cfg, model, pool, 0, 1)
+    hook = BankHook(cfg.bank, model)
     base, write = [], []
     for step in range(steps):
         batch = ep.build_step(lambda k: rows[k], langs, cfg.data, seed=0, step=step, meta_batch=16)
         t = time.perf_counter()
-        state, _ = outer.train_step(
-            state, ep.to_torch(batch), model=model, inner_cfg=cfg.inner, outer_cfg=cfg.outer
+        b = ep.to_torch(batch)
+        new, _, adapted = outer.train_step(
+            state, b, model=model, inner_cfg=cfg.inner, outer_cfg=cfg.outer, return_adapted=True
         )
         t1 = time.perf_counter()
-        hook.after_step(step, state, batch)
+        hook.after_step(step, state.params, b, adapted)
+        state = new
         write.append(time.perf_counter() - t1)
         base.append(t1 - t)
     stats = hook.close()
@@ -183,12 +184,73 @@ def hook_overhead(steps: int, write_every: list[int]) -> None:
     ray.kill(hook.writer.bank)
 
 
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def scale(sizes: list[int], dim: int, queries: int, ann_min: int) -> None:
+    """One JSON line per size: the real BankIndex (HNSW from `ann_min` entries) filled with
+    clustered descriptors (bench/bank_ann.py's mixture) and one-float parameter rows, so
+    `rss_bytes_per_entry` is what an entry costs BEYOND its parameters."""
+    import json
+
+    from bench.bank_ann import mixture
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4096, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    basis = rng.standard_normal((16, dim)).astype(np.float32) / np.sqrt(dim)
+    qs = mixture(queries, 1, centres, basis, 0.3)
+    for n in sizes:
+        desc = mixture(n, 2, centres, basis, 0.3)
+        before, t0 = _rss(), time.perf_counter()
+        idx = BankIndex(capacity=n, ann_min_entries=ann_min)
+        for a in range(0, n, 10_000):
+            b = min(n, a + 10_000)
+            idx.upsert([f"t{i}" for i in range(a, b)], desc[a:b], np.zeros((b - a, 1), np.float32))
+        puts = n / (time.perf_counter() - t0)
+        grown = _rss() - before
+        times, recall = [], []
+        for q in qs:
+            t = time.perf_counter()
+            hits = idx.search(q, k=5, touch=False)
+            idx.params_of(hits.slots[0])
+            times.append((time.perf_counter() - t) * 1e3)
+            exact = idx.search(q, k=5, touch=False, exact=True)
+            recall.append(len(set(hits.keys[0]) & set(exact.keys[0])) / 5)
+        p50, p99 = np.percentile(times, [50, 99])
+        print(
+            json.dumps(
+                {
+                    "entries": n,
+                    "dim": dim,
+                    "search": "hnsw" if idx._ann is not None else "exact",
+                    "query_p50_ms": round(float(p50), 3),
+                    "query_p99_ms": round(float(p99), 3),
+                    "recall_at_5": round(float(np.mean(recall)), 4),
+                    "rss_bytes_per_entry": round(grown / n, 1),
+                    "puts_per_s": round(puts, 1),
+                    "puts_note": "in memory, batches of 10,000, one-float params (no WAL)",
+                    "load_avg_1m": round(os.getloadavg()[0], 2),
+                }
+            ),
+            flush=True,
+        )
+        del idx, desc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--ray", action="store_true", help="also measure through the Ray actor")
     ap.add_argument("--hook", action="store_true", help="only: trainer step cost of the hook")
+    ap.add_argument("--scale", default=None, help="only: JSON lines at these entry counts")
+    ap.add_argument("--ann-min", type=int, default=50_000, help="with --scale: HNSW from here")
     args = ap.parse_args()
+    if args.scale:
+        scale([int(x) for x in args.scale.split(",")], 128, 500, args.ann_min)
+        return
     print(f"load: {os.getloadavg()}")
     if args.hook:
         import ray

@@ -126,7 +126,6 @@ def curves(model, starts, owner, b, steps, lrs, trainable) -> np.ndarray:
         if s > done:
             p = adapt(
                 p,
-                None,
                 sup,
                 model=model,
                 steps=s - done,

@@ -43,6 +43,7 @@ class Spec:
     pre_weight: float = 0.0  # weight of the query loss BEFORE adaptation in the outer loss
     first_order: bool = False
     outer_lr: float | None = None  # None: the run's outer lr
+    learn_init: bool = True  # False: keep the (pretrained) init, learn only the inner lrs
 
 
 @dataclass
@@ -135,6 +136,7 @@ def meta_inner(run_cfg, spec: Spec) -> Any:
             "steps": spec.inner_steps[0],
             "step_schedule": spec.inner_steps if len(spec.inner_steps) > 1 else (),
             "pre_weight": spec.pre_weight,
+            "learn_init": spec.learn_init,
             "lr": spec.inner_lr,
             "first_order": spec.first_order,
         }

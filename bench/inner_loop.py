@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/inner_loop.py --workload sine --json
     .venv/bin/python bench/inner_loop.py --workload chargru --json [--first-order]
+    .venv/bin/python bench/inner_loop.py --workload chargru --versions metaray,autograd --reps 3
 
 sine:    MLP 1-40-40-1, K=10 support + 10 query, meta-batch 25, 1 inner SGD step (lr 0.01),
          second order, Adam 1e-3; 20 warm-up + 200 timed meta-iterations.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import sys
@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.torchfunc_baselines import vmap_step
 from pipeline.config import InnerConfig, OuterConfig
 from pipeline.data.episodes import EpisodeBatch, Split
 from pipeline.meta import outer
@@ -85,7 +86,7 @@ def markov_batches(
     return out
 
 
-def setup(workload: str, first_order: bool):
+def setup(workload: str, first_order: bool, hand_grad: bool = True):
     alg = "fomaml" if first_order else "maml"
     if workload == "sine":
         torch.manual_seed(0)
@@ -94,116 +95,133 @@ def setup(workload: str, first_order: bool):
         oc = OuterConfig(optimizer="adam", lr=1e-3, meta_batch=25)
         return model, ic, oc, sine_batches(), (20, 200)
     torch.manual_seed(0)
-    model = MetaRNN(cell="gru", vocab=64, embed=32, hidden=128, layers=1, task="lm")
+    model = MetaRNN(
+        cell="gru", vocab=64, embed=32, hidden=128, layers=1, task="lm", hand_grad=hand_grad
+    )
     ic = InnerConfig(algorithm=alg, steps=3, lr=0.1)
     oc = OuterConfig(optimizer="adam", lr=1e-3, meta_batch=8)
     return model, ic, oc, markov_batches(), (3, 30)
 
 
-def vmap_baseline_step(model, ic, oc):
-    """The plain torch.func version (vmap over tasks of grad-of-grad through functional_call),
-    for comparing under the same machine load; same maths, same Adam."""
-    from torch.func import functional_call, grad, vmap
+VERSIONS = ("metaray", "bptt", "autograd", "vmap")
 
-    from pipeline.meta import optim
-    from pipeline.meta.losses import task_loss
 
-    def one_task(p, sx, sy, sm, qx, qy, qm):
-        def loss(p, x, y, m):
-            out = functional_call(model, p, (x, m))
-            return task_loss(model.kind, out[None], y[None], m[None])[0]
+def make_step(version: str, workload: str, first_order: bool):
+    """-> (step(state, i) -> state, initial state, batches, (warm, timed), tasks per step).
+    metaray: as shipped (GRU: hand-written BPTT and HVP, the no-autograd sweep); bptt: the
+    hand-written BPTT in the inner loop, second order by autograd through it (the version
+    before the HVP); autograd: no hand-written GRU code at all (`MetaRNN(hand_grad=False)`);
+    vmap: the plain torch.func version."""
+    if version in ("autograd", "bptt") and workload != "chargru":
+        raise SystemExit("version autograd is the GRU switch: chargru only")
+    if version == "vmap" and first_order:
+        raise SystemExit("version vmap is second order only")
+    model, ic, oc, batches, counts = setup(workload, first_order, hand_grad=version != "autograd")
+    state = outer.init_state(model, ic, oc, seed=0)
+    if version == "vmap":
+        base = vmap_step(model, ic.steps, ic.lr, oc.lr)
 
-        for _ in range(ic.steps):
-            g = grad(loss)(p, sx, sy, sm)
-            p = {k: p[k] - ic.lr * g[k] for k in p}
-        return loss(p, qx, qy, qm)
+        def step(state, i):
+            return base(state, batches[i % POOL])
+    elif version == "bptt":
 
-    def meta_loss(p, batch):
-        return vmap(one_task, in_dims=(None, 0, 0, 0, 0, 0, 0))(
-            p, *batch.support, *batch.query
-        ).mean()
+        def step(state, i):
+            g, _ = outer.meta_gradients(
+                state,
+                batches[i % POOL],
+                model=model,
+                inner_cfg=ic,
+                pre_metrics=False,
+                manual=False,
+            )
+            return outer.apply_gradients(state, g, oc)
+    else:
 
-    def step(state, batch):
-        g = grad(meta_loss)(state.params, batch)
-        updates, opt = optim.adam_update(g, state.opt, state.params, oc.lr)
-        return state._replace(params=optim.apply_updates(state.params, updates), opt=opt), {
-            "loss_post": float("nan")
-        }
+        def step(state, i):
+            return outer.train_step(
+                state, batches[i % POOL], model=model, inner_cfg=ic, outer_cfg=oc, pre_metrics=False
+            )[0]
 
-    return step
+    return step, state, counts, batches[0].support.x.shape[0]
+
+
+def timed_run(step, state, timed: int) -> tuple[float, object]:
+    start = time.perf_counter()
+    for i in range(timed):
+        state = step(state, i)
+    return time.perf_counter() - start, state
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workload", choices=["sine", "chargru"], required=True)
     ap.add_argument("--first-order", action="store_true")
-    ap.add_argument("--json", action="store_true", help="end with one JSON line (always printed)")
+    ap.add_argument("--json", action="store_true", help="JSON lines only (always printed)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--iters", type=int, default=None, help="override the timed iterations")
     ap.add_argument(
         "--baseline",
         choices=["vmap"],
         default=None,
-        help="time the plain torch.func vmap version instead (same load, same maths)",
+        help="time the plain torch.func vmap version instead (same as --versions vmap)",
     )
+    ap.add_argument(
+        "--versions",
+        default=None,
+        help=f"comma list of {','.join(VERSIONS)}: run them interleaved in one process",
+    )
+    ap.add_argument("--reps", type=int, default=1, help="interleaved repetitions per version")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, ic, oc, batches, (warm, timed) = setup(args.workload, args.first_order)
+    versions = (args.versions or args.baseline or "metaray").split(",")
+    for v in versions:
+        if v not in VERSIONS:
+            ap.error(f"--versions {v!r}: use {', '.join(VERSIONS)}")
+    runs = {}
+    for v in versions:
+        step, state, (warm, timed), t_per = make_step(v, args.workload, args.first_order)
+        for i in range(warm):
+            state = step(state, i)
+        with FlopCounterMode(display=False) as counter:
+            step(state, 0)
+        runs[v] = [step, state, counter.get_total_flops(), t_per, []]
     timed = args.iters or timed
-    state = outer.init_state(model, ic, oc, seed=0)
-    t_per = batches[0].support.x.shape[0]
+    for rep in range(args.reps):
+        for v in versions:  # interleaved: every version sees the same load drift
+            step, state, flops, t_per, rates = runs[v]
+            secs, runs[v][1] = timed_run(step, state, timed)
+            its = timed / secs
+            rates.append(its * t_per)
+            print(json.dumps(result_line(args, v, rep, its, t_per, flops, timed)), flush=True)
+    if len(versions) > 1 or args.reps > 1:
+        med = {v: float(np.median(runs[v][4])) for v in versions}
+        summary = {"summary": True, "workload": args.workload, "threads": torch.get_num_threads()}
+        summary["median_tasks_per_s"] = {v: round(m, 2) for v, m in med.items()}
+        summary["ratio_to_" + versions[-1]] = {
+            v: round(m / med[versions[-1]], 3) for v, m in med.items()
+        }
+        print(json.dumps(summary))
+    return 0
 
-    if args.baseline == "vmap":
-        if args.first_order:
-            ap.error("--baseline vmap is second order only")
-        base = vmap_baseline_step(model, ic, oc)
 
-        def step(state, i):
-            return base(state, batches[i % POOL])
-    else:
-
-        def step(state, i):
-            return outer.train_step(
-                state,
-                batches[i % POOL],
-                model=model,
-                inner_cfg=ic,
-                outer_cfg=oc,
-                pre_metrics=False,
-            )
-
-    for i in range(warm):
-        state, _ = step(state, i)
-    with FlopCounterMode(display=False) as counter:
-        step(state, 0)
-    flops = counter.get_total_flops()
-    start = time.perf_counter()
-    for i in range(timed):
-        state, metrics = step(state, i)
-    secs = time.perf_counter() - start
-    its = timed / secs
-    result = {
+def result_line(args, version, rep, its, t_per, flops, timed) -> dict:
+    return {
         "workload": args.workload,
         "order": "first" if args.first_order else "second",
-        "version": args.baseline or "metaray",
-        "tasks_per_s": round(its * t_per, 1),
-        "meta_iters_per_s": round(its, 2),
+        "version": version,
+        "rep": rep,
+        "tasks_per_s": round(its * t_per, 2),
+        "meta_iters_per_s": round(its, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "flops_per_meta_iter": flops,
         "gflops_per_s": round(flops * its / 1e9, 2),
         "fraction_of_peak": round(flops * its / 1e9 / PEAK_GFLOPS, 4),
         "threads": torch.get_num_threads(),
         "timed_iters": timed,
-        "loss_post": None if math.isnan(metrics["loss_post"]) else round(metrics["loss_post"], 4),
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "torch": torch.__version__,
     }
-    if not args.json:
-        for k, v in result.items():
-            print(f"{k:>20}: {v}")
-    print(json.dumps(result))
-    return 0
 
 
 if __name__ == "__main__":

@@ -21,13 +21,13 @@ import time
 
 
 def _local(cfg, steps: int, threads: int) -> tuple[float, float]:
-    from pipeline.local_train import train
+    from pipeline.local_train import slices, train
 
     cfg = cfg.model_copy(
         update={"cluster": cfg.cluster.model_copy(update={"threads_per_worker": threads})}
     )
     t = time.perf_counter()
-    res = train(cfg, steps=steps)
+    res = train(**slices(cfg), steps=steps)
     total = time.perf_counter() - t
     return steps / res.seconds, total - res.seconds
 

@@ -55,9 +55,7 @@ def held_out_mse(state, model, ic, batch, steps: list[int]) -> dict[int, tuple[f
     out = {}
     p, done = state.params, 0
     for s in sorted(steps):
-        p = adapt(
-            p, None, batch.support, model=model, steps=s - done, lrs=state.lrs, first_order=True
-        )
+        p = adapt(p, batch.support, model=model, steps=s - done, lrs=state.lrs, first_order=True)
         p = {k: v.detach() for k, v in p.items()}
         done = s
         with torch.no_grad():

@@ -150,7 +150,6 @@ def fill_bank(model, state, even, args, trainable):
     for langs, b in batched(eps, 8):
         p = adapt(
             state.params,
-            None,
             b.support,
             model=model,
             steps=args.fill_steps,
@@ -196,7 +195,6 @@ def after_steps(model, params, b, steps, lrs, trainable) -> dict[int, np.ndarray
         if s > done:
             p = adapt(
                 p,
-                None,
                 b.support,
                 model=model,
                 steps=s - done,
@@ -225,7 +223,9 @@ def calibrate(model, state, rows, even, args, trainable, log):
                 hit = banks[lang].query(d[i : i + 1], 1)
                 nb = hit["keys"][0][0]
                 p = unflatten(hit["params"][0, :1], state.params)
-                one = ep.EpisodeBatch(*(ep.Split(*(a[i : i + 1] for a in sp)) for sp in b))
+                one = ep.EpisodeBatch(
+                    *(ep.Split(*(a[i : i + 1] for a in sp)) for sp in (b.support, b.query))
+                )
                 warm = after_steps(model, p, one, args.calib_steps, state.lrs, trainable)
                 # the worst step decides: a warm start must not lose at ANY calibrated step
                 gains.append(float(min(base[s][i] - warm[s][0] for s in args.calib_steps)))
@@ -281,7 +281,6 @@ def evaluate(model, state, rows, odd, args, kind, thr, rand_params, trainable, l
                     if s > done:
                         p = adapt(
                             p,
-                            None,
                             b.support,
                             model=model,
                             steps=s - done,

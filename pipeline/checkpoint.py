@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.errors import CheckpointError
 from pipeline.meta.outer import MetaState, state_from_tensors, state_to_tensors
+from pipeline.tracking.redact import redact_tree
 
 FORMAT = 1
 TENSORS = "state.safetensors"
@@ -118,7 +119,7 @@ def save(
     meta = {
         "format": FORMAT,
         "step": int(state.step),
-        "config": config,
+        "config": redact_tree(config),  # a checkpoint is shared: never a credential in it
         "rng": rng_json,
         "history": history or [],
         "extra": extra or {},
@@ -128,9 +129,13 @@ def save(
     return d
 
 
-def load(directory: str | os.PathLike[str]) -> Loaded:
-    """Read a checkpoint written by `save` (safetensors + JSON; no pickle anywhere)."""
-    d = Path(directory)
+def _read_meta(d: Path) -> dict[str, Any]:
+    """meta.json of checkpoint `d`, checked against its tensor file (sha256); no tensors read."""
+    if d.is_file():
+        raise CheckpointError(
+            f"{d} is a file: give a checkpoint directory (holding {META} and {TENSORS}) or a "
+            "run directory (checkpoint.storage/checkpoint.run_name)"
+        )
     meta_path, tensor_path = d / META, d / TENSORS
     if not meta_path.is_file():
         raise CheckpointError(
@@ -139,11 +144,15 @@ def load(directory: str | os.PathLike[str]) -> Loaded:
         )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{meta_path}: not readable JSON ({exc})") from None
-    if meta.get("format") != FORMAT:
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise CheckpointError(
-            f"{meta_path}: checkpoint format {meta.get('format')!r}, this metaray reads "
+            f"{meta_path}: not readable JSON ({type(exc).__name__}): the checkpoint is corrupt; "
+            "use another checkpoint of the run"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(
+            f"{meta_path}: checkpoint format {got!r}, this metaray reads "
             f"format {FORMAT}; use the metaray version that wrote it"
         )
     if not tensor_path.is_file() or _sha256(tensor_path) != meta.get("tensors_sha256"):
@@ -151,7 +160,25 @@ def load(directory: str | os.PathLike[str]) -> Loaded:
             f"{tensor_path} is missing or does not match the sha256 recorded in {meta_path}: "
             "the checkpoint is corrupt; resume from an earlier checkpoint"
         )
-    flat = load_file(str(tensor_path), device="cpu")
+    return meta
+
+
+def verify(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checkpoint's meta.json when it is complete and intact, else a `CheckpointError`."""
+    return _read_meta(Path(directory))
+
+
+def load(directory: str | os.PathLike[str]) -> Loaded:
+    """Read a checkpoint written by `save` (safetensors + JSON; no pickle anywhere)."""
+    d = Path(directory)
+    meta = _read_meta(d)
+    tensor_path = d / TENSORS
+    try:
+        flat = load_file(str(tensor_path), device="cpu")
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        raise CheckpointError(
+            f"{tensor_path}: not a safetensors file ({exc}); the checkpoint is corrupt"
+        ) from None
     rng: dict[str, Any] = dict(meta.get("rng", {}))
     state_flat = {}
     for k, v in flat.items():
@@ -159,7 +186,188 @@ def load(directory: str | os.PathLike[str]) -> Loaded:
             rng[k[len(_RNG) :]] = v
         else:
             state_flat[k] = v
-    state = state_from_tensors(state_flat)
+    try:
+        state = state_from_tensors(state_flat)
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{tensor_path}: not a metaray meta-state ({exc})") from None
     if state.step != meta["step"]:
         raise CheckpointError(f"{d}: step {state.step} in {TENSORS} but {meta['step']} in {META}")
     return Loaded(state, meta["config"], meta.get("history", []), rng, meta.get("extra", {}))
+
+
+# ---------------------------------------------------------------- finding a checkpoint
+BEST_PREFIX = "best-step"  # <run dir>/best-stepNNNNNNNN: the run's best on validation
+
+
+class NoCheckpoint(CheckpointError):
+    """Nothing that looks like a checkpoint there (as opposed to one that does not verify)."""
+
+
+class Found(NamedTuple):
+    path: str  # local directory holding meta.json + state.safetensors (an s3:// one is copied)
+    uri: str  # where it lives, as the user would name it
+    why: str  # "best on validation (step 40, val_loss_post 0.1234)" / "latest (step 60)"
+    skipped: list[str]  # newer candidates passed over, each with its reason
+
+
+def _candidates(loc: Any) -> list[str]:
+    """Directories at or below `loc.root` that hold a meta.json (paths in `loc.fs`)."""
+    import pyarrow.fs as pafs
+
+    if loc.fs.get_file_info(loc.path(META)).type == pafs.FileType.File:
+        return [loc.root]
+    sel = pafs.FileSelector(loc.root, recursive=True, allow_not_found=True)
+    infos = loc.fs.get_file_info(sel)
+    return sorted({i.path.rsplit("/", 1)[0] for i in infos if i.path.endswith("/" + META)})
+
+
+def _local_copy(loc: Any, path: str) -> Path:
+    """`path` itself (local) or a temporary copy of its two files (s3://)."""
+    if not loc.is_s3:
+        return Path(path)
+    local = Path(tempfile.mkdtemp(prefix="metaray-ckpt-"))
+    for name in (META, TENSORS):
+        with loc.fs.open_input_stream(f"{path}/{name}") as f:
+            (local / name).write_bytes(f.read())
+    return local
+
+
+def find(
+    uri: str,
+    *,
+    s3_endpoint: str | None = None,
+    select: str = "best_val",
+) -> Found:
+    """The checkpoint `uri` names: `uri` itself when it holds a meta.json, else (a run
+    directory) its best-on-validation checkpoint (`select="best_val"`, when the run wrote one)
+    or its newest, skipping any that do not verify (each skip is reported in `skipped`).
+    Local or s3://; every command that reads a checkpoint comes through here."""
+    from pipeline.data.storage import resolve
+    from pipeline.errors import ShardError
+
+    if "://" not in uri and not Path(uri).is_dir():
+        if Path(uri).exists():
+            _read_meta(Path(uri))  # raises the "is a file" message
+        raise NoCheckpoint(
+            f"no checkpoint found: {uri} does not exist; give a checkpoint or run directory"
+        )
+    try:
+        loc = resolve(uri, s3_endpoint=s3_endpoint)
+        dirs = _candidates(loc)
+    except (ShardError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {uri}: {exc}") from None
+    if not dirs:
+        raise NoCheckpoint(
+            f"{uri}: no checkpoint found (no {META} there or below); give the checkpoint "
+            "directory or the run directory (checkpoint.storage/checkpoint.run_name)"
+        )
+    best = [d for d in dirs if d.rsplit("/", 1)[-1].startswith(BEST_PREFIX)]
+    rest = [d for d in dirs if d not in best]
+    order = sorted(best, reverse=True) if select == "best_val" else []
+    metas: dict[str, int] = {}
+    for d in rest:
+        try:
+            with loc.fs.open_input_stream(f"{d}/{META}") as f:
+                metas[d] = int(json.loads(f.read()).get("step", -1))
+        except (OSError, ValueError, AttributeError):
+            metas[d] = -1  # unreadable: tried last, and reported as skipped
+    order += sorted(rest, key=lambda d: metas[d], reverse=True)
+    skipped = []
+    for d in order:
+        local = _local_copy(loc, d)
+        try:
+            meta = _read_meta(local)
+        except CheckpointError as exc:
+            skipped.append(str(exc))
+            continue
+        shown = d if not loc.is_s3 else f"s3://{d}"
+        if d in best:
+            v = meta.get("extra", {}).get("best_val", {})
+            why = f"best on validation (step {meta['step']}, val_loss_post {v.get('loss', '?')})"
+        elif len(dirs) == 1:
+            why = f"step {meta['step']}"
+        else:
+            why = f"latest intact (step {meta['step']})"
+        return Found(str(local), shown, why, skipped)
+    raise CheckpointError(
+        f"{uri}: no intact checkpoint; every candidate failed to verify:\n  " + "\n  ".join(skipped)
+    )
+
+
+def write_best(
+    run_uri: str,
+    state: MetaState,
+    *,
+    config: dict[str, Any],
+    history: list[dict[str, float]],
+    best_val: dict[str, Any],
+    s3_endpoint: str | None = None,
+) -> str:
+    """Save the run's new best-on-validation checkpoint as `<run>/best-stepNNNNNNNN` (meta.json
+    last, so it is complete or absent), then delete the older best-* ones. Local or s3://."""
+    from pipeline.data.storage import resolve
+
+    loc = resolve(run_uri, s3_endpoint=s3_endpoint)
+    name = f"{BEST_PREFIX}{int(state.step):08d}"
+    with tempfile.TemporaryDirectory(prefix="metaray-best-") as tmp:
+        save(tmp, state, config=config, history=history, extra={"best_val": best_val})
+        if not loc.is_s3:
+            loc.fs.create_dir(loc.path(name), recursive=True)
+        for f in (TENSORS, META):
+            loc.write_bytes(f"{name}/{f}", (Path(tmp) / f).read_bytes())
+    for old in _candidates(loc):
+        base = old.rsplit("/", 1)[-1]
+        if base.startswith(BEST_PREFIX) and base != name:
+            loc.fs.delete_dir(old)
+    return loc.display(name)
+
+
+def init_params(
+    state: MetaState, uri: str, *, s3_endpoint: str | None = None
+) -> tuple[MetaState, str]:
+    """`state` with its parameters taken from `uri` (`checkpoint.init_from`): a metaray
+    checkpoint or run directory (its best on validation), local or s3://, or a .safetensors
+    file of parameters (e.g. `metaray evaluate`'s multitask baseline). Inner lrs, optimizer
+    and step stay as initialised. Names and shapes must match the model exactly."""
+    if uri.endswith(".safetensors") and "://" not in uri and Path(uri).is_file():
+        try:
+            params, where = load_file(uri, device="cpu"), uri
+        except Exception as exc:
+            raise CheckpointError(f"checkpoint.init_from={uri}: not safetensors ({exc})") from None
+    else:
+        found = find(uri, s3_endpoint=s3_endpoint)
+        params, where = load(found.path).state.params, f"{found.uri} ({found.why})"
+    want = {k: tuple(v.shape) for k, v in state.params.items()}
+    got = {k: tuple(v.shape) for k, v in params.items()}
+    if want != got:
+        diff = sorted(set(want) ^ set(got)) + [k for k in want if k in got and want[k] != got[k]]
+        raise CheckpointError(
+            f"checkpoint.init_from={uri}: its parameters do not fit this model (differing: "
+            f"{', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}); use a checkpoint "
+            "trained with the same model.* and data.episode settings"
+        )
+    like = {k: params[k].to(v.dtype) for k, v in state.params.items()}
+    return MetaState(like, state.lrs, state.opt, state.step), where
+
+
+def resume(
+    run_uri: str, *, resume_from: str | None = None, s3_endpoint: str | None = None
+) -> tuple[Loaded | None, str]:
+    """What a (re)started run resumes from, and a line saying so: the newest checkpoint in the
+    run directory that verifies (Ray's latest, or one written after it that Ray never
+    registered, as after Ctrl+C), skipping a corrupt newest one; with none there,
+    `checkpoint.resume_from`; else nothing (a fresh start)."""
+    for uri, label in ((run_uri, "the run's"), (resume_from, "checkpoint.resume_from's")):
+        if uri is None:
+            continue
+        try:
+            found = find(uri, s3_endpoint=s3_endpoint, select="last")
+        except NoCheckpoint:
+            if uri == resume_from:
+                raise
+            continue
+        note = f"resumed from {label} {found.why}: {found.uri}"
+        if found.skipped:
+            note += "\n  skipped (did not verify): " + "\n  ".join(found.skipped)
+        return load(found.path), note
+    return None, ""

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -22,7 +29,15 @@ class ConfigError(ValueError):
 
 
 class _Slice(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # inf/nan are never a meaningful learning rate, clip or timeout: refused by name
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+def _endpoint(value: str | None, key: str) -> str | None:
+    """An S3 endpoint must say its scheme: `host:port` alone is ambiguous (http or https)."""
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError(f"no scheme: add http:// (e.g. http://{value}) or https://")
+    return value
 
 
 class DataConfig(_Slice):
@@ -41,6 +56,11 @@ class DataConfig(_Slice):
     s3_endpoint: str | None = Field(
         None, description="endpoint override for S3-compatible stores (else AWS_ENDPOINT_URL)"
     )
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        return _endpoint(v, "data.s3_endpoint")
 
 
 class ModelConfig(_Slice):
@@ -71,6 +91,11 @@ class InnerConfig(_Slice):
         description="inner steps per meta-step, cycled (e.g. [1, 2, 5]: train for the step "
         "counts users evaluate at); empty: always `steps`",
     )
+    learn_init: bool = Field(
+        True,
+        description="meta-train the initialisation; false: only Meta-SGD's inner lrs are "
+        "learned (on top of a pretrained init, `checkpoint.init_from`)",
+    )
     pre_weight: float = Field(
         0.0,
         ge=0,
@@ -89,6 +114,9 @@ class OuterConfig(_Slice):
     val_tasks: int = Field(32, gt=0, description="val tasks per validation")
     seed: int = Field(0, description="seeds episodes, init and everything random")
     grad_clip: float | None = Field(None, gt=0, description="clip the meta-gradient norm")
+    early_stop_patience: int | None = Field(
+        None, gt=0, description="stop after this many validations without a new best val loss"
+    )
 
 
 class ClusterConfig(_Slice):
@@ -118,6 +146,16 @@ class CheckpointConfig(_Slice):
     run_name: str = Field("metaray", description="same name + storage resumes the run")
     every: int = Field(100, gt=0, description="meta-steps between checkpoints")
     max_failures: int = Field(1, ge=0, description="worker failures survived by restoring")
+    select: Literal["best_val", "last"] = Field(
+        "best_val",
+        description="the run's model: its best on validation (val_loss_post) or its last step",
+    )
+    init_from: str | None = Field(
+        None, description="start from these parameters: a checkpoint/run dir, s3://, .safetensors"
+    )
+    resume_from: str | None = Field(
+        None, description="a checkpoint to resume (state, step, RNG) when the run has none yet"
+    )
 
 
 class TrackingConfig(_Slice):
@@ -133,6 +171,16 @@ class TrackingConfig(_Slice):
         ge=0,
         description="seconds end() waits on an unreachable server before spilling to disk",
     )
+    buffer_dir: str | None = Field(
+        None,
+        description="where an unsent tracking buffer is spilled (None: mlflow-buffer/ under "
+        "the directory metaray was started in)",
+    )
+
+    def spill_dir(self) -> str:
+        """`buffer_dir`, else METARAY_TRACKING_BUFFER_DIR, else `mlflow-buffer` (the driver
+        makes it absolute before the config travels, so workers spill where it started)."""
+        return self.buffer_dir or os.environ.get("METARAY_TRACKING_BUFFER_DIR") or "mlflow-buffer"
 
 
 class BankConfig(_Slice):
@@ -181,6 +229,12 @@ class BankConfig(_Slice):
     s3_endpoint: str | None = Field(
         None, description="endpoint override for an s3:// snapshot_uri (else AWS_ENDPOINT_URL)"
     )
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        return _endpoint(v, "bank.s3_endpoint")
+
     wal: bool = Field(
         True, description="write-ahead log each put before acking (needs snapshot_uri): no loss"
     )
@@ -191,6 +245,12 @@ class BankConfig(_Slice):
         "auto",
         description="task descriptor: auto (ngram for bytes, hidden for regression), "
         "model hidden state, head-bias gradient, or byte n-grams",
+    )
+    ann_min_entries: int | None = Field(
+        50_000,
+        gt=0,
+        description="entries from which queries use the HNSW index (usearch) instead of exact "
+        "search (exact is faster below; bench/RESULTS.md); null: always exact",
     )
 
 
@@ -218,10 +278,6 @@ class RunConfig(_Slice):
                 "use model.kind=mlp with regression and gru/lstm with lm or classify"
             )
         return self
-
-    @property
-    def first_order(self) -> bool:
-        return self.inner.first_order or self.inner.algorithm in ("fomaml", "reptile")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -291,14 +347,46 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+
+def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(
+                f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in the same "
+                f"mapping (first on line {seen[key]}); keep one"
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config {p} is a directory: give a YAML file, e.g. {p}/<name>.yaml")
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:
-        tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        text = p.read_text(encoding="utf-8")
+        tree = yaml.load(text, Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+    if tree is None:
+        raise ConfigError(
+            f"{p} is empty (or only comments): a run needs at least data.uri; start from "
+            "configs/quickstart.yaml"
+        )
     if not isinstance(tree, dict):
         raise ConfigError(
             f"{p}: the top level must be a mapping of sections, got {type(tree).__name__}"
@@ -311,10 +399,13 @@ def _explain(exc: ValidationError, source: str, tree: dict[str, Any]) -> ConfigE
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "finite_number":
+            msg += " (inf and nan are refused)"
         if key in flat:
-            lines.append(f"{source}: {key}={flat[key]!r}: {err['msg']}")
+            lines.append(f"{source}: {key}={flat[key]!r}: {msg}")
         elif key:
-            lines.append(f"{source}: {key}: {err['msg']}")
+            lines.append(f"{source}: {key}: {msg}")
         else:
             lines.append(f"{source}: {err['msg'].removeprefix('Value error, ')}")
     return ConfigError("\n".join(lines))

@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from torch import nn
 from pipeline.data import episodes as ep
 from pipeline.meta import outer
 from pipeline.models import build_model
+
+if TYPE_CHECKING:  # typed slices; importing the core needs no pydantic
+    from pipeline.config import DataConfig, InnerConfig, ModelConfig, OuterConfig, RunConfig
 
 
 class TaskSource(Protocol):
@@ -64,65 +67,54 @@ def cached_reader(source: TaskSource, max_tasks: int = 4096) -> Callable[[str], 
     return read
 
 
-def validation_batch(read: Callable[[str], dict], tasks: list[str], cfg: Any) -> ep.EpisodeBatch:
-    """The fixed validation batch (same episodes at every validation)."""
-    return ep.build_step(
-        read,
-        tasks,
-        cfg.data,
-        seed=cfg.outer.seed + ep.VAL_SEED_OFFSET,
-        step=0,
-        meta_batch=cfg.outer.val_tasks,
-    )
-
-
 def train(
-    cfg: Any,
+    data: DataConfig,
+    model_cfg: ModelConfig,
+    inner: InnerConfig,
+    outer_cfg: OuterConfig,
     *,
+    threads: int | None = None,
     source: TaskSource | None = None,
     steps: int | None = None,
     log: Callable[[str], None] | None = None,
     eval_steps: tuple[int, ...] = (0, 1),
 ) -> LocalResult:
-    """Meta-train `cfg` (a RunConfig) for `steps` (default `cfg.outer.steps`) meta-steps."""
-    if cfg.cluster.threads_per_worker:
-        torch.set_num_threads(cfg.cluster.threads_per_worker)
+    """Meta-train for `steps` (default `outer_cfg.steps`) meta-steps; `threads`: torch threads
+    (a run's `cluster.threads_per_worker`); `source`: default the shard set at `data.uri`."""
+    if threads:
+        torch.set_num_threads(threads)
     if source is None:
         from pipeline.data.shards import open_shard_set
 
-        source = open_shard_set(cfg.data.uri, s3_endpoint=cfg.data.s3_endpoint)
+        source = open_shard_set(data.uri, s3_endpoint=data.s3_endpoint)
     read = cached_reader(source)
     train_tasks, val_tasks = source.tasks("train"), source.tasks("val")
-    model = build_model(cfg.model, cfg.data)
-    state = outer.init_state(model, cfg.inner, cfg.outer, seed=cfg.outer.seed)
-    val_batch = ep.to_torch(validation_batch(read, val_tasks, cfg)) if val_tasks else None
+    model = build_model(model_cfg, data)
+    state = outer.init_state(model, inner, outer_cfg, seed=outer_cfg.seed)
+    val = None
+    if val_tasks:
+        val = ep.to_torch(
+            ep.validation_batch(read, val_tasks, data, seed=outer_cfg.seed, n=outer_cfg.val_tasks)
+        )
     result = LocalResult(state, model)
-    total = cfg.outer.steps if steps is None else steps
+    total = outer_cfg.steps if steps is None else steps
     start = time.perf_counter()
     for step in range(total):
-        batch = ep.to_torch(
-            ep.build_step(
-                read,
-                train_tasks,
-                cfg.data,
-                seed=cfg.outer.seed,
-                step=step,
-                meta_batch=cfg.outer.meta_batch,
-            )
+        batch = ep.build_step(
+            read, train_tasks, data, seed=outer_cfg.seed, step=step, meta_batch=outer_cfg.meta_batch
         )
         state, metrics = outer.train_step(
-            state, batch, model=model, inner_cfg=cfg.inner, outer_cfg=cfg.outer
+            state, ep.to_torch(batch), model=model, inner_cfg=inner, outer_cfg=outer_cfg
         )
-        result.history.append({"step": step, "tasks": cfg.outer.meta_batch, **metrics})
-        last = step + 1 == total
-        if val_batch is not None and ((step + 1) % cfg.outer.val_every == 0 or last):
+        result.history.append({"step": step, "tasks": outer_cfg.meta_batch, **metrics})
+        if val is not None and ((step + 1) % outer_cfg.val_every == 0 or step + 1 == total):
             losses = outer.evaluate(
                 state,
-                val_batch,
+                val,
                 model=model,
-                inner_cfg=cfg.inner,
+                inner_cfg=inner,
                 steps=list(eval_steps),
-                chunk=cfg.outer.chunk,
+                chunk=outer_cfg.chunk,
             )
             row = {"step": step + 1, **{f"val_loss_{k}": v for k, v in losses.items()}}
             result.val.append(row)
@@ -133,13 +125,32 @@ def train(
     return result
 
 
+def slices(cfg: RunConfig) -> dict[str, Any]:
+    """A run config's slices as `train`'s arguments: `train(**slices(cfg), steps=...)`."""
+    return {
+        "data": cfg.data,
+        "model_cfg": cfg.model,
+        "inner": cfg.inner,
+        "outer_cfg": cfg.outer,
+        "threads": cfg.cluster.threads_per_worker,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline import config
+    from pipeline.errors import MetarayError
 
     args = list(sys.argv[1:] if argv is None else argv)
     path = args.pop(0) if args and "=" not in args[0] else None
-    cfg = config.load(path, args)
-    res = train(cfg, log=print)
+    try:
+        cfg = config.load(path, args)
+        res = train(**slices(cfg), log=print)
+    except config.ConfigError as exc:  # the message names the file and the fix: no traceback
+        print(f"local_train: config error: {exc}", file=sys.stderr)
+        return 2
+    except MetarayError as exc:
+        print(f"local_train: {exc}", file=sys.stderr)
+        return 1
     print(f"{len(res.history)} meta-steps in {res.seconds:.1f} s ({res.tasks_per_s:.0f} tasks/s)")
     return 0
 

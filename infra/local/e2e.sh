@@ -61,13 +61,18 @@ PATH="$VENV:$PATH" MLFLOW_PORT=$MLFLOW_PORT MLFLOW_STATE_DIR="$WORK/mlflow" \
 pids+=($!)
 wait_http "$MLFLOW/health" "mlflow server" "$WORK/mlflow.log"
 
-# Token auth (Ray 2.60's default for `ray start`): the head and every client share this token.
+# Token auth on (not the default of `ray start` in 2.60 without a token file): the head and
+# every client share this token.
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$RAY_TMP/auth_token
 "$VENV/python" -c 'import secrets; print(secrets.token_hex(32), end="")' > "$RAY_AUTH_TOKEN_PATH"
 DASH_PORT=$(free_port); RAY=http://127.0.0.1:$DASH_PORT
 # The job's `python` is the first on the head's PATH: the venv's. Free ports everywhere: other
 # Ray clusters on the same machine hold the defaults (10001, 52365).
-PATH="$VENV:$PATH" "$VENV/ray" start --head --block --port=0 --num-cpus=2 \
+# Loopback only: Ray rewrites a loopback --node-ip-address to the host's address unless
+# "clusters" are off (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, a single-node head); then GCS,
+# raylet, object manager, workers and agent all listen on 127.0.0.1.
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 PATH="$VENV:$PATH" "$VENV/ray" start --head --block \
+  --node-ip-address=127.0.0.1 --port=0 --num-cpus=2 \
   --temp-dir="$RAY_TMP" --include-dashboard=true --dashboard-host=127.0.0.1 \
   --dashboard-port="$DASH_PORT" --ray-client-server-port="$(free_port)" \
   --dashboard-agent-listen-port="$(free_port)" --object-store-memory=300000000 \

@@ -5,6 +5,11 @@ dicts, so an entry costs its parameter bytes + its descriptor + a small constant
 columns and the key string). Rows are kept dense (`[0, n)`): search is one matrix-vector
 product over a contiguous block, and deletion/eviction moves the last row into the hole.
 
+Approximate search: from `ann_min_entries` entries on, queries go to an HNSW index
+(usearch, float16 vectors, cosine) kept beside the dense block; below that size exact
+search is faster (bench/bank_ann.py). HNSW labels are stable entry ids, not rows (rows move
+on removal); an overwritten or evicted entry is removed from the HNSW index too.
+
 No ray, boto3 or mlflow here: the actor (`pipeline/bank/actor.py`) is the shell around it.
 """
 
@@ -16,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 
+from pipeline.bank.ann import Hnsw
 from pipeline.errors import BankError
 
 Eviction = Literal["lru", "worst_loss"]
@@ -57,6 +63,7 @@ class BankIndex:
     """Descriptor index with upsert by task key and a capacity with LRU or worst-loss eviction."""
 
     META = ("step", "support", "loss", "last_used")
+    _COLUMNS = ("_desc", "_params", "_step", "_support", "_loss", "_last_used", "_id")
 
     def __init__(
         self,
@@ -66,6 +73,8 @@ class BankIndex:
         *,
         dim: int | None = None,
         n_params: int | None = None,
+        ann_min_entries: int | None = None,
+        ann_ef: int = 192,
     ) -> None:
         if capacity <= 0:
             raise BankError(f"bank capacity={capacity} must be positive")
@@ -80,12 +89,15 @@ class BankIndex:
         self._keys: list[str] = []
         self._slot: dict[str, int] = {}
         self._rows = 0
+        self.ann_min_entries, self.ann_ef = ann_min_entries, ann_ef
+        self._ann = None  # usearch.Index once the bank reaches ann_min_entries
+        self._next_id = 0
         if dim is not None and n_params is not None:
             self._allocate(dim, n_params)
 
     @classmethod
     def from_config(cls, cfg) -> BankIndex:  # cfg: pipeline.config.BankConfig
-        return cls(cfg.capacity, cfg.eviction, cfg.dtype)
+        return cls(cfg.capacity, cfg.eviction, cfg.dtype, ann_min_entries=cfg.ann_min_entries)
 
     # ---- storage -------------------------------------------------------------------------
     def _allocate(self, dim: int, n_params: int) -> None:
@@ -97,13 +109,14 @@ class BankIndex:
         self._support = np.zeros(rows, np.int32)
         self._loss = np.zeros(rows, np.float32)
         self._last_used = np.zeros(rows, np.int64)
+        self._id = np.zeros(rows, np.int64)  # stable entry id: the HNSW label
         self._rows = rows
 
     def _grow(self, need: int) -> None:
         if need <= self._rows:
             return
         rows = min(self.capacity, max(need, 2 * self._rows))
-        for name in ("_desc", "_params", "_step", "_support", "_loss", "_last_used"):
+        for name in self._COLUMNS:
             old = getattr(self, name)
             new = np.zeros((rows, *old.shape[1:]), old.dtype)
             new[: self._n] = old[: self._n]
@@ -123,12 +136,10 @@ class BankIndex:
         """Bytes held for the live entries (allocated rows, metadata and key strings)."""
         if self.dim is None:
             return 0
-        arrays = sum(
-            getattr(self, n).nbytes
-            for n in ("_desc", "_params", "_step", "_support", "_loss", "_last_used")
-        )
+        arrays = sum(getattr(self, n).nbytes for n in self._COLUMNS)
         keys = sum(len(k) for k in self._keys) + 120 * self._n  # str + dict slot + list ref
-        return arrays + keys
+        ann = 0 if self._ann is None else self._ann.nbytes()
+        return arrays + keys + ann
 
     # ---- writes --------------------------------------------------------------------------
     def upsert(
@@ -150,6 +161,7 @@ class BankIndex:
         support_a = np.broadcast_to(np.asarray(support, np.int32), (b,))
         loss_a = np.broadcast_to(np.asarray(loss, np.float32), (b,))
         out = UpsertResult()
+        pending: list[str] = []  # written keys: added to the HNSW index in one call below
         for i, key in enumerate(keys):
             slot = self._slot.get(key)
             if slot is None:
@@ -168,11 +180,17 @@ class BankIndex:
                 out.inserted += 1
             else:
                 out.updated += 1
+                self._ann_remove(slot)
             self._clock += 1
+            self._id[slot] = self._next_id
+            self._next_id += 1
+            pending.append(key)
             self._desc[slot] = desc[i]
             self._params[slot] = p[i]
             self._step[slot], self._support[slot] = steps_a[i], support_a[i]
             self._loss[slot], self._last_used[slot] = loss_a[i], self._clock
+        self._ann_add(pending)
+        self._ann_build()
         return out
 
     def check_batch(
@@ -202,16 +220,39 @@ class BankIndex:
             return int(np.argmin(self._last_used[: self._n]))
         return int(np.argmax(self._loss[: self._n]))
 
+    # ---- the approximate index ---------------------------------------------------------
+    def _ann_build(self) -> None:
+        """Build the HNSW index once the bank is big enough (then it is kept up to date)."""
+        if self._ann is None and self.ann_min_entries and self._n >= self.ann_min_entries:
+            self._ann = Hnsw(self.dim, self.ann_ef)
+            n = self._n
+            self._ann.add(self._id[:n], self._desc[:n], np.arange(n))
+
+    def _ann_add(self, keys: list[str]) -> None:
+        """Add this batch's live entries (rows looked up now: evictions moved some)."""
+        if self._ann is None:
+            return
+        rows = np.array([self._slot[k] for k in keys if k in self._slot], np.int64)
+        if len(rows):
+            self._ann.add(self._id[rows], self._desc[rows], rows)
+
+    def _ann_remove(self, slot: int) -> None:
+        if self._ann is not None:
+            self._ann.remove(int(self._id[slot]))
+
     def _remove_slot(self, slot: int) -> None:
         last = self._n - 1
+        self._ann_remove(slot)
         del self._slot[self._keys[slot]]
         if slot != last:  # keep rows dense: move the last row into the hole
             moved = self._keys[last]
-            for name in ("_desc", "_params", "_step", "_support", "_loss", "_last_used"):
+            for name in self._COLUMNS:
                 arr = getattr(self, name)
                 arr[slot] = arr[last]
             self._keys[slot] = moved
             self._slot[moved] = slot
+            if self._ann is not None:
+                self._ann.moved(int(self._id[slot]), slot)
         self._keys.pop()
         self._n = last
 
@@ -224,10 +265,14 @@ class BankIndex:
 
     def clear(self) -> None:
         self._n, self._keys, self._slot = 0, [], {}
+        self._ann = None
 
     # ---- reads ---------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int = 1, *, touch: bool = True) -> Hits:
-        """Cosine top-k for each query row. `touch` marks hits as used (for LRU)."""
+    def search(
+        self, queries: np.ndarray, k: int = 1, *, touch: bool = True, exact: bool | None = None
+    ) -> Hits:
+        """Cosine top-k for each query row. `touch` marks hits as used (for LRU). `exact`:
+        True forces exact search; None uses the HNSW index once the bank has one."""
         q = normalise(queries, what="query descriptor")
         b = q.shape[0]
         kk = min(k, self._n)
@@ -238,6 +283,16 @@ class BankIndex:
             raise BankError(
                 f"bank query: descriptor dim {q.shape[1]} does not match the bank's {self.dim}"
             )
+        found = None if self._ann is None or exact else self._ann.search(q, kk)
+        slots, top = found if found is not None else self._exact_search(q, kk)
+        if touch:
+            self._clock += 1
+            self._last_used[slots.ravel()] = self._clock
+        return Hits([[self._keys[s] for s in row] for row in slots], top, slots)
+
+    def _exact_search(self, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        """-> (slots, cosine sims) `[B, kk]`, best first: one product over the dense block."""
+        b = q.shape[0]
         sims = q @ self._desc[: self._n].T  # [B, n]
         if kk < self._n:
             part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
@@ -246,11 +301,7 @@ class BankIndex:
         part_sims = np.take_along_axis(sims, part, axis=1)
         order = np.argsort(-part_sims, axis=1, kind="stable")
         slots = np.take_along_axis(part, order, axis=1).astype(np.int64)
-        top = np.take_along_axis(part_sims, order, axis=1)
-        if touch:
-            self._clock += 1
-            self._last_used[slots.ravel()] = self._clock
-        return Hits([[self._keys[s] for s in row] for row in slots], top, slots)
+        return slots, np.take_along_axis(part_sims, order, axis=1)
 
     def params_of(self, slots: np.ndarray | Sequence[int]) -> np.ndarray:
         """Flat float32 parameters of the given rows (float16 storage is widened)."""
@@ -304,3 +355,6 @@ class BankIndex:
             getattr(self, f"_{m}")[:n] = np.asarray(cols[m])
         self._keys, self._slot, self._n = keys, {k: i for i, k in enumerate(keys)}, n
         self._clock = int(clock if clock is not None else self._last_used[:n].max(initial=0))
+        self._id[:n] = np.arange(n)
+        self._next_id = n
+        self._ann_build()

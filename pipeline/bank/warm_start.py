@@ -160,7 +160,6 @@ def probe_losses(model, starts: Params, owner: np.ndarray, support, *, steps, lr
     for fit, score in (halves, halves[::-1]):
         p = adapt(
             starts,
-            None,
             fit,
             model=model,
             steps=steps,
@@ -262,7 +261,6 @@ def adapt_with_bank(
     )
     adapted = adapt(
         start,
-        None,
         support,
         model=model,
         steps=steps,

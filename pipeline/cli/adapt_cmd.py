@@ -18,7 +18,12 @@ from typing import Any
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("adapt", help="adapt to a support file; write adapted params (safetensors)")
-    p.add_argument("--checkpoint", required=True, help="a run checkpoint directory (meta-init)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint or run directory, local or s3:// (a run: its best on validation)",
+    )
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL (else AWS_ENDPOINT_URL)")
     p.add_argument("--support", required=True, help="text file: one support example per line")
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.add_argument("--steps", type=int, help="inner steps (default: the checkpoint's inner.steps)")
@@ -30,13 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _read_support(path: str) -> list[str]:
+    from pipeline.data.sources.text import decode_lines
     from pipeline.errors import MetarayError
 
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = [ln.strip() for ln in f if ln.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MetarayError(f"support file {path}: cannot read it as UTF-8 text ({exc})") from None
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise MetarayError(f"support file {path}: cannot read it ({exc.strerror})") from None
+    try:  # the same decoding as `shards build text`: a bad byte is named by line and column
+        lines = [ln.strip() for ln in decode_lines(raw, f"support file {path}")]
+    except MetarayError as exc:
+        raise MetarayError(str(exc)) from None
     if not lines:
         raise MetarayError(f"support file {path} has no non-empty lines: one example per line")
     return lines
@@ -74,7 +84,12 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from pipeline.errors import MetarayError
     from pipeline.models import build_model
 
-    loaded = checkpoint.load(args.checkpoint)
+    found = checkpoint.find(args.checkpoint, s3_endpoint=args.s3_endpoint)
+    print(f"checkpoint: {found.why}: {found.uri}")
+    for reason in found.skipped:
+        print(f"  skipped (did not verify): {reason}")
+    loaded = checkpoint.load(found.path)
+    args.found_checkpoint = found.uri
     base = config.from_dict(loaded.config, f"{args.checkpoint}/meta.json")
     cfg = config.from_dict(
         config._merge(config.to_dict(base), config.parse_overrides(args.overrides)),
@@ -155,7 +170,7 @@ def _write(args: argparse.Namespace, result: _Result, steps: int, n_examples: in
         "support_examples": str(n_examples),
         "support_loss_meta_init": f"{result.before:.6f}",
         "support_loss_adapted": f"{result.after:.6f}",
-        "checkpoint": os.path.abspath(args.checkpoint),
+        "checkpoint": args.found_checkpoint,  # the one used (a run dir resolves to one)
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"

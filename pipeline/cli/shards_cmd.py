@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+_ROWS_HELP = "most rows per Parquet file (a task is never split: a larger one gets its own file)"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("shards", help="build and inspect Arrow task shard sets")
@@ -17,9 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--out", required=True, help="output directory or s3://bucket/prefix")
         q.add_argument("--seed", type=int, default=0, help="seed (recorded in the manifest)")
         q.add_argument("--s3-endpoint", help="S3 endpoint URL (else AWS_ENDPOINT_URL)")
-        q.add_argument(
-            "--rows-per-file", type=int, default=1_000_000, help="rows per Parquet file (max)"
-        )
+        q.add_argument("--rows-per-file", type=int, default=1_000_000, help=_ROWS_HELP)
         q.add_argument("--force", action="store_true", help="rebuild even if up to date")
         q.add_argument(
             "--overwrite", action="store_true", help="replace a different shard set at --out"
@@ -121,18 +121,26 @@ def _build(args: argparse.Namespace) -> int:
     prepared = _prepare(args)
     build = {**prepared.build, "command": command_line()}
     t0 = time.perf_counter()
-    result = write_shard_set(
-        args.out,
-        prepared.family,
-        prepared.tasks,
-        build=build,
-        s3_endpoint=args.s3_endpoint,
-        rows_per_file=args.rows_per_file,
-        force=args.force,
-        overwrite=args.overwrite,
-        split_hint=prepared.split_hint,
-        log=lambda m: print(m, file=sys.stderr),
-    )
+    try:
+        result = write_shard_set(
+            args.out,
+            prepared.family,
+            prepared.tasks,
+            build=build,
+            s3_endpoint=args.s3_endpoint,
+            rows_per_file=args.rows_per_file,
+            force=args.force,
+            overwrite=args.overwrite,
+            split_hint=prepared.split_hint,
+            log=lambda m: print(m, file=sys.stderr),
+        )
+    except KeyboardInterrupt:  # the writer removed what it wrote before this reaches here
+        print(
+            f"metaray: interrupted: nothing was written to {args.out} (a shard set already "
+            "there is unchanged); run the same command again to build it",
+            file=sys.stderr,
+        )
+        return 130
     m = result.manifest
     rows = sum(t.rows for t in m.tasks.values())
     if result.skipped:

@@ -7,6 +7,7 @@ The same `checkpoint.run_name` + `checkpoint.storage` resumes from the last chec
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,5 +22,14 @@ def _train(args: argparse.Namespace) -> int:
     from pipeline.runtime.launch import run_training
 
     cfg = config.load(args.config, args.overrides)
-    result = run_training(cfg)
-    return 0 if result.steps >= cfg.outer.steps else 1
+    try:
+        result = run_training(cfg)
+    except KeyboardInterrupt:  # Ray is shut down by run_training; the checkpoints stay
+        print(
+            f"metaray: interrupted: run {cfg.checkpoint.run_name!r} keeps its checkpoints in "
+            f"{cfg.checkpoint.storage}; run the same command again to resume from the newest "
+            "intact one",
+            file=sys.stderr,
+        )
+        return 130
+    return 0 if result.steps >= cfg.outer.steps or result.stopped_early else 1

@@ -14,11 +14,14 @@ takes slots `[r*B/W, (r+1)*B/W)`, so the data never depends on how many workers 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from pipeline.errors import EpisodeError
+
+if TYPE_CHECKING:  # the slice's type only: building episodes needs numpy alone
+    from pipeline.config import DataConfig
 
 BOS, EOS, PAD = 256, 257, 258
 VOCAB = 259
@@ -36,6 +39,14 @@ class Split(NamedTuple):
 class EpisodeBatch(NamedTuple):
     support: Split
     query: Split
+    # Each episode's task keys (one, or the N classes in label order), so that nobody
+    # re-derives them from the step plan; () where unknown (hand-built batches).
+    tasks: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def keys(self) -> list[str]:
+        """One key per episode: the task, or `a+b+c` for an N-way episode."""
+        return ["+".join(t) for t in self.tasks]
 
 
 # ---------------------------------------------------------------- determinism
@@ -152,10 +163,25 @@ def classify_episode(
 
 
 # ---------------------------------------------------------------- batches
-def collate(episodes: Sequence[EpisodeBatch], trim: bool = True) -> EpisodeBatch:
-    """Stack episodes into one batch (leading dim T). With `trim`, sequences are cut to the
-    longest valid length in the batch (padding costs recurrent steps; results are unchanged
-    because padding is masked and the classifier reads the last valid position)."""
+def trim(batch: EpisodeBatch) -> EpisodeBatch:
+    """Cut sequences to the longest valid length in the batch: padding costs recurrent steps;
+    results are unchanged because padding is masked and the classifier reads the last valid
+    position. THE one place padding is trimmed (`collate`, the episode actors' joined parts)."""
+    s, q = batch.support, batch.query
+    if s.mask.ndim != 3:
+        return batch
+    n = int(max(s.mask.sum(-1).max(), q.mask.sum(-1).max(), 1))
+    lm = s.y.ndim == 3
+    return EpisodeBatch(
+        Split(s.x[..., :n], s.y[..., :n] if lm else s.y, s.mask[..., :n]),
+        Split(q.x[..., :n], q.y[..., :n] if lm else q.y, q.mask[..., :n]),
+        batch.tasks,
+    )
+
+
+def collate(episodes: Sequence[EpisodeBatch], trim_padding: bool = True) -> EpisodeBatch:
+    """Stack episodes into one batch (leading dim T), their task keys in order; with
+    `trim_padding`, `trim` it."""
     if not episodes:
         raise EpisodeError("collate: no episodes")
 
@@ -165,36 +191,34 @@ def collate(episodes: Sequence[EpisodeBatch], trim: bool = True) -> EpisodeBatch
         ms = np.stack([e[part].mask for e in episodes])
         return Split(xs, ys, ms)
 
-    s, q = stack(0), stack(1)
-    if trim and s.mask.ndim == 3:
-        L = int(max(s.mask.sum(-1).max(), q.mask.sum(-1).max(), 1))
-        lm = s.y.ndim == 3
-        s = Split(s.x[..., :L], s.y[..., :L] if lm else s.y, s.mask[..., :L])
-        q = Split(q.x[..., :L], q.y[..., :L] if lm else q.y, q.mask[..., :L])
-    return EpisodeBatch(s, q)
+    out = EpisodeBatch(stack(0), stack(1), tuple(t for e in episodes for t in e.tasks))
+    return trim(out) if trim_padding else out
 
 
 def make_episode(
     kind: str,
     read_task: Callable[[str], Rows],
     slot: tuple[str, ...],
-    data_cfg: Any,
+    data_cfg: DataConfig,
     rng: np.random.Generator,
 ) -> EpisodeBatch:
+    """One episode of `slot`'s task(s), carrying the slot as its task keys."""
     k, q = data_cfg.k_support, data_cfg.k_query
     if kind == "regression":
-        return regression_episode(read_task(slot[0]), k, q, rng, slot[0])
-    if kind == "lm":
-        return lm_episode(read_task(slot[0]), k, q, data_cfg.max_len, rng, slot[0])
-    if kind == "classify":
-        return classify_episode([read_task(t) for t in slot], k, q, data_cfg.max_len, rng, slot)
-    raise EpisodeError(f"episode kind {kind!r}: use regression, lm or classify")
+        one = regression_episode(read_task(slot[0]), k, q, rng, slot[0])
+    elif kind == "lm":
+        one = lm_episode(read_task(slot[0]), k, q, data_cfg.max_len, rng, slot[0])
+    elif kind == "classify":
+        one = classify_episode([read_task(t) for t in slot], k, q, data_cfg.max_len, rng, slot)
+    else:
+        raise EpisodeError(f"episode kind {kind!r}: use regression, lm or classify")
+    return one._replace(tasks=(tuple(slot),))
 
 
 def build_step(
     read_task: Callable[[str], Rows],
     train_tasks: Sequence[str],
-    data_cfg: Any,
+    data_cfg: DataConfig,
     *,
     seed: int,
     step: int,
@@ -212,10 +236,27 @@ def build_step(
     return collate(eps)
 
 
+def validation_batch(
+    read_task: Callable[[str], Rows],
+    val_tasks: Sequence[str],
+    data_cfg: DataConfig,
+    *,
+    seed: int,
+    n: int,
+) -> EpisodeBatch:
+    """The fixed validation batch of a run seeded `seed` (`outer.seed`): `n` episodes
+    (`outer.val_tasks`) of its own seed stream, the same at every validation. Training
+    (single-process and the episode actors' share) and evaluation's baseline selection
+    score on it."""
+    return build_step(
+        read_task, val_tasks, data_cfg, seed=seed + VAL_SEED_OFFSET, step=0, meta_batch=n
+    )
+
+
 def to_torch(batch: EpisodeBatch, device: Any = "cpu") -> EpisodeBatch:
     import torch
 
     def conv(s: Split) -> Split:
         return Split(*(torch.as_tensor(np.ascontiguousarray(a)).to(device) for a in s))
 
-    return EpisodeBatch(conv(batch.support), conv(batch.query))
+    return EpisodeBatch(conv(batch.support), conv(batch.query), batch.tasks)

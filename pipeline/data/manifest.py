@@ -130,6 +130,33 @@ def _need(tree: dict, key: str, kind: type | tuple, where: str) -> Any:
 
 def parse(raw: bytes, where: str) -> Manifest:
     """Validate and load a manifest; every problem names `where` and the field."""
+    tree = _json_object(raw, where)
+    version = _schema_version(tree, where)
+    family, columns = _family_columns(tree, where)
+    build = _need(tree, "build", dict, where)
+    files = _files(_need(tree, "files", list, where), where)
+    tasks = _tasks(_need(tree, "tasks", list, where), files, where)
+    per_file_rows = dict.fromkeys(files, 0)
+    for t in tasks.values():
+        per_file_rows[t.file] += t.rows
+    for name, rows in per_file_rows.items():
+        if rows != files[name].rows:
+            raise ShardError(
+                f"{where}: file {name} has rows={files[name].rows} but its tasks add up to "
+                f"{rows}; rebuild the shard set"
+            )
+    return Manifest(
+        schema_version=version,
+        family=family,
+        columns=columns,
+        build=build,
+        files=files,
+        tasks=tasks,
+        created_utc=str(tree.get("created_utc", "")),
+    )
+
+
+def _json_object(raw: bytes, where: str) -> dict[str, Any]:
     try:
         tree = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -138,6 +165,10 @@ def parse(raw: bytes, where: str) -> Manifest:
         ) from None
     if not isinstance(tree, dict):
         raise ShardError(f"{where}: expected a JSON object; rebuild the shard set")
+    return tree
+
+
+def _schema_version(tree: dict[str, Any], where: str) -> int:
     version = _need(tree, "schema_version", int, where)
     if version > SCHEMA_VERSION:
         raise ShardError(
@@ -147,6 +178,10 @@ def parse(raw: bytes, where: str) -> Manifest:
         )
     if version < 1:
         raise ShardError(f"{where}: schema_version {version} is not valid; rebuild the shard set")
+    return version
+
+
+def _family_columns(tree: dict[str, Any], where: str) -> tuple[str, dict[str, str]]:
     family = _need(tree, "family", str, where)
     if family not in FAMILY_COLUMNS:
         raise ShardError(
@@ -160,9 +195,12 @@ def parse(raw: bytes, where: str) -> Manifest:
             f"{where}: field 'columns' = {columns} does not match family {family!r}, which "
             f"has {expected}; rebuild the shard set"
         )
-    build = _need(tree, "build", dict, where)
+    return family, columns
+
+
+def _files(listed: list[Any], where: str) -> dict[str, FileEntry]:
     files: dict[str, FileEntry] = {}
-    for i, f in enumerate(_need(tree, "files", list, where)):
+    for i, f in enumerate(listed):
         at = f"{where}: files[{i}]"
         if not isinstance(f, dict):
             raise ShardError(f"{at}: expected an object; rebuild the shard set")
@@ -178,9 +216,12 @@ def parse(raw: bytes, where: str) -> Manifest:
         if entry.split not in SPLITS:
             raise ShardError(f"{at}: split {entry.split!r} is not one of {list(SPLITS)}")
         files[entry.name] = entry
+    return files
+
+
+def _tasks(listed: list[Any], files: dict[str, FileEntry], where: str) -> dict[str, TaskEntry]:
     tasks: dict[str, TaskEntry] = {}
-    per_file_rows = dict.fromkeys(files, 0)
-    for i, t in enumerate(_need(tree, "tasks", list, where)):
+    for i, t in enumerate(listed):
         at = f"{where}: tasks[{i}]"
         if not isinstance(t, dict):
             raise ShardError(f"{at}: expected an object; rebuild the shard set")
@@ -208,20 +249,5 @@ def parse(raw: bytes, where: str) -> Manifest:
                 f"{at} ({entry.key}): split {entry.split!r} differs from its file's "
                 f"{files[entry.file].split!r}; rebuild the shard set"
             )
-        per_file_rows[entry.file] += entry.rows
         tasks[entry.key] = entry
-    for name, rows in per_file_rows.items():
-        if rows != files[name].rows:
-            raise ShardError(
-                f"{where}: file {name} has rows={files[name].rows} but its tasks add up to "
-                f"{rows}; rebuild the shard set"
-            )
-    return Manifest(
-        schema_version=version,
-        family=family,
-        columns=columns,
-        build=build,
-        files=files,
-        tasks=tasks,
-        created_utc=str(tree.get("created_utc", "")),
-    )
+    return tasks

@@ -63,6 +63,20 @@ def _rebuild_hint(m: mf.Manifest | None) -> str:
 def load_file(loc: Location, m: mf.Manifest, entry: mf.FileEntry) -> _Loaded:
     """Fetch one Parquet file and check it completely against the manifest."""
     where = loc.display(entry.name)
+    table = _read_parquet(where, _fetch_verified(loc, m, entry), m)
+    _check_schema(where, table, m)
+    _check_rows(where, table, m, entry)
+    columns: dict[str, np.ndarray] = {}
+    for name in m.columns:
+        arr = table.column(name).to_numpy(zero_copy_only=False)
+        arr.flags.writeable = False
+        columns[name] = arr
+    return _Loaded(columns, nbytes=table.nbytes)
+
+
+def _fetch_verified(loc: Location, m: mf.Manifest, entry: mf.FileEntry) -> bytes:
+    """The file's bytes, present, of the manifest's size and sha256."""
+    where = loc.display(entry.name)
     try:
         raw = loc.read_bytes(entry.name)
     except FileNotFoundError:
@@ -83,13 +97,21 @@ def load_file(loc: Location, m: mf.Manifest, entry: mf.FileEntry) -> _Loaded:
             f"{entry.sha256[:16]}...): the file changed or was corrupted after the build; "
             + _rebuild_hint(m)
         )
+    return raw
+
+
+def _read_parquet(where: str, raw: bytes, m: mf.Manifest) -> pa.Table:
     try:
-        table = pq.read_table(pa.BufferReader(raw))
+        return pq.read_table(pa.BufferReader(raw))
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise ShardError(
             f"{where} is not a readable Parquet file ({str(exc).splitlines()[0]}); "
             + _rebuild_hint(m)
         ) from None
+
+
+def _check_schema(where: str, table: pa.Table, m: mf.Manifest) -> None:
+    """Exactly the family's columns (plus the task column), of their types."""
     expected = {mf.TASK_COLUMN: pa.string(), **m.arrow_columns()}
     got = {f.name: f.type for f in table.schema}
     for name, want in expected.items():
@@ -109,6 +131,10 @@ def load_file(loc: Location, m: mf.Manifest, entry: mf.FileEntry) -> _Loaded:
             f"{where}: unexpected column(s) {extra} for family {m.family} "
             f"(expected {sorted(expected)}); " + _rebuild_hint(m)
         )
+
+
+def _check_rows(where: str, table: pa.Table, m: mf.Manifest, entry: mf.FileEntry) -> None:
+    """The manifest's row count, and each of its tasks where the manifest puts it."""
     if table.num_rows != entry.rows:
         raise ShardError(
             f"{where}: {table.num_rows} rows, the manifest says {entry.rows}; " + _rebuild_hint(m)
@@ -123,12 +149,6 @@ def load_file(loc: Location, m: mf.Manifest, entry: mf.FileEntry) -> _Loaded:
                 f"{where}: rows {t.offset}..{t.offset + t.rows - 1} should hold task {t.key!r} "
                 f"but hold {first!r}..{last!r}; " + _rebuild_hint(m)
             )
-    columns: dict[str, np.ndarray] = {}
-    for name in m.columns:
-        arr = table.column(name).to_numpy(zero_copy_only=False)
-        arr.flags.writeable = False
-        columns[name] = arr
-    return _Loaded(columns, nbytes=table.nbytes)
 
 
 class ShardSet:

@@ -66,7 +66,12 @@ def _s3_filesystem(endpoint: str | None) -> pafs.S3FileSystem:
     global _S3_USED
     kwargs: dict = {"connect_timeout": 5, "request_timeout": 30}
     if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        if "://" not in endpoint:  # http or https? guessing would fail later, and obscurely
+            raise ShardError(
+                f"S3 endpoint {endpoint!r} has no scheme: add http:// (e.g. http://{endpoint}) "
+                "or https:// in data.s3_endpoint / --s3-endpoint or AWS_ENDPOINT_URL"
+            )
+        parsed = urlparse(endpoint)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ShardError(
                 f"S3 endpoint {endpoint!r} is not a URL like http://host:port: "

@@ -50,21 +50,24 @@ def multitask_config(run_cfg: Any) -> tuple[Any, Any]:
 
 
 SELECT_STEPS = (1, 2, 5)  # validation score: mean query loss after these fine-tuning steps
-SELECT_LR = 0.3  # fine-tuning lr of that score (tuned per step count only at evaluation)
 
 
-def select_score(model: nn.Module, params: Params, val_batch: Any, lr: float = SELECT_LR) -> float:
-    """Mean validation query loss after `SELECT_STEPS` fine-tuning steps from `params`."""
-    from pipeline.meta.inner import adapt
+def select_score(model: nn.Module, params: Params, val_batch: Any, lr: float) -> float:
+    """Mean validation query loss after `SELECT_STEPS` fine-tuning steps at `lr` from
+    `params` (inf when fine-tuning diverges)."""
+    from pipeline.meta.inner import adapt_then_score
     from pipeline.meta.losses import model_loss
 
-    total, done, p = 0.0, 0, {k: v.detach() for k, v in params.items()}
-    for s in SELECT_STEPS:
-        p = adapt(p, None, val_batch.support, model=model, steps=s - done, lrs=lr, first_order=True)
-        p, done = {k: v.detach() for k, v in p.items()}, s
-        with torch.no_grad():
-            total += float(model_loss(model, p, val_batch.query).mean())
-    return total / len(SELECT_STEPS)
+    scores = adapt_then_score(
+        params,
+        val_batch.support,
+        val_batch.query,
+        model=model,
+        steps=SELECT_STEPS,
+        lrs=lr,
+        score=lambda p, query: float(model_loss(model, p, query).mean()),
+    )
+    return sum(scores[s] for s in SELECT_STEPS) / len(SELECT_STEPS)
 
 
 def pretrain_multitask(
@@ -81,7 +84,8 @@ def pretrain_multitask(
     """Train the shared parameters on pooled training tasks for `steps` outer steps.
 
     With `val_batch` (validation tasks' episodes, torch), the parameters returned are the
-    best on validation (`select_score`, every `outer.val_every` steps and at the end), the
+    best on validation (`select_score` at the run's `inner.lr`, every `outer.val_every` steps
+    and at the end), the
     same best-on-validation selection a meta-training run gets: a fair baseline."""
     inner, data = multitask_config(run_cfg)
     state = outer.init_state(model, inner, run_cfg.outer, seed=seed)
@@ -104,7 +108,7 @@ def pretrain_multitask(
         if val_batch is not None and (
             (step + 1) % run_cfg.outer.val_every == 0 or step + 1 == steps
         ):
-            score = select_score(model, state.params, val_batch)
+            score = select_score(model, state.params, val_batch, run_cfg.inner.lr)
             if score < best[0]:
                 best = (score, {k: v.detach().clone() for k, v in state.params.items()})
     if best[1] is not None:

@@ -3,49 +3,25 @@ and their splits, default shot counts, script groups of held-out wordlang langua
 
 from __future__ import annotations
 
-import posixpath
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pipeline.errors import MetarayError
 
 
-def find_checkpoint(uri: str, s3_endpoint: str | None = None) -> str:
-    """A local directory holding a complete checkpoint (meta.json + state.safetensors):
-    `uri` itself, or the highest-step checkpoint under it (a run directory); s3:// is copied
-    to a temporary directory first."""
-    import json
+def find_checkpoint(uri: str, s3_endpoint: str | None = None, log=None) -> str:
+    """A local directory holding a complete checkpoint: `uri` itself, or (a run directory) its
+    best on validation, else its newest intact one (`pipeline.checkpoint.find`, which every
+    command uses); s3:// is copied to a temporary directory first. `log` hears which."""
+    from pipeline import checkpoint as ckpt
 
-    import pyarrow.fs as pafs
-
-    from pipeline.data.storage import resolve
-
-    loc = resolve(uri, s3_endpoint=s3_endpoint)
-    sel = pafs.FileSelector(loc.root, recursive=True, allow_not_found=True)
-    metas = [i.path for i in loc.fs.get_file_info(sel) if i.path.endswith("/meta.json")]
-    if loc.fs.get_file_info(loc.path("meta.json")).type == pafs.FileType.File:
-        metas.append(loc.path("meta.json"))
-    if not metas:
-        raise MetarayError(
-            f"{uri}: no checkpoint found (no meta.json there or below); give the checkpoint "
-            "directory or the run directory (checkpoint.storage/checkpoint.run_name)"
-        )
-
-    def step(path: str) -> int:
-        with loc.fs.open_input_stream(path) as f:
-            return int(json.loads(f.read()).get("step", -1))
-
-    best = posixpath.dirname(max(metas, key=step))
-    if not loc.is_s3:
-        return best
-    local = Path(tempfile.mkdtemp(prefix="metaray-ckpt-"))
-    for name in ("meta.json", "state.safetensors"):
-        with loc.fs.open_input_stream(posixpath.join(best, name)) as f:
-            (local / name).write_bytes(f.read())
-    return str(local)
+    found = ckpt.find(uri, s3_endpoint=s3_endpoint)
+    if log is not None:
+        log(f"using {found.why}: {found.uri}")
+        for reason in found.skipped:
+            log(f"  skipped (did not verify): {reason}")
+    return found.path
 
 
 def script_groups(
@@ -112,7 +88,7 @@ def read(opts: Any, log: Callable[[str], None]) -> Inputs:
     from pipeline import config
     from pipeline.data.shards import open_shard_set
 
-    loaded = ckpt.load(find_checkpoint(opts.checkpoint, opts.s3_endpoint))
+    loaded = ckpt.load(find_checkpoint(opts.checkpoint, opts.s3_endpoint, log))
     cfg = config.from_dict(loaded.config, source=f"{opts.checkpoint} (checkpoint config)")
     kind = cfg.data.episode
     log(f"checkpoint {opts.checkpoint}: step {loaded.state.step}, {cfg.inner.algorithm}, {kind}")
@@ -138,3 +114,24 @@ def read(opts: Any, log: Callable[[str], None]) -> Inputs:
         else (train_set, train_set.tasks("val") if train_set else [])
     )
     return Inputs(cfg, loaded.state, shards, test_tasks, train_set, train_tasks, val_set, val_tasks)
+
+
+def init_steps(cfg: Any, log: Callable[[str], None]) -> int:
+    """Outer steps already spent on the parameters a run started from (`checkpoint.init_from`,
+    e.g. multitask pretraining): the multitask baseline gets them too (the same budget)."""
+    uri = cfg.checkpoint.init_from
+    if not uri:
+        return 0
+    from pipeline import checkpoint as ckpt
+    from pipeline.eval.baselines import load_params
+
+    try:
+        if uri.endswith(".safetensors"):
+            steps = int(load_params(uri)[1].get("steps", 0))
+        else:
+            steps = int(ckpt.load(ckpt.find(uri, select="last").path).state.step)
+    except Exception as exc:  # the baseline then gets fewer steps: say so, do not hide it
+        log(f"checkpoint.init_from={uri} unreadable here ({exc}): its steps are not counted")
+        return 0
+    log(f"the run started from {uri} ({steps} outer steps): counted in the baseline's budget")
+    return steps

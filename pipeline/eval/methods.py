@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pipeline.config import DataConfig
 from pipeline.data import episodes as ep
 from pipeline.errors import MetarayError
-from pipeline.meta.inner import adapt
+from pipeline.meta.inner import adapt_then_score
 from pipeline.meta.losses import LN2, task_loss
 
 Params = dict[str, Tensor]
@@ -55,7 +56,7 @@ class Method:
     params: Params
     lrs: float | Params
     trainable: Sequence[str] | None = None
-    start: Callable[[Any, str], Params] | None = None
+    start: Callable[[ep.Split], Params] | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -69,7 +70,7 @@ class Episode:
 def make_episodes(
     read_task: Callable[[str], dict[str, np.ndarray]],
     tasks: Sequence[str],
-    data_cfg: Any,
+    data_cfg: DataConfig,
     *,
     shot: int,
     k_query: int,
@@ -102,7 +103,7 @@ def make_episodes(
     return out
 
 
-def _metric(model: nn.Module, p: Params, query: Any, n_way: int) -> np.ndarray:
+def _metric(model: nn.Module, p: Params, query: ep.Split, n_way: int) -> np.ndarray:
     """Per-episode metric `[T]` (lm, regression) or per-class accuracy `[T, N]` (classify)."""
     with torch.no_grad():
         out = model.functional(p, query.x, query.mask)
@@ -132,31 +133,23 @@ def run_method(
     """Adapt from `method`'s start on every episode; metric after each count in `steps`.
 
     Adaptation continues from the previous count (plain SGD has no state, so 5 steps then
-    5 more equal 10 steps), first order as at evaluation time, through `inner.adapt`."""
-    steps = sorted(set(steps))
-    values: Values = {s: {} for s in steps}
+    5 more equal 10 steps), first order, through `inner.adapt_then_score` (the function
+    training's validation uses too)."""
+    values: Values = {s: {} for s in sorted(set(steps))}
     for group in _chunks(episodes, batch):
         b = ep.to_torch(ep.collate([e.batch for e in group]), device)  # leading dim T = episodes
-        if method.start is not None:
-            p = method.start(b.support, model.kind)
-        else:
-            p = {k: v.detach() for k, v in method.params.items()}
-        done = 0
-        for s in steps:
-            if s > done:
-                p = adapt(
-                    p,
-                    None,
-                    b.support,
-                    model=model,
-                    steps=s - done,
-                    lrs=method.lrs,
-                    first_order=True,
-                    trainable=method.trainable,
-                )
-                p = {k: v.detach() for k, v in p.items()}
-                done = s
-            m = _metric(model, p, b.query, n_way)
+        start = method.params if method.start is None else method.start(b.support)
+        scores = adapt_then_score(
+            start,
+            b.support,
+            b.query,
+            model=model,
+            steps=steps,
+            lrs=method.lrs,
+            trainable=method.trainable,
+            score=lambda p, query: _metric(model, p, query, n_way),
+        )
+        for s, m in scores.items():
             for i, e in enumerate(group):
                 if model.kind == "classify":
                     for label, task in enumerate(e.tasks):

@@ -49,34 +49,18 @@ def build(
         "per_episode": {},
     }
     for k in shots:
-        res, pair, grp = {}, {}, {}
-        for m in methods:
-            res[m] = {str(s): st.summarize(raw[m][k][s]) for s in steps}
-        if REFERENCE in raw:
-            for m in methods:
-                if m != REFERENCE:
-                    pair[f"{REFERENCE} - {m}"] = {
-                        str(s): st.paired(raw[REFERENCE][k][s], raw[m][k][s]) for s in steps
-                    }
-        for g, tasks in groups.items():
-            chosen = set(tasks)
-            grp[g] = {
-                m: {str(s): st.summarize(st.subset(raw[m][k][s], chosen))["overall"] for s in steps}
-                for m in methods
+        rep["results"][str(k)] = {
+            m: {str(s): st.summarize(raw[m][k][s]) for s in steps} for m in methods
+        }
+        rep["paired"][str(k)] = {
+            f"{REFERENCE} - {m}": {
+                str(s): st.paired(raw[REFERENCE][k][s], raw[m][k][s]) for s in steps
             }
-            if REFERENCE in raw:
-                for m in methods:
-                    if m != REFERENCE:
-                        grp[g][f"{REFERENCE} - {m}"] = {
-                            str(s): st.paired(
-                                st.subset(raw[REFERENCE][k][s], chosen),
-                                st.subset(raw[m][k][s], chosen),
-                            )["overall"]
-                            for s in steps
-                        }
-        rep["results"][str(k)] = res
-        rep["paired"][str(k)] = pair
-        rep["by_group"][str(k)] = grp
+            for m in _others(raw)
+        }
+        rep["by_group"][str(k)] = {
+            g: _group(raw, k, steps, set(tasks)) for g, tasks in groups.items()
+        }
         rep["per_episode"][str(k)] = {
             m: {str(s): {t: list(map(float, v)) for t, v in raw[m][k][s].items()} for s in steps}
             for m in methods
@@ -84,6 +68,29 @@ def build(
     if REFERENCE in raw and BASELINE in raw:
         rep["verdict"] = verdict(rep)
     return rep
+
+
+def _others(raw: Mapping[str, Any]) -> list[str]:
+    """The methods the reference is paired against (none without a reference)."""
+    return [m for m in raw if m != REFERENCE] if REFERENCE in raw else []
+
+
+def _group(
+    raw: Mapping[str, Any], k: int, steps: Sequence[int], chosen: set[str]
+) -> dict[str, Any]:
+    """One task group's overall summary per method and its paired differences, at K=k."""
+    out: dict[str, Any] = {
+        m: {str(s): st.summarize(st.subset(raw[m][k][s], chosen))["overall"] for s in steps}
+        for m in raw
+    }
+    for m in _others(raw):
+        out[f"{REFERENCE} - {m}"] = {
+            str(s): st.paired(
+                st.subset(raw[REFERENCE][k][s], chosen), st.subset(raw[m][k][s], chosen)
+            )["overall"]
+            for s in steps
+        }
+    return out
 
 
 def _row(label: str, cells: Sequence[str], width: int) -> str:

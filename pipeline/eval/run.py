@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import EpisodeError, MetarayError
-from pipeline.eval import baselines
+from pipeline.eval import bank_eval, baselines
 from pipeline.eval import inputs as eval_inputs
 from pipeline.eval import methods as ev
 from pipeline.eval import report as eval_report
@@ -59,24 +59,10 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
         model, methods, by_shot, spec, n_way=inp.cfg.data.n_way, progress=log, device=opts.device
     )
     rep = _build_report(opts, inp, spec, methods, raw)
-    _publish(opts, inp.cfg, rep, log, extra=_bank_map(opts, model, methods, by_shot, log))
+    _publish(
+        opts, inp.cfg, rep, log, extra=bank_eval.descriptor_map(opts, model, methods, by_shot, log)
+    )
     return rep
-
-
-def _bank_map(opts: Options, model, methods, by_shot, log) -> list[Path]:
-    """With --bank: the descriptor map of the bank's entries and the test episodes (smallest
-    shot count: where retrieval is hardest), as a PNG beside the other plots."""
-    bank = next((m for m in methods if "bank_service" in m.extra), None)
-    if bank is None:
-        return []
-    from pipeline.bank.descriptor_map import evaluation_map
-
-    service, kind = bank.extra["bank_service"], bank.extra["descriptor"]
-    shot = min(by_shot)
-    path = Path(opts.out_dir) / "bank_descriptor_map.png"
-    png = evaluation_map(model, bank.params, service, by_shot[shot], kind, path)
-    log(f"descriptor map (K={shot} queries): {png}")
-    return [png]
 
 
 def _build_model(opts: Options, cfg: Any) -> Any:
@@ -116,7 +102,7 @@ def _methods(
     cfg, state, dev = inp.cfg, inp.state, baselines.to_device
     rand = dev(baselines.random_init(model, cfg, seed=spec.seed + 1), opts.device)
     methods = [ev.Method("random init", rand, cfg.inner.lr, note="fresh seeded init")]
-    mt = _multitask(opts, cfg, model, inp.train_set, inp.train_tasks, state.step, log)
+    mt = _multitask(opts, inp, model, state.step + eval_inputs.init_steps(cfg, log), log)
     if mt is not None:
         methods.append(ev.Method("multitask", dev(mt, opts.device), cfg.inner.lr))
     n_tuned = len(methods)
@@ -130,7 +116,7 @@ def _methods(
         )
     )
     if opts.bank:
-        methods.append(_bank_method(opts, cfg, model, methods[-1], log))
+        methods.append(bank_eval.bank_method(opts, cfg, model, methods[-1], log))
     return methods, n_tuned
 
 
@@ -237,7 +223,8 @@ def _publish(
     )
 
 
-def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):
+def _multitask(opts, inp, model, ck_steps, log):
+    cfg, train_set, train_tasks = inp.cfg, inp.train_set, inp.train_tasks
     ref = dict(model.named_parameters())
     if opts.baseline and Path(opts.baseline).is_file():
         params, meta = baselines.load_params(opts.baseline)
@@ -249,7 +236,22 @@ def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):
         log(f"multitask baseline skipped: training shards {cfg.data.uri} not readable here")
         return None
     steps = opts.baseline_steps or max(1, ck_steps)
-    log(f"multitask baseline: {steps} outer steps on {len(train_tasks)} training tasks")
+    val = None
+    if inp.val_tasks and cfg.data.episode != "classify":  # the same best-on-val selection
+        from pipeline.data import episodes as ep
+
+        batch = ep.validation_batch(  # the episodes a training run scores itself on
+            inp.val_set.read_task,
+            inp.val_tasks,
+            cfg.data,
+            seed=cfg.outer.seed,
+            n=cfg.outer.val_tasks,
+        )
+        val = ep.to_torch(batch)
+    log(
+        f"multitask baseline: {steps} outer steps on {len(train_tasks)} training tasks"
+        + (", its best on validation kept" if val is not None else "")
+    )
     params = baselines.pretrain_multitask(
         model,
         cfg,
@@ -258,40 +260,8 @@ def _multitask(opts, cfg, model, train_set, train_tasks, ck_steps, log):
         steps=steps,
         seed=opts.spec.seed + 3,
         progress=lambda s, m: log(f"  multitask step {s}/{steps}: loss {m['loss_post']:.4f}"),
+        val_batch=val,
     )
     path = opts.baseline or str(Path(opts.out_dir) / "baseline.safetensors")
     baselines.save_params(path, params, {"steps": steps, "checkpoint": opts.checkpoint})
     return params
-
-
-def _bank_method(opts, cfg, model, meta: ev.Method, log) -> ev.Method:
-    from pipeline.bank.service import BankService
-    from pipeline.bank.warm_start import warm_start, with_entry_support
-
-    endpoint = opts.s3_endpoint or cfg.bank.s3_endpoint  # read-only: the WAL is replayed
-    bank_cfg = cfg.bank.model_copy(update={"snapshot_uri": opts.bank, "s3_endpoint": endpoint})
-    service = BankService(bank_cfg)
-    log(f"memory bank {opts.bank}: {len(service.keys())} entries")
-    sources: list[str] = []
-
-    def start(support, kind):
-        params, info = warm_start(
-            model,
-            meta.params,
-            support,
-            cfg=bank_cfg,
-            query=with_entry_support(service),
-            lrs=meta.lrs,  # the probe (bank.select=probe) adapts with the method's own rates
-            trainable=meta.trainable,
-        )
-        sources.extend(info.sources)
-        return params
-
-    return ev.Method(
-        "bank warm start",
-        meta.params,
-        meta.lrs,
-        meta.trainable,
-        start=start,
-        extra={"sources": sources, "bank_service": service, "descriptor": bank_cfg.descriptor},
-    )

@@ -1,4 +1,6 @@
 """The ONE inner loop: `adapt`. Training, evaluation, bank warm starts and Tune all call it.
+Its gradient is chosen once per call from the model (`support_gradient`, see
+`pipeline.models.task_model.TaskModel`); the loop itself has one body.
 
 Task batching without vmap: a parameter that every task shares (`[out, in]`) is expanded to
 `[T, out, in]`; the model runs the whole meta-batch with bmm; and since task t's loss depends
@@ -9,26 +11,36 @@ fraction of the dispatch overhead of vmap over small matmuls.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pipeline.meta.losses import model_loss
+from pipeline.models.task_model import TaskModel
+
+if TYPE_CHECKING:
+    from pipeline.data.episodes import Split
 
 Params = dict[str, Tensor]
 
 
-def ref_dims(model: nn.Module) -> dict[str, int]:
-    dims = getattr(model, "_ref_dims", None)
+_DIMS: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+def ref_dims(model: TaskModel) -> dict[str, int]:
+    """Each parameter's own number of dims (more: task-batched). Cached per model:
+    named_parameters() costs µs we would pay every step."""
+    dims = _DIMS.get(model)
     if dims is None:
-        dims = {k: p.dim() for k, p in model.named_parameters()}
-        model._ref_dims = dims  # cached: named_parameters() costs µs we pay every step
+        dims = _DIMS[model] = {k: p.dim() for k, p in model.named_parameters()}
     return dims
 
 
 def batch_params(
-    model: nn.Module, params: Params, n_tasks: int, names: Iterable[str], leaf: bool = True
+    model: TaskModel, params: Params, n_tasks: int, names: Iterable[str], leaf: bool = True
 ) -> Params:
     """Give the parameters in `names` a leading task dim (an expand view when shared).
     With `leaf`, a tensor outside any autograd graph becomes a leaf that requires grad."""
@@ -48,13 +60,48 @@ def _lr(lrs: float | Tensor | dict[str, Tensor], k: str) -> float | Tensor:
     return lrs[k] if isinstance(lrs, dict) else lrs
 
 
+# One inner step's gradient: (params, support, names, first_order) -> a gradient per name.
+Gradient = Callable[[Params, "Split", list[str], bool], list[Tensor]]
+
+
+def _hand_gradient(model: TaskModel) -> Gradient:
+    hand = model.loss_and_grad
+    assert hand is not None
+
+    def grad(p: Params, support: Split, names: list[str], first_order: bool) -> list[Tensor]:
+        # hand-derived backward (MLP, GRU): plain forward ops, no autograd call here
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not first_order):
+            _, g = hand(p, support.x, support.y, support.mask, set(names))
+        return [g[k] for k in names]
+
+    return grad
+
+
+def _autograd_gradient(model: TaskModel) -> Gradient:
+    def grad(p: Params, support: Split, names: list[str], first_order: bool) -> list[Tensor]:
+        with torch.enable_grad():  # adapting needs gradients even when called under no_grad
+            loss = model_loss(model, p, support).sum()
+            return list(
+                torch.autograd.grad(loss, [p[k] for k in names], create_graph=not first_order)
+            )
+
+    return grad
+
+
+def support_gradient(model: TaskModel) -> tuple[Gradient, bool]:
+    """The inner loop's gradient, chosen once from the model: its hand-derived one, else
+    autograd; and whether it takes shared parameters (hand-written gradients come out per
+    task, `[T, ...]`, even from shared weights; autograd needs task-batched leaves)."""
+    if model.loss_and_grad is not None:
+        return _hand_gradient(model), True
+    return _autograd_gradient(model), False
+
+
 def adapt(
     params: Params,
-    buffers: Params | None,
-    support,
+    support: Split,
     *,
-    model: nn.Module,
-    kind: str | None = None,
+    model: TaskModel,
     steps: int,
     lrs: float | Tensor | dict[str, Tensor],
     first_order: bool = False,
@@ -63,35 +110,59 @@ def adapt(
     """`steps` SGD steps on each task's support loss; returns task-batched params `[T, ...]`.
 
     params: shared (`[...]`, e.g. the meta-parameters) or already task-batched (`[T, ...]`,
-    e.g. warm starts from the memory bank). lrs: a float, or per-name tensors (scalars for
-    MAML; parameter-shaped learned tensors for Meta-SGD). first_order: treat the inner
-    gradients as constants (FOMAML, Reptile, evaluation). trainable: the names adapted (ANIL:
-    the head); the others stay as given and are shared by all tasks. `buffers` and `kind` are
-    accepted for the contract; these models have no buffers and know their own loss kind.
+    e.g. warm starts from the memory bank). support: a Split of tensors with leading task
+    dim T. lrs: a float, or per-name tensors (scalars for MAML; parameter-shaped learned
+    tensors for Meta-SGD). first_order: treat the inner gradients as constants (FOMAML,
+    Reptile, evaluation). trainable: the names adapted (ANIL: the head); the others stay as
+    given and are shared by all tasks.
     """
-    del buffers, kind
     n_tasks = support.x.shape[0]
     names = list(params) if trainable is None else [k for k in params if k in set(trainable)]
-    analytic = getattr(model, "loss_and_grad", None)
-    # Hand-written gradients come out per task ([T, ...]) even from shared weights, so the
-    # first step keeps them shared: its matmuls are one mm over all tasks' rows (better than
-    # a bmm of T small ones); `p - lr * g` then gives task-batched params.
-    p = batch_params(model, params, n_tasks, names) if analytic is None else dict(params)
+    grad, takes_shared = support_gradient(model)
+    # With a hand-written gradient the first step keeps shared weights shared: its matmuls are
+    # one mm over all tasks' rows (better than a bmm of T small ones); `p - lr * g` then
+    # gives task-batched params.
+    p = dict(params) if takes_shared else batch_params(model, params, n_tasks, names)
     for _ in range(steps):
-        if analytic is not None:
-            # hand-derived backward (MLP, GRU): plain forward ops, no autograd call here
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not first_order):
-                _, g = analytic(p, support.x, support.y, support.mask, set(names))
-            grads = [g[k] for k in names]
-        else:
-            with torch.enable_grad():  # adapting needs gradients even when called under no_grad
-                loss = model_loss(model, p, support).sum()
-                grads = torch.autograd.grad(
-                    loss, [p[k] for k in names], create_graph=not first_order
-                )
+        grads = grad(p, support, names, first_order)
         p = dict(p)
         for k, g in zip(names, grads, strict=True):
             p[k] = p[k] - _lr(lrs, k) * (g.detach() if first_order else g)
-    if analytic is not None and steps == 0:
+    if takes_shared and steps == 0:
         p = batch_params(model, p, n_tasks, names, leaf=False)  # still [T, ...] as documented
     return p
+
+
+def adapt_then_score(
+    params: Params,
+    support: Split,
+    query: Split,
+    *,
+    model: TaskModel,
+    steps: Iterable[int],
+    lrs: float | Tensor | dict[str, Tensor],
+    trainable: Iterable[str] | None = None,
+    score: Callable[[Params, Any], Any],
+) -> dict[int, Any]:
+    """`score(adapted, query)` after each inner-step count in `steps`, adapting first order
+    from `params` (shared or task-batched) and continuing from the previous count (plain SGD
+    has no state, so 5 steps then 5 more equal 10). Validation during training
+    (`outer.evaluate`) and the few-shot evaluation (`pipeline.eval.methods`) both use it."""
+    p = {k: v.detach() for k, v in params.items()}
+    done, out = 0, {}
+    for s in sorted(set(steps)):
+        if s > done:
+            p = adapt(
+                p,
+                support,
+                model=model,
+                steps=s - done,
+                lrs=lrs,
+                first_order=True,
+                trainable=trainable,
+            )
+            p = {k: v.detach() for k, v in p.items()}
+            done = s
+        with torch.no_grad():
+            out[s] = score(p, query)
+    return out

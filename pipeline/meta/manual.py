@@ -1,6 +1,7 @@
-"""Meta-gradients with no autograd at all, for models with hand-written `grad_hvp` (the MLP).
+"""Meta-gradients with no autograd at all, for models with hand-written `grad_hvp` (MLP, GRU).
 
-Forward: `adapt` one step at a time, keeping the trajectory theta_0..theta_S. Reverse:
+Forward: the inner loop one step at a time (`loss_and_grad`, as `adapt` runs it), keeping
+the trajectory theta_0..theta_S and each step's pass (`cache`, reused by the HVP). Reverse:
 v = dL_query/dtheta_S; for each step k from the last, Meta-SGD's lr gradient gets -g_k * v,
 and (second order) v <- v - H_k (lr * v), H_k the support-loss Hessian at theta_k, applied as
 a Hessian-vector product. Equal to differentiating through the inner loop with autograd
@@ -10,16 +11,16 @@ a Hessian-vector product. Equal to differentiating through the inner loop with a
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from pipeline.meta.inner import adapt
+from pipeline.models.task_model import TaskModel
 
 Params = dict[str, Tensor]
 MANUAL_ALGORITHMS = ("maml", "fomaml", "metasgd")
 
 
 def manual_meta_gradients(
-    model: nn.Module,
+    model: TaskModel,
     params: Params,
     lrs: Params,
     sup,
@@ -28,20 +29,20 @@ def manual_meta_gradients(
     steps: int,
     first_order: bool,
     learn_lrs: bool,
-    n_total: int,
 ) -> tuple[Params, Params, Tensor, Params]:
     """-> (param grads, lr grads (empty unless learn_lrs), per-task query loss, adapted params),
-    gradients summed over this chunk's tasks and divided by `n_total` (the batch's tasks)."""
+    gradients summed over this chunk's tasks (`outer.meta_gradients` takes the mean)."""
     names = list(params)
     with torch.no_grad():
         t = sup.x.shape[0]
         p = {k: v.expand(t, *v.shape) for k, v in params.items()}
-        traj = [p]
-        for _ in range(steps):
-            p = adapt(p, None, sup, model=model, steps=1, lrs=lrs, first_order=True)
+        traj, caches = [p], []
+        for _ in range(steps):  # the inner loop (as `adapt`), keeping each step's own pass
+            caches.append({})
+            _, g = model.loss_and_grad(p, sup.x, sup.y, sup.mask, set(names), cache=caches[-1])
+            p = {k: p[k] - lrs[k] * g[k] for k in names}
             traj.append(p)
         q, v = model.loss_and_grad(p, qry.x, qry.y, qry.mask, set(names))
-        v = {k: g / n_total for k, g in v.items()}
         dlr = {k: torch.zeros_like(x) for k, x in lrs.items()} if learn_lrs else {}
         for k in range(steps - 1, -1, -1):
             if first_order:
@@ -50,9 +51,13 @@ def manual_meta_gradients(
                 _, g = model.loss_and_grad(traj[k], sup.x, sup.y, sup.mask, set(names))
             else:
                 u = {n: lrs[n] * v[n] for n in names}
-                g, hv = model.grad_hvp(traj[k], sup.x, sup.y, sup.mask, u, need_grad=bool(dlr))
-            for n in dlr:
-                dlr[n] -= (g[n] * v[n]).sum(0)
+                g, hv = model.grad_hvp(
+                    traj[k], sup.x, sup.y, sup.mask, u, need_grad=bool(dlr), cache=caches[k]
+                )
+            caches[k] = {}  # freed as the sweep passes
+            for n in dlr:  # summed over tasks, and over the tensor for one lr per tensor
+                gv = (g[n] * v[n]).sum(0)
+                dlr[n] -= gv if dlr[n].dim() else gv.sum()
             if not first_order:
                 v = {n: v[n] - hv[n] for n in names}
         grads = {k: g.sum(0) for k, g in v.items()}

@@ -1,8 +1,10 @@
 """Models as pure functions of parameter dicts: `build_model(model_cfg, data_cfg)`.
 
-Every model has `kind` (regression | lm | classify), `head_names` (what ANIL adapts) and
-`functional(params, x, mask)` taking task-batched inputs `[T, ...]`; `model(x, mask)` is
-the same for one task (`[K, ...]`), so `torch.func.functional_call` + `vmap` also work.
+Every model is a `TaskModel` (`pipeline/models/task_model.py`): `kind` (regression | lm |
+classify), `head_names` (what ANIL adapts), `functional(params, x, mask)` taking task-batched
+inputs `[T, ...]`, and the optional hand-derived `loss_and_grad` / `grad_hvp` (None when
+absent). `model(x, mask)` is the same for one task (`[K, ...]`), so
+`torch.func.functional_call` + `vmap` also work.
 """
 
 from __future__ import annotations

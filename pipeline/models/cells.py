@@ -47,6 +47,8 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
 
 def hidden_proj(h: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
     # h: [T, B, H] with batched weights, or [..., H] with shared weights.
+    if w_hh.dim() == 3 and w_hh.stride(0) == 0 and not w_hh.requires_grad:
+        w_hh, b_hh = w_hh[0], b_hh[0]  # expand views of shared weights: one mm (as `linear`)
     if w_hh.dim() == 2:
         return h @ w_hh.t() + b_hh
     return torch.baddbmm(b_hh.unsqueeze(1), h, w_hh.transpose(1, 2))

@@ -21,6 +21,8 @@ Params = dict[str, Tensor]
 
 def _back(d: Tensor, w: Tensor) -> Tensor:
     """`d @ w` for d `[T, ..., out]` and w shared `[out, in]` or task-batched `[T, out, in]`."""
+    if w.dim() == 3 and w.stride(0) == 0 and not w.requires_grad:
+        w = w[0]  # an expand view outside autograd: one mm over all tasks (as cells.linear)
     if w.dim() == 2:
         return d @ w
     t = w.shape[0]
@@ -29,6 +31,8 @@ def _back(d: Tensor, w: Tensor) -> Tensor:
 
 def _back_add(acc: Tensor, d: Tensor, w: Tensor) -> Tensor:
     """`acc + d @ w` in one op (addmm / baddbmm)."""
+    if w.dim() == 3 and w.stride(0) == 0 and not w.requires_grad:
+        w = w[0]
     if w.dim() == 2:
         return torch.addmm(acc.reshape(-1, acc.shape[-1]), d.reshape(-1, d.shape[-1]), w).view(
             acc.shape
@@ -51,9 +55,19 @@ def _scatter_rows(d: Tensor, x: Tensor, vocab: int) -> Tensor:
 
 
 def gru_loss_and_grad(
-    params: Params, x: Tensor, y: Tensor, mask: Tensor, *, layers: int, kind: str, names: set[str]
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    mask: Tensor,
+    *,
+    layers: int,
+    kind: str,
+    names: set[str],
+    cache: dict | None = None,
 ) -> tuple[Tensor, Params]:
-    """Per-task loss `[T]` (as `losses.task_loss`) and per-task gradients for `names`."""
+    """Per-task loss `[T]` (as `losses.task_loss`) and per-task gradients for `names`.
+    With `cache` (a dict), the forward and backward intermediates are left in it for the
+    Hessian-vector product of `gru_hvp.py` (which needs every layer's backward)."""
     t = x.shape[0]
     table = params["embed.weight"]
     folded = fold_embedding(table, x)
@@ -100,7 +114,11 @@ def gru_loss_and_grad(
         loss = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(-1)
         weight = torch.full_like(loss, 1.0 / y.shape[-1])[:, None, None]
     onehot = F.one_hot(y, logits.shape[-1]).to(logits.dtype)
-    dlogits = (torch.exp(logp) - onehot) * weight
+    prob = torch.exp(logp)
+    dlogits = (prob - onehot) * weight
+    if cache is not None:
+        cache.update(layers=caches, feat=feat, prob=prob, dlogits=dlogits, weight=weight)
+        cache.update(folded=folded, idx=None if kind == "lm" else idx, back=[None] * layers)
     grads: Params = {}
     if "head.weight" in names:
         grads["head.weight"] = _wgrad(dlogits, feat)
@@ -116,11 +134,12 @@ def gru_loss_and_grad(
         w_ih, w_hh = params[pre + "w_ih"], params[pre + "w_hh"]
         layer_in, hs, steps = caches[i]
         dh = None
-        dgis, dghs = [], []
+        dgis, dghs, dhs = [], [], []
         for dh_t, (r, z, n, gh_n, h_minus_n) in zip(
             reversed(d_out.unbind(dim=-2)), reversed(steps), strict=True
         ):
             dh = dh_t if dh is None else dh + dh_t
+            dhs.append(dh)  # the total gradient reaching h_t (kept for the HVP)
             # fused derivative ops (one kernel each, and differentiable for second order)
             da_n = torch.ops.aten.tanh_backward(dh - dh * z, n)
             da_r = torch.ops.aten.sigmoid_backward(da_n * gh_n, r)
@@ -133,6 +152,8 @@ def gru_loss_and_grad(
         dgi_all = torch.stack(dgis[::-1], dim=-2)  # [T, K, L, 3H]
         dgh_all = torch.stack(dghs[::-1], dim=-2)
         h_prev_all = torch.cat([torch.zeros_like(hs[..., :1, :]), hs[..., :-1, :]], dim=-2)
+        if cache is not None:
+            cache["back"][i] = (dhs[::-1], dgi_all, dgh_all, h_prev_all)
         if pre + "w_hh" in names:
             grads[pre + "w_hh"] = _wgrad(dgh_all, h_prev_all)
         if pre + "b_hh" in names:
@@ -141,6 +162,8 @@ def gru_loss_and_grad(
             grads[pre + "b_ih"] = dgi_all.reshape(t, -1, dgi_all.shape[-1]).sum(1)
         if i == 0 and folded:  # gi = P[x] with P = E W^T + b: back through the gather to P
             d_proj = _scatter_rows(dgi_all, x, table.shape[-2])  # [T, V, G*H]
+            if cache is not None:
+                cache["d_proj"] = d_proj
             if pre + "w_ih" in names:
                 rows = table if table.dim() == 3 else table.expand(t, *table.shape)
                 grads[pre + "w_ih"] = _wgrad(d_proj, rows)
@@ -153,4 +176,6 @@ def gru_loss_and_grad(
             d_out = _back(dgi_all, w_ih)  # gradient w.r.t. this layer's input sequence
     if "embed.weight" in names and not folded:
         grads["embed.weight"] = _scatter_rows(d_out, x, table.shape[-2])
+    if cache is not None:
+        cache["grads"] = grads
     return loss, grads

@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 from pipeline.models.cells import GATES, RECURRENCE, SEQUENCE, input_projection, linear
 from pipeline.models.gru_grad import gru_loss_and_grad
+from pipeline.models.gru_hvp import gru_grad_hvp
+from pipeline.models.task_model import GradHVP, LossAndGrad
 
 
 class _Recurrent(nn.Module):
@@ -28,6 +30,13 @@ class _Recurrent(nn.Module):
 
 
 class MetaRNN(nn.Module):
+    """A `TaskModel` (pipeline/models/task_model.py). GRU lm/classify: `loss_and_grad` is the
+    hand-written BPTT and `grad_hvp` its hand-derived HVP (gru_hvp.py); None (autograd)
+    otherwise, or with `hand_grad=False` (bench/inner_loop.py compares the two)."""
+
+    loss_and_grad: LossAndGrad | None = None
+    grad_hvp: GradHVP | None = None
+
     def __init__(
         self,
         *,
@@ -38,6 +47,7 @@ class MetaRNN(nn.Module):
         layers: int = 1,
         task: str = "lm",
         n_way: int = 5,
+        hand_grad: bool = True,
     ) -> None:
         super().__init__()
         self._init_args = dict(
@@ -48,6 +58,7 @@ class MetaRNN(nn.Module):
             layers=layers,
             task=task,
             n_way=n_way,
+            hand_grad=hand_grad,
         )
         if cell not in GATES:
             raise ValueError(f"cell={cell!r}: use one of {sorted(GATES)}")
@@ -60,9 +71,10 @@ class MetaRNN(nn.Module):
         d_out = {"lm": vocab, "classify": n_way, "regression": 1}[task]
         self.head = nn.Linear(hidden, d_out)
         self.head_names = ("head.weight", "head.bias")
-        if cell == "gru" and task in ("lm", "classify"):
-            # hand-written BPTT (pipeline/models/gru_grad.py); the inner loop uses it if present
+        if hand_grad and cell == "gru" and task in ("lm", "classify"):
+            # hand-written BPTT (gru_grad.py) and HVP (gru_hvp.py), chosen here once
             self.loss_and_grad = self._gru_loss_and_grad
+            self.grad_hvp = self._gru_grad_hvp
 
     def functional(self, params: dict[str, Tensor], x: Tensor, mask: Tensor) -> Tensor:
         h = RECURRENCE[self.cell](
@@ -81,10 +93,38 @@ class MetaRNN(nn.Module):
         return linear(h, params["head.weight"], params["head.bias"])
 
     def _gru_loss_and_grad(
-        self, params: dict[str, Tensor], x: Tensor, y: Tensor, mask: Tensor, names: set[str]
+        self,
+        params: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        mask: Tensor,
+        names: set[str],
+        cache: dict | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         return gru_loss_and_grad(
-            params, x, y, mask, layers=self.n_layers, kind=self.kind, names=names
+            params, x, y, mask, layers=self.n_layers, kind=self.kind, names=names, cache=cache
+        )
+
+    def _gru_grad_hvp(
+        self,
+        params: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        mask: Tensor,
+        u: dict[str, Tensor],
+        need_grad: bool = True,
+        cache: dict | None = None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return gru_grad_hvp(
+            params,
+            x,
+            y,
+            mask,
+            u,
+            layers=self.n_layers,
+            kind=self.kind,
+            need_grad=need_grad,
+            cache=cache,
         )
 
     def reinit(self) -> nn.Module:

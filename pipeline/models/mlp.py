@@ -16,6 +16,8 @@ from pipeline.models.cells import linear
 
 
 class MLP(nn.Module):
+    """A `TaskModel` (pipeline/models/task_model.py) with both hand-derived hooks."""
+
     kind = "regression"
 
     def __init__(self, d_in: int = 1, hidden: int = 40, layers: int = 2, d_out: int = 1) -> None:
@@ -43,8 +45,15 @@ class MLP(nn.Module):
         return apply(params, x, self.layers)
 
     def loss_and_grad(
-        self, params: dict[str, Tensor], x: Tensor, y: Tensor, mask: Tensor, names: set[str]
+        self,
+        params: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        mask: Tensor,
+        names: set[str],
+        cache: dict | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        # `cache` (the GRU keeps its pass for grad_hvp) is unused: the MLP's pass is cheap
         return loss_and_grad(params, x, y, mask, self.layers, names)
 
     def grad_hvp(
@@ -55,6 +64,7 @@ class MLP(nn.Module):
         mask: Tensor,
         u: dict[str, Tensor],
         need_grad: bool = True,
+        cache: dict | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         return grad_hvp(params, x, y, mask, self.layers, u, need_grad)
 

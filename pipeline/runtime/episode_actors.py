@@ -82,7 +82,7 @@ class EpisodeActor:
                     ep.make_episode(kind, self._read, tasks, self._cfg, ep.slot_rng(seed, step, i))
                     for i, tasks in slots
                 ],
-                trim=False,
+                trim_padding=False,
             )
             for step, slots in jobs
         ]
@@ -170,7 +170,7 @@ class EpisodePool:
         for (index, _), batches in zip(calls, got, strict=True):
             for (step, slots), b in zip(index, batches, strict=True):
                 parts.setdefault(step, []).append((slots, b))
-        return {step: _owned(_trim(_join(p))) for step, p in sorted(parts.items())}
+        return {step: _owned(ep.trim(_join(p))) for step, p in sorted(parts.items())}
 
     def stream(self, rank: int, world: int, start: int, stop: int) -> EpisodeStream:
         return EpisodeStream(self, rank, world, start, stop)
@@ -181,7 +181,7 @@ class EpisodePool:
 
     def val_batch(self, rank: int, world: int) -> Any:
         """Rank `rank`'s share of the fixed validation batch (the same at every validation,
-        and the same episodes as `pipeline.local_train.validation_batch`)."""
+        and the same episodes as `episodes.validation_batch`)."""
         n, seed = self.val_size(world), self.seed + ep.VAL_SEED_OFFSET
         calls = self.request(self.val_tasks, [0], n, rank, world, seed=seed)
         return self.assemble(calls, ray.get([ref for _, ref in calls]))[0]
@@ -192,32 +192,23 @@ def _join(parts: list[tuple[list[int], ep.EpisodeBatch]]) -> ep.EpisodeBatch:
         return parts[0][1]
     order = np.argsort([i for slots, _ in parts for i in slots], kind="stable")
     got = [b for _, b in parts]
-    return ep.EpisodeBatch(
-        *(
-            ep.Split(*(np.concatenate(xs)[order] for xs in zip(*split, strict=True)))
-            for split in zip(*got, strict=True)
+
+    def join(split: int) -> ep.Split:
+        return ep.Split(
+            *(np.concatenate(xs)[order] for xs in zip(*(b[split] for b in got), strict=True))
         )
-    )
+
+    tasks = [t for b in got for t in b.tasks]
+    return ep.EpisodeBatch(join(0), join(1), tuple(tasks[i] for i in order))
 
 
 def _owned(b: ep.EpisodeBatch) -> ep.EpisodeBatch:
     """Writable arrays: object-store reads are read-only views, which torch warns about."""
-    return ep.EpisodeBatch(
-        *(ep.Split(*(a if a.flags.writeable else a.copy() for a in split)) for split in b)
-    )
 
+    def own(split: ep.Split) -> ep.Split:
+        return ep.Split(*(a if a.flags.writeable else a.copy() for a in split))
 
-def _trim(b: ep.EpisodeBatch) -> ep.EpisodeBatch:
-    """Cut sequences to the longest valid length in the batch (as `episodes.collate` does)."""
-    s, q = b.support, b.query
-    if s.mask.ndim != 3:
-        return b
-    n = int(max(s.mask.sum(-1).max(), q.mask.sum(-1).max(), 1))
-    lm = s.y.ndim == 3
-    return ep.EpisodeBatch(
-        ep.Split(s.x[..., :n], s.y[..., :n] if lm else s.y, s.mask[..., :n]),
-        ep.Split(q.x[..., :n], q.y[..., :n] if lm else q.y, q.mask[..., :n]),
-    )
+    return ep.EpisodeBatch(own(b.support), own(b.query), b.tasks)
 
 
 class EpisodeStream:

@@ -9,14 +9,17 @@ Ray traceback around it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline import config
 from pipeline.errors import MetarayError
+from pipeline.runtime import checks
 
 
 @dataclass
@@ -27,6 +30,9 @@ class TrainingResult:
     history: list[dict[str, float]] = field(default_factory=list)  # per-step losses
     seconds: float = 0.0  # wall time of fit(), worker start-up included
     result: Any = None  # the ray.train.Result
+    model: str = ""  # which checkpoint is the run's model (checkpoint.select), and where
+    stopped_early: bool = False
+    spilled: list[str] = field(default_factory=list)  # unsent tracking buffers (replay them)
 
 
 def _local(uri: str) -> bool:
@@ -81,6 +87,9 @@ def build_trainer(
     from pipeline.tracking import pin_uri
 
     cfg = pin_uri(absolute(cfg))
+    healed = checks.heal_run_dir(cfg)
+    if healed:
+        print(healed)
     pool = EpisodePool(cfg.data, cfg.cluster, cfg.outer)
     c = cfg.cluster
     return TorchTrainer(
@@ -104,6 +113,19 @@ def release(trainer: Any) -> None:
         ray.kill(actor)
 
 
+REPORT_POLL_S = "0.5"
+
+
+def fast_report_poll() -> None:
+    """Train's controller drains each worker's one-slot report queue when it polls (every
+    2 s by default), so a step that reports waits for the poll. Ray Train V2 hands this
+    variable from the driver to its controller and workers at `fit()` (ENV_VARS_TO_PROPAGATE),
+    so setting it here covers embedded Ray, `ray job submit`, launcher and KubeRay clusters
+    alike (they all start `metaray train`, whose driver calls `connect`). A value the user
+    set is kept."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
+
+
 def connect(cfg: config.RunConfig) -> bool:
     """Join `cluster.address` / `RAY_ADDRESS`, else start an embedded local Ray.
     Returns True when this call started Ray (the caller then shuts it down)."""
@@ -111,14 +133,46 @@ def connect(cfg: config.RunConfig) -> bool:
 
     if ray.is_initialized():
         return False
+    fast_report_poll()
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        # Train's controller drains each worker's one-slot report queue when it polls (every
-        # 2 s by default): poll faster so that checkpoints/validations never stall a step.
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return True
     # address="local" never attaches to a `ray start` cluster left running on this machine.
-    ray.init(address=address or "local", log_to_driver=True)
+    with loopback_only():
+        ray.init(address="local", log_to_driver=True, _node_ip_address="127.0.0.1")
     return True
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Around `ray.init(address="local", _node_ip_address="127.0.0.1")`: keep the embedded
+    single-node Ray on 127.0.0.1.
+
+    Ray binds its GCS, raylet, object manager, every worker's gRPC server and the dashboard
+    agent to loopback when the node's IP is 127.0.0.1, but `ray.init` rewrites a loopback
+    `_node_ip_address` to the host's routable address (`services.resolve_ip_for_localhost`)
+    unless "clusters" are off (`ray_constants.ENABLE_RAY_CLUSTER`, read from
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when Ray is imported; the processes Ray starts read the
+    variable). Single node only, which `address="local"` always is. The dashboard page stays
+    on 127.0.0.1 (Ray's default). Both are restored afterwards, for a later `ray.init` of
+    this process that joins a real cluster."""
+    from ray._private import ray_constants
+
+    env, flag = os.environ.get(_CLUSTERS_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_CLUSTERS_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # the driver imported Ray before this call
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = flag
+        if env is None:
+            os.environ.pop(_CLUSTERS_ENV, None)
+        else:
+            os.environ[_CLUSTERS_ENV] = env
+
+
+_CLUSTERS_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def _metaray_cause(exc: BaseException) -> MetarayError | None:
@@ -150,9 +204,13 @@ def run_training(
     import ray.train
 
     from pipeline import checkpoint as ckpt
+    from pipeline.tracking import pin_uri
+    from pipeline.tracking.factory import spilled_since
 
+    cfg = pin_uri(absolute(cfg))  # before Ray starts: its workers inherit the credentials
+    checks.preflight(cfg)
     started = connect(cfg)
-    t0 = time.perf_counter()
+    t0, wall0 = time.perf_counter(), time.time()
     try:
         trainer = build_trainer(cfg, worker_env=worker_env)
         try:
@@ -165,6 +223,14 @@ def run_training(
         finally:
             release(trainer)
         seconds = time.perf_counter() - t0
+        from pipeline.runtime.selection import prune_unregistered
+
+        pruned = prune_unregistered(absolute(cfg), result)
+        if pruned and not quiet:
+            print(
+                f"[metaray] removed {len(pruned)} checkpoint(s) written before an interruption "
+                f"that Ray never registered: {', '.join(pruned)}"
+            )
         history: list[dict[str, float]] = []
         where = None
         if result.checkpoint is not None:
@@ -178,6 +244,11 @@ def run_training(
             history=history,
             seconds=seconds,
             result=result,
+            model=_model_line(cfg) if where else "",
+            stopped_early=bool((result.metrics or {}).get("stopped_early")),
+            spilled=[str(p) for p in spilled_since(cfg.tracking, wall0)]
+            if cfg.tracking.enabled
+            else [],
         )
         if not quiet:
             print(summary(cfg, out))
@@ -185,6 +256,18 @@ def run_training(
     finally:
         if started:
             ray.shutdown()
+
+
+def _model_line(cfg: config.RunConfig) -> str:
+    from pipeline import checkpoint as ckpt
+    from pipeline.runtime.selection import run_uri
+
+    select = cfg.checkpoint.select
+    try:
+        found = ckpt.find(run_uri(absolute(cfg)), s3_endpoint=cfg.data.s3_endpoint, select=select)
+    except MetarayError as exc:  # the run's result stands; say why no model line
+        return f"not found ({exc})"
+    return f"{found.why}: {found.uri}"
 
 
 def summary(cfg: config.RunConfig, r: TrainingResult) -> str:
@@ -211,5 +294,17 @@ def summary(cfg: config.RunConfig, r: TrainingResult) -> str:
             f"  last interval: {m['episodes_per_s']:.1f} episodes/s, "
             f"{wait:.1f}% of step time waiting for data"
         )
-    lines.append(f"  checkpoint: {r.checkpoint}")
+    if r.stopped_early:
+        lines.append(
+            f"  stopped early: no new best val_loss_post in {cfg.outer.early_stop_patience} "
+            "validation(s) (outer.early_stop_patience)"
+        )
+    lines.append(f"  last checkpoint: {r.checkpoint}")
+    for path in r.spilled:
+        lines.append(
+            f"  tracking: the server did not answer; this run's calls are saved in {path}: "
+            f"send them with `python -m pipeline.tracking replay {path}`"
+        )
+    if r.model:
+        lines.append(f"  model (checkpoint.select={cfg.checkpoint.select}): {r.model}")
     return "\n".join(lines)

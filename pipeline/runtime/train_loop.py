@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline import checkpoint as ckpt
 from pipeline import config
 from pipeline.data import episodes as ep
 from pipeline.meta import outer
+from pipeline.runtime import selection
 from pipeline.runtime import worker_report as wr
 from pipeline.runtime.collective import mean_all_reduce, mean_metrics
 
@@ -63,10 +63,15 @@ class _Run:
     all_reduce: Callable[[outer.Params], outer.Params]
     bank: Any  # BankHook when bank.enabled, else None
     clock: _Clock
+    best: selection.BestVal  # best validation so far; early stopping
+    end: int  # the step this attempt trains to (a run that stopped early stays stopped)
 
     @property
     def total(self) -> int:
         return self.cfg.outer.steps
+
+    def last(self, done: int) -> bool:
+        return done == self.end or self.best.stopped_early
 
 
 def _threads(cluster: config.ClusterConfig) -> int:
@@ -95,17 +100,10 @@ def _to(state: outer.MetaState, device: torch.device) -> outer.MetaState:
     return outer.MetaState(move(state.params), move(state.lrs), move(state.opt), state.step)
 
 
-def _restore(state: outer.MetaState) -> tuple[outer.MetaState, list[dict[str, float]], bool]:
-    """State and loss history from `ray.train.get_checkpoint()` (resume), else as given."""
-    import ray.train  # Ray: the checkpoint of a restarted attempt
-
-    found = ray.train.get_checkpoint()
-    if found is None:
-        return state, [], False
-    with found.as_directory() as d:
-        loaded = ckpt.load(d)
-    ckpt.restore_rng(loaded.rng)
-    return loaded.state, [h for h in loaded.history if h["step"] <= loaded.state.step], True
+def _restore(cfg: config.RunConfig, state: outer.MetaState) -> selection.Restored:
+    """The newest intact checkpoint of the run (Ray's, or one Ray never registered), else
+    `checkpoint.resume_from`, else `checkpoint.init_from`'s parameters, else `state`."""
+    return selection.restore(cfg, state)  # Ray: ray.train.get_checkpoint() inside
 
 
 def _maybe_fault(step: int, rank: int) -> None:
@@ -131,22 +129,26 @@ def _setup(raw: dict[str, Any]) -> _Run:
     device = _device(cfg.cluster)
     model = build_model(cfg.model, cfg.data).to(device)
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=cfg.outer.seed)
-    state, history, resumed = _restore(state)
+    state, history, resumed, note, extra = _restore(cfg, state)
+    best = selection.BestVal.from_extra(extra)
     state = _to(state, device)
     start = state.step
+    end = start if best.stopped_early else cfg.outer.steps
     if rank == 0:
         what = f"resumed at step {start}" if resumed else "starting"
         wr.say(f"{cfg.checkpoint.run_name}: {what}, {cfg.outer.steps} steps, {world} worker(s)")
+        if note:
+            wr.say(note)
     pool = EpisodePool(cfg.data, cfg.cluster, cfg.outer, actors=raw.get("episode_actors"))
     tracker = wr.start_tracker(cfg, rank, start)
     val = ep.to_torch(pool.val_batch(rank, world), device) if pool.val_tasks else None
     all_reduce = mean_all_reduce(world)
-    stream = pool.stream(rank, world, start, cfg.outer.steps)
+    stream = pool.stream(rank, world, start, end)
     bank = None
     if cfg.bank.enabled:  # adapted params + descriptors -> the shared memory bank (async)
         from pipeline.bank.trainer_hook import BankHook
 
-        bank = BankHook(cfg, model, pool, rank, world)
+        bank = BankHook(cfg.bank, model)
     return _Run(
         cfg=cfg,
         cfg_tree=cfg_tree,
@@ -163,6 +165,8 @@ def _setup(raw: dict[str, Any]) -> _Run:
         all_reduce=all_reduce,
         bank=bank,
         clock=_Clock(last_step=start),
+        best=best,
+        end=end,
     )
 
 
@@ -170,16 +174,20 @@ def _train_step(run: _Run, step: int, batch: Any) -> tuple[dict[str, float], boo
     """One meta-step; -> (metrics averaged over ranks, whether a timed report is due)."""
     _maybe_fault(step, run.rank)
     cfg = run.cfg
-    run.state, local = outer.train_step(
-        run.state,
-        ep.to_torch(batch, run.device),
+    b = ep.to_torch(batch, run.device)
+    write = run.bank is not None and run.bank.due(step)
+    before = run.state
+    run.state, local, *adapted = outer.train_step(
+        before,
+        b,
         model=run.model,
         inner_cfg=cfg.inner,
         outer_cfg=cfg.outer,
         all_reduce=run.all_reduce,
+        return_adapted=write,
     )
-    if run.bank is not None:
-        run.bank.after_step(step, run.state, batch)
+    if write:  # the adapted params this step's meta-gradient came from -> the memory bank
+        run.bank.after_step(step, before.params, b, adapted[0])
     done = step + 1
     # Rank 0 decides whether a metric-only report is due (ray.train.report blocks when
     # called faster than the controller polls); the flag rides the metrics' mean.
@@ -193,8 +201,9 @@ def _train_step(run: _Run, step: int, batch: Any) -> tuple[dict[str, float], boo
 
 
 def _validate(run: _Run, done: int, metrics: dict[str, float]) -> bool:
-    """Query loss after 0, 1 and `inner.steps` steps on the validation batch, when due."""
-    last = done == run.total
+    """Query loss after 0, 1 and `inner.steps` steps on the validation batch, when due; a new
+    best is saved beside the run's checkpoints (rank 0); patience spent stops the run."""
+    last = run.last(done)
     if run.val is None or not (done % run.cfg.outer.val_every == 0 or last):
         return False
     curve = outer.evaluate(
@@ -210,6 +219,11 @@ def _validate(run: _Run, done: int, metrics: dict[str, float]) -> bool:
     metrics["val_loss_post"] = curve[str(run.cfg.inner.steps)]
     run.history[-1].update(val_loss_pre=curve["0"], val_loss_post=metrics["val_loss_post"])
     run.tracker.log_inner_curve({int(k): v for k, v in curve.items()}, done)
+    if run.best.update(metrics["val_loss_post"], done, run.cfg.outer.early_stop_patience):
+        if run.rank == 0:
+            run.best.save(run.cfg, run.state, run.cfg_tree, run.history)
+    elif run.best.stopped_early:
+        metrics["stopped_early"] = run.history[-1]["stopped_early"] = 1.0
     return True
 
 
@@ -218,7 +232,7 @@ def _report_step(
 ) -> None:
     """Log `loss`; on a checkpoint, validation, timed or last step also the throughput
     figures, the console line and `ray.train.report` (with the checkpoint when one is due)."""
-    last = done == run.total
+    last = run.last(done)
     save = done % run.cfg.checkpoint.every == 0 or last
     run.tracker.log_metrics({"loss": metrics["loss"]}, done)
     if not (save or validated or last or timed):
@@ -241,15 +255,24 @@ def _report_step(
         run.history,
         with_checkpoint=save and run.rank == 0,
         tracker=run.tracker if last else None,
+        extra=run.best.to_extra(),
     )
+    if run.best.stopped_early and run.rank == 0:
+        b = run.best
+        wr.say(
+            f"stopped early at step {done}: no new best val_loss_post in {b.since} "
+            f"validations (outer.early_stop_patience); best {b.loss:.4f} at step {b.step}"
+        )
 
 
 def _finish(run: _Run) -> None:
     """A run with nothing left to train reports its last metrics; else rank 0 logs the model."""
-    if run.start >= run.total:
+    if run.start >= run.end:
         wr.report_done(run.start, run.history)
-    elif run.rank == 0:
-        weights = {f"params.{k}": v.cpu() for k, v in run.state.params.items()}
+    elif run.rank == 0:  # the run's model: its best on validation (checkpoint.select) or last
+        params, which = selection.final_params(run.cfg, run.state, run.best)
+        wr.say(which)
+        weights = {f"params.{k}": v.cpu() for k, v in params.items()}
         run.tracker.log_model(weights, config.to_dict(run.cfg))
 
 
@@ -271,6 +294,8 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
             metrics, timed = _train_step(run, step, batch)
             validated = _validate(run, step + 1, metrics)
             _report_step(run, step + 1, metrics, validated=validated, timed=timed)
+            if run.best.stopped_early:
+                break
         _finish(run)
         status = "FINISHED"
     finally:

@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline import config
 from pipeline.config import ConfigError, RunConfig
+from pipeline.runtime import tune_state
 from pipeline.runtime.tune_config import SweepConfig, apply_overrides
 from pipeline.runtime.tune_report import SweepResult, summarize, write_best
 
@@ -171,14 +172,19 @@ def run_sweep(
     import ray
     from ray import tune
 
+    from pipeline.runtime.checks import preflight
     from pipeline.runtime.launch import absolute, connect
     from pipeline.tracking import pin_uri
 
     # Validation reports carry the metric, step reports do not: ASHA skips results without it.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     base = pin_uri(absolute(base))
+    preflight(base)
     storage = _storage(sweep)
     sweep_dir = f"{storage}/{sweep.name}"
+    resume = tune.Tuner.can_restore(sweep_dir)
+    if resume:  # before anything is unpickled: metaray must have written this state
+        tune_state.verify(sweep_dir)
     started = connect(base)
     try:
         limit = concurrency(base, sweep, ray.cluster_resources())
@@ -191,29 +197,14 @@ def run_sweep(
             ),
             {"CPU": sweep.driver_cpus},
         )
-        if tune.Tuner.can_restore(sweep_dir):
-            if not quiet:
-                print(f"[metaray] resuming sweep {sweep.name!r} from {sweep_dir}")
-            tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=search_space(sweep.space),
-                tune_config=tune.TuneConfig(
-                    metric=sweep.metric,
-                    mode=sweep.mode,
-                    num_samples=sweep.num_samples,
-                    scheduler=_scheduler(base, sweep),
-                    search_alg=_search(sweep),
-                    max_concurrent_trials=limit,
-                ),
-                run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=0),
-            )
+        tuner = _tuner(base, sweep, trainable, sweep_dir, storage, limit, quiet=quiet)
         try:
             grid = tuner.fit()
         except BaseException:
             parent.end("FAILED")  # an interrupted sweep: Tune state kept, rerun resumes
             raise
+        finally:  # whatever Tune left is what the next run may resume
+            tune_state.sign(sweep_dir)
         result = summarize(grid, base, sweep)
         out = best_out or (
             f"{sweep_dir}/best_config.yaml"
@@ -221,20 +212,7 @@ def run_sweep(
             else f"best_config-{sweep.name}.yaml"
         )
         if result.best is not None:
-            best_cfg = trial_config(
-                config.to_dict(base),
-                result.best.values,
-                trial_id="best",
-                sweep_dir=sweep_dir,
-                parent_run_id=None,
-            )
-            best_cfg = best_cfg.model_copy(
-                update={
-                    "checkpoint": base.checkpoint.model_copy(
-                        update={"run_name": f"{sweep.name}-best"}
-                    )
-                }
-            )
+            best_cfg = _best_config(base, sweep, result, sweep_dir)
             result.best_config_path = write_best(best_cfg, out, sweep, result.best)
         result.experiment_path, result.parent_run_id = sweep_dir, parent_id
         result.concurrency = limit
@@ -245,6 +223,56 @@ def run_sweep(
     finally:
         if started:
             ray.shutdown()
+
+
+def _tuner(
+    base: RunConfig,
+    sweep: SweepConfig,
+    trainable: Any,
+    sweep_dir: str,
+    storage: str,
+    limit: int,
+    *,
+    quiet: bool,
+) -> Any:
+    """The Tuner: restored from `sweep_dir` when it holds one (resume), else a new one."""
+    from ray import tune
+
+    if tune.Tuner.can_restore(sweep_dir):
+        tune_state.verify(sweep_dir)  # nothing is unpickled that metaray did not write
+        if not quiet:
+            print(f"[metaray] resuming sweep {sweep.name!r} from {sweep_dir}")
+        return tune.Tuner.restore(sweep_dir, trainable=trainable, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space=search_space(sweep.space),
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            num_samples=sweep.num_samples,
+            scheduler=_scheduler(base, sweep),
+            search_alg=_search(sweep),
+            max_concurrent_trials=limit,
+        ),
+        run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=0),
+    )
+
+
+def _best_config(base: RunConfig, sweep: SweepConfig, result: SweepResult, sweep_dir: str) -> Any:
+    """The best trial's config, named `<sweep>-best` (a run of its own, not a trial)."""
+    best_cfg = trial_config(
+        config.to_dict(base),
+        result.best.values,
+        trial_id="best",
+        sweep_dir=sweep_dir,
+        parent_run_id=None,
+    )
+    best_cfg = best_cfg.model_copy(
+        update={"checkpoint": base.checkpoint.model_copy(update={"run_name": f"{sweep.name}-best"})}
+    )
+    from pipeline.tracking import redact_tree  # a file people share: no credentials
+
+    return config.from_dict(redact_tree(config.to_dict(best_cfg)), "best config")
 
 
 def _finish_parent(parent: Any, base: RunConfig, result: SweepResult) -> None:

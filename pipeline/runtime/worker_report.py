@@ -22,6 +22,7 @@ def report(
     *,
     with_checkpoint: bool,
     tracker: Any = None,
+    extra: dict | None = None,
 ) -> None:
     """`ray.train.report`; with a checkpoint on rank 0. `tracker` (the final report only) also
     gets the checkpoint as an MLflow artifact: it copies the directory before it is deleted."""
@@ -31,7 +32,7 @@ def report(
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory(prefix="metaray-ckpt-") as d:
-        ckpt.save(d, state, config=cfg_tree, history=history)
+        ckpt.save(d, state, config=cfg_tree, history=history, extra=extra)
         if tracker is not None:
             from pipeline.tracking import redact_tree
 

@@ -46,11 +46,50 @@ def resolve_uri(cfg: TrackingConfig) -> str:
     return uri
 
 
+def spilled_since(cfg: TrackingConfig, t0: float) -> list[Path]:
+    """Buffers spilled into `cfg.spill_dir()` since `t0` (time.time()): for the run's summary."""
+    d = Path(cfg.spill_dir())
+    return sorted(p for p in d.glob("*.jsonl") if p.stat().st_mtime >= t0) if d.is_dir() else []
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """`http://user:pass@host/x` -> (`http://host/x`, user, pass); other URIs unchanged."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri, None, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    clean = urlunsplit(parts._replace(netloc=host))
+    return clean, unquote(user) or None, unquote(password) if password else None
+
+
+def move_credentials(uri: str) -> str:
+    """Credentials in a tracking URI go to MLflow's own variables, `MLFLOW_TRACKING_USERNAME`
+    / `MLFLOW_TRACKING_PASSWORD`, in this process's environment (embedded Ray's workers,
+    started after this, inherit it); the URI that MLflow prints, that configs and
+    checkpoints carry and that Ray logs keeps only the host. On a running cluster, give the
+    workers those two variables yourself (the job's or the cluster's environment)."""
+    clean, user, password = split_credentials(uri)
+    if user:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+    if password:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and split_credentials(env)[1]:  # the same, for the variable the workers inherit
+        os.environ["MLFLOW_TRACKING_URI"] = move_credentials(env)
+    return clean
+
+
 def pin_uri(cfg: RunConfig) -> RunConfig:
-    """`cfg` with `tracking.uri` resolved on the driver, before it travels to workers."""
+    """`cfg` with `tracking.uri` resolved on the driver, before it travels to workers, and
+    without credentials (`move_credentials`). Call it before Ray starts."""
     if not cfg.tracking.enabled:
         return cfg
-    tracking = cfg.tracking.model_copy(update={"uri": resolve_uri(cfg.tracking)})
+    uri = move_credentials(resolve_uri(cfg.tracking))
+    buffer = str(Path(cfg.tracking.spill_dir()).resolve())  # the driver's cwd, not a worker's
+    tracking = cfg.tracking.model_copy(update={"uri": uri, "buffer_dir": buffer})
     return cfg.model_copy(update={"tracking": tracking})
 
 

@@ -11,6 +11,7 @@ answers again the backlog is flushed in order. `end()` waits at most
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -45,7 +46,10 @@ class MlflowTracker:
         self._down = False
         self._thread: threading.Thread | None = None
         self._sender: _Sender | None = None
-        self._staging = Path(tempfile.mkdtemp(prefix="metaray-tracking-"))
+        # Artifacts wait here; a spilled buffer refers to them, so they sit beside it.
+        self._buffer_dir = Path(cfg.spill_dir()).resolve()
+        self._buffer_dir.mkdir(parents=True, exist_ok=True)
+        self._staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self._buffer_dir))
         self._history: dict[str, list[tuple[int, float]]] = {}
         self._inner: dict[int, dict[int, float]] = {}
         self._name = "metaray"
@@ -161,6 +165,8 @@ class MlflowTracker:
             self.spilled = self._spill(left)
         else:
             shutil.rmtree(self._staging, ignore_errors=True)
+            with contextlib.suppress(OSError):  # no clutter in the user's directory
+                self._buffer_dir.rmdir()
         self._thread = None
 
     # -- internals -------------------------------------------------------------------------
@@ -242,7 +248,7 @@ class MlflowTracker:
                 self._cv.notify_all()
 
     def _spill(self, ops: list[dict[str, Any]]) -> Path:
-        out_dir = Path(os.environ.get("METARAY_TRACKING_BUFFER_DIR", "mlflow-buffer")).resolve()
+        out_dir = self._buffer_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{self._name}-{int(time.time())}-{os.getpid()}.jsonl"
         header = {

@@ -173,12 +173,16 @@ def test_trainer_hook_writes_each_task_adapted_params_to_the_bank(ray_cluster, t
     pool = types.SimpleNamespace(train_tasks=sorted(words), seed=0, meta_batch=4)
     model = build_model(cfg.model, cfg.data)
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=0)
-    hook = BankHook(cfg, model, pool, rank=0, world=1)
+    hook = BankHook(cfg.bank, model)
     batch = ep.build_step(
         lambda k: words[k], pool.train_tasks, cfg.data, seed=0, step=1, meta_batch=4
     )
-    assert not hook.after_step(0, state, batch)  # write_every=2: step 0 is skipped
-    assert hook.after_step(1, state, batch)
+    tb = ep.to_torch(batch)
+    _, _, adapted = outer.train_step(
+        state, tb, model=model, inner_cfg=cfg.inner, outer_cfg=cfg.outer, return_adapted=True
+    )
+    assert not hook.after_step(0, state.params, tb, adapted)  # write_every=2: step 0 is skipped
+    assert hook.after_step(1, state.params, tb, adapted)
     assert hook.close()["acked"] == 1
     keys = [s[0] for s in ep.plan_step(pool.train_tasks, 0, 1, 4)]
     bank = hook.writer.bank
@@ -186,7 +190,6 @@ def test_trainer_hook_writes_each_task_adapted_params_to_the_bank(ray_cluster, t
     b = ep.to_torch(batch)
     want = adapt(
         state.params,
-        None,
         b.support,
         model=model,
         steps=cfg.inner.steps,

@@ -60,7 +60,9 @@ def test_same_batches_for_any_actor_and_rank_count(ray_cluster, smoke_shards):
             assert [s for s, _ in got] == [got[0][0]] * world
             joined = ep.collate(
                 [
-                    ep.EpisodeBatch(*(ep.Split(*(a[i] for a in part)) for part in b))
+                    ep.EpisodeBatch(
+                        *(ep.Split(*(a[i] for a in part)) for part in (b.support, b.query))
+                    )
                     for _, b in got
                     for i in range(b.support.x.shape[0])
                 ]

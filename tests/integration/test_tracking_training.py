@@ -103,14 +103,20 @@ def test_smoke_run_reads_back_params_metrics_plots_and_model(
 
 
 def test_tracking_server_killed_mid_run_training_completes(
-    ray_cluster, smoke_shards: Path, tmp_path: Path
+    ray_cluster, smoke_shards: Path, tmp_path: Path, monkeypatch
 ) -> None:
+    import json
+
     from mlflow import MlflowClient
 
     from pipeline.tracking import replay
 
     server = start_mlflow_server(tmp_path / "srv")
-    buffer = tmp_path / "buffer"
+    work = tmp_path / "work"  # where the user started metaray: the default buffer location
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("METARAY_TRACKING_BUFFER_DIR", raising=False)
+    buffer = work / "mlflow-buffer"
     try:
         # long enough (a few seconds) that the server dies while steps are still running
         cfg = _cfg(
@@ -137,12 +143,16 @@ def test_tracking_server_killed_mid_run_training_completes(
 
         killer = threading.Thread(target=kill_once_steps_are_logged, daemon=True)
         killer.start()
-        result = run_training(
-            cfg, worker_env={"METARAY_TRACKING_BUFFER_DIR": str(buffer)}, quiet=True
-        )
+        result = run_training(cfg, quiet=True)
         killer.join(timeout=5)
         assert result.steps == STEPS  # training finished although the server was gone
         (spilled,) = buffer.glob("*.jsonl")  # what the server missed, kept on disk
+        assert result.spilled == [str(spilled)]  # and the summary gives the replay command
+        from pipeline.runtime.launch import summary
+
+        assert f"python -m pipeline.tracking replay {spilled}" in summary(cfg, result)
+        artifacts = [json.loads(ln).get("path") for ln in spilled.read_text().splitlines()]
+        assert all(p.startswith(str(buffer)) for p in artifacts if p)  # not in $TMPDIR
 
         server.start()  # back on the same port and database
         run_id = replay(spilled)

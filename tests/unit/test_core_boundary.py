@@ -11,7 +11,7 @@ CORE = sorted(
     ".".join(f.relative_to(PKG.parent).with_suffix("").parts).removesuffix(".__init__")
     for room in ("meta", "models")
     for f in (PKG / room).rglob("*.py")
-) + ["pipeline.data.episodes", "pipeline.bank.index", "pipeline.local_train"]
+) + ["pipeline.data.episodes", "pipeline.bank.index", "pipeline.bank.ann", "pipeline.local_train"]
 
 
 def test_core_imports_and_runs_without_ray_mlflow_boto3():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "pipeline"
 CORE_ROOMS = ("pipeline.meta", "pipeline.models")
-CORE_FILES = ("pipeline.data.episodes", "pipeline.bank.index")
+CORE_FILES = ("pipeline.data.episodes", "pipeline.bank.index", "pipeline.bank.ann")
 # What the core may import from the rest of the package: typed config slices and errors.
 CORE_MAY_IMPORT = ("pipeline.config", "pipeline.errors")
 TOP_LEVEL_ALLOWED = {"__init__.py", "config.py", "errors.py"}

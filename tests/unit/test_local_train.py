@@ -5,7 +5,7 @@ import pytest
 
 from pipeline import config
 from pipeline.errors import EpisodeError
-from pipeline.local_train import train
+from pipeline.local_train import slices, train
 
 ONE_THREAD = ["cluster.threads_per_worker=1"]  # tiny tensors; shared 2-core machine
 
@@ -65,11 +65,11 @@ def test_sinusoid_loop_lowers_validation_loss_and_is_deterministic():
             "outer.val_tasks=50",
         ],
     )
-    res = train(cfg, source=sine_source(), steps=300)
+    res = train(**slices(cfg), source=sine_source(), steps=300)
     first, last = res.val[0], res.val[-1]
     assert last["val_loss_1"] < last["val_loss_0"]
     assert res.history[-1]["step"] == 299 and res.tasks_per_s > 0
-    again = train(cfg, source=sine_source(), steps=3)
+    again = train(**slices(cfg), source=sine_source(), steps=3)
     assert [h["loss_post"] for h in again.history] == [h["loss_post"] for h in res.history[:3]]
     assert first["step"] == 150
 
@@ -90,7 +90,7 @@ def test_byte_lm_loop_runs_on_words_and_improves():
             "outer.val_tasks=4",
         ],
     )
-    res = train(cfg, source=word_source(), steps=40, eval_steps=(0, 1))
+    res = train(**slices(cfg), source=word_source(), steps=40, eval_steps=(0, 1))
     assert res.val[-1]["val_loss_1"] < np.log(259)  # better than uniform over bytes
 
 
@@ -99,4 +99,4 @@ def test_too_few_rows_is_an_episode_error():
         None, ["model.kind=mlp", "data.episode=regression", "data.k_support=30", "data.k_query=30"]
     )
     with pytest.raises(EpisodeError, match="has 40 rows but the episode needs 60"):
-        train(cfg, source=sine_source(points=40), steps=1)
+        train(**slices(cfg), source=sine_source(points=40), steps=1)

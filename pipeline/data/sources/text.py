@@ -15,6 +15,7 @@ import hashlib
 import posixpath
 from collections.abc import Iterator, Sequence
 from fnmatch import fnmatch
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -148,13 +149,28 @@ def _list_dir(loc: Location, glob: str) -> dict[str, tuple[str, pafs.FileInfo]]:
 def _dir_tasks(
     loc: Location, files: dict[str, tuple[str, pafs.FileInfo]], splits: dict[str, str]
 ) -> Iterator[SourceTask]:
+    """One task per file. A file that is not UTF-8 (or has no lines) does not stop the
+    others being read: every such file is reported together, after the last one."""
+    problems: list[str] = []
     for key in sorted(files):
         rel = files[key][0]
         where = loc.display(rel)
-        lines = decode_lines(loc.read_bytes(rel), where)
+        try:
+            lines = decode_lines(loc.read_bytes(rel), where)
+        except ShardError as exc:
+            problems.append(str(exc))
+            continue
         if not lines:
-            raise ShardError(f"{where} has no non-blank lines: add examples or remove the file")
-        yield SourceTask(key, splits[key], _table(lines), {"source": rel})
+            problems.append(f"{where} has no non-blank lines: add examples or remove the file")
+        elif not problems:  # once one file is bad nothing is written: just read on
+            yield SourceTask(key, splits[key], _table(lines), {"source": rel})
+    if len(problems) == 1:
+        raise ShardError(problems[0])
+    if problems:
+        raise ShardError(
+            f"{loc.uri}: {len(problems)} of {len(files)} files cannot be used:\n  "
+            + "\n  ".join(problems)
+        )
 
 
 def _read_parquet(loc: Location, task_column: str, text_column: str) -> pa.Table:
@@ -209,6 +225,9 @@ def _parquet_tasks(
         start = end
 
 
+HINT = "pass --val-fraction/--test-fraction > 0 or --val-keys/--test-keys"
+
+
 def prepare(
     input: str,
     *,
@@ -240,7 +259,6 @@ def prepare(
         "test_keys": _keys(test_keys),
         "seed": seed,
     }
-    hint = "pass --val-fraction/--test-fraction > 0 or --val-keys/--test-keys"
     if info.type == pafs.FileType.NotFound:
         loc.check_bucket()
         raise ShardError(
@@ -248,25 +266,7 @@ def prepare(
             "Parquet file with task and text columns"
         )
     if info.type == pafs.FileType.File:
-        if not input.lower().endswith(PARQUET_SUFFIXES):
-            raise ShardError(
-                f"{input} is a single file: give a directory of UTF-8 text files (one task per "
-                "file), or a Parquet file (.parquet) with task and text columns"
-            )
-        table = _read_parquet(loc, task_column, text_column)
-        keys = pc.unique(table.column(task_column)).to_pylist()
-        if not keys:
-            raise ShardError(f"{input} has no rows: add rows with task and text columns")
-        splits = assign_splits(sorted(keys), **split_opts)
-        params.update(
-            task_column=task_column,
-            text_column=text_column,
-            fingerprint=_fingerprint([("", info)]),
-        )
-        build = {"source": "parquet", "params": params, "seed": seed, "versions": {}}
-        return Prepared(
-            FAMILY, _parquet_tasks(table, task_column, text_column, splits), build, hint
-        )
+        return _prepare_parquet(loc, info, input, task_column, text_column, split_opts, params)
     files = _list_dir(loc, glob)
     if not files:
         raise ShardError(
@@ -276,4 +276,34 @@ def prepare(
     splits = assign_splits(sorted(files), **split_opts)
     params.update(glob=glob, files=len(files), fingerprint=_fingerprint(list(files.values())))
     build = {"source": "text-directory", "params": params, "seed": seed, "versions": {}}
-    return Prepared(FAMILY, _dir_tasks(loc, files, splits), build, hint)
+    return Prepared(FAMILY, _dir_tasks(loc, files, splits), build, HINT)
+
+
+def _prepare_parquet(
+    loc: Location,
+    info: pafs.FileInfo,
+    input: str,
+    task_column: str,
+    text_column: str,
+    split_opts: dict[str, Any],
+    params: dict[str, Any],
+) -> Prepared:
+    """One Parquet file with task and text columns: its tasks, split by key."""
+    if not input.lower().endswith(PARQUET_SUFFIXES):
+        raise ShardError(
+            f"{input} is a single file: give a directory of UTF-8 text files (one task per "
+            "file), or a Parquet file (.parquet) with task and text columns"
+        )
+    table = _read_parquet(loc, task_column, text_column)
+    keys = pc.unique(table.column(task_column)).to_pylist()
+    if not keys:
+        raise ShardError(f"{input} has no rows: add rows with task and text columns")
+    splits = assign_splits(sorted(keys), **split_opts)
+    params = {
+        **params,
+        "task_column": task_column,
+        "text_column": text_column,
+        "fingerprint": _fingerprint([("", info)]),
+    }
+    build = {"source": "parquet", "params": params, "seed": params["seed"], "versions": {}}
+    return Prepared(FAMILY, _parquet_tasks(table, task_column, text_column, splits), build, HINT)

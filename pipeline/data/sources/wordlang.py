@@ -97,6 +97,35 @@ def _tasks(
             yield SourceTask(code, split, table, meta)
 
 
+def _held_out(
+    split: str,
+    given: str | Sequence[str] | None,
+    default: Sequence[str],
+    chosen: list[str],
+    known: list[str],
+) -> list[str]:
+    """The val or test languages: as given (each known and among --languages), else the
+    defaults that are among --languages; never none."""
+    codes = _codes(given)
+    if codes is None:
+        codes = [c for c in default if c in chosen]
+    for code in codes:
+        if code not in known:
+            raise _unknown(code, known)
+        if code not in chosen:
+            raise ShardError(
+                f"wordlang: --{split}-languages names {code!r}, which is not in "
+                "--languages: add it there or drop it here"
+            )
+    if not codes:
+        raise ShardError(
+            f"wordlang: the split leaves no {split} tasks (none of the default {split} "
+            f"languages {', '.join(default)} is among --languages): pass "
+            f"--{split}-languages with at least one of {', '.join(sorted(chosen))}"
+        )
+    return sorted(set(codes))
+
+
 def prepare(
     *,
     languages: str | Sequence[str] | None = None,
@@ -117,29 +146,10 @@ def prepare(
     if not isinstance(top_n, int) or top_n < 1:
         raise ShardError(f"wordlang: --top-n={top_n} must be at least 1 (e.g. --top-n 1000)")
 
-    held: dict[str, list[str]] = {}
-    for split, given, default in (
-        ("val", val_languages, DEFAULT_VAL),
-        ("test", test_languages, DEFAULT_TEST),
-    ):
-        codes = _codes(given)
-        if codes is None:
-            codes = [c for c in default if c in chosen]
-        for code in codes:
-            if code not in known:
-                raise _unknown(code, known)
-            if code not in chosen:
-                raise ShardError(
-                    f"wordlang: --{split}-languages names {code!r}, which is not in "
-                    "--languages: add it there or drop it here"
-                )
-        if not codes:
-            raise ShardError(
-                f"wordlang: the split leaves no {split} tasks (none of the default {split} "
-                f"languages {', '.join(default)} is among --languages): pass "
-                f"--{split}-languages with at least one of {', '.join(sorted(chosen))}"
-            )
-        held[split] = sorted(set(codes))
+    held = {
+        "val": _held_out("val", val_languages, DEFAULT_VAL, chosen, known),
+        "test": _held_out("test", test_languages, DEFAULT_TEST, chosen, known),
+    }
     both = set(held["val"]) & set(held["test"])
     if both:
         raise ShardError(

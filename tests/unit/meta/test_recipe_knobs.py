@@ -52,10 +52,20 @@ def test_pre_weight_adds_the_loss_before_adaptation():
     batch = seq_batch("lm")
     base = InnerConfig(algorithm="maml", lr=0.1, steps=1)
     state = outer.init_state(model, base, SGD, seed=0)
-    g_meta, _ = outer.meta_gradients(state, None, batch, model=model, inner_cfg=base)
+    g_meta, _ = outer.meta_gradients(state, batch, model=model, inner_cfg=base)
     plain = InnerConfig(algorithm="fomaml", steps=0)
-    g0, _ = outer.meta_gradients(state, None, batch, model=model, inner_cfg=plain)
+    g0, _ = outer.meta_gradients(state, batch, model=model, inner_cfg=plain)
     weighted = base.model_copy(update={"pre_weight": 0.5})
     _, new = _step(model, weighted, state, batch)
     for k, p in state.params.items():  # SGD at lr 1: p - (g_meta + 0.5 g0)
         torch.testing.assert_close(new.params[k], p - (g_meta[k] + 0.5 * g0[k]))
+
+
+def test_learn_init_false_keeps_the_init_and_learns_only_the_lrs():
+    model = _model()
+    inner = InnerConfig(algorithm="metasgd", lr_shape="tensor", lr=0.1, steps=1, learn_init=False)
+    state, new = _step(model, inner)
+    for k, p in state.params.items():
+        torch.testing.assert_close(new.params[k], p)
+    assert any(float(new.lrs[k]) != 0.1 for k in state.lrs)
+    assert all(float(v) >= 0.0 for v in new.lrs.values())  # clamped: never gradient ascent

@@ -94,3 +94,28 @@ def test_empty_support_file_is_a_clear_error(tmp_path, capsys):
         == 1
     )
     assert "has no non-empty lines" in capsys.readouterr().err
+
+
+def test_adapt_takes_a_run_directory_and_uses_its_best_on_validation(tmp_path, capsys):
+    cfg = config.load(None, ["model.hidden=16", "model.embed=8", "data.max_len=12"])
+    model = build_model(cfg.model, cfg.data)
+    state = outer.init_state(model, cfg.inner, cfg.outer, seed=0)
+    run = tmp_path / "runs" / "quickstart"
+    later = outer.MetaState(state.params, state.lrs, state.opt, 9)
+    checkpoint.save(run / "checkpoint_2026-12-01_00-00-09", later, config=config.to_dict(cfg))
+    checkpoint.write_best(
+        str(run), state, config=config.to_dict(cfg), history=[], best_val={"loss": 1.5}
+    )
+    support = tmp_path / "words.txt"
+    support.write_text("the\nand\nof\n")
+    out = tmp_path / "a.safetensors"
+    argv = ["adapt", "--checkpoint", str(run), "--support", str(support), "--out", str(out)]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert f"checkpoint: best on validation (step 0, val_loss_post 1.5): {run}/best-step" in said
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["checkpoint"].startswith(f"{run}/best-step")
+    (tmp_path / "file").write_text("x")
+    argv[2] = str(tmp_path / "file")
+    assert main(argv) == 1
+    assert "is a file: give a checkpoint directory" in capsys.readouterr().err

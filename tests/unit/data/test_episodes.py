@@ -87,3 +87,18 @@ def test_collate_trims_padding_and_to_torch_keeps_dtypes():
     assert t.support.x.dtype == torch.int64 and t.query.mask.dtype == torch.float32
     cls = ep.collate([ep.classify_episode([_rows(), _rows()], 2, 2, 8, rng)])
     assert cls.support.y.shape == (1, 4) and cls.support.x.shape[:2] == (1, 4)
+
+
+def test_a_batch_carries_its_task_keys_in_slot_order():
+    # The memory bank keys its entries by these: they must be this rank's slots of the plan.
+    rows = {t: _rows() for t in ("aa", "bb", "cc", "dd", "ee")}
+    tasks = sorted(rows)
+    for kind, n_way in (("lm", None), ("classify", 3)):
+        cfg = DataConfig(episode=kind, k_support=2, k_query=2, max_len=8, n_way=n_way or 5)
+        b = ep.build_step(
+            rows.__getitem__, tasks, cfg, seed=3, step=7, meta_batch=4, rank=1, world=2
+        )
+        plan = ep.plan_step(tasks, 3, 7, 4, n_way)
+        assert b.tasks == tuple(ep.worker_slice(plan, 1, 2))
+        assert b.keys == ["+".join(s) for s in ep.worker_slice(plan, 1, 2)]
+        assert ep.to_torch(b).tasks == b.tasks and ep.trim(b).tasks == b.tasks

@@ -19,7 +19,7 @@ from pipeline.data.shards import clear_cache, open_shard_set
 from pipeline.data.sources import SourceTask, sinusoid, text, wordlang
 from pipeline.errors import EpisodeError, ShardError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True)
@@ -411,6 +411,7 @@ def test_build_failing_over_a_complete_set_keeps_the_old_set(tmp_path):
             broken(),
             build={"source": "sinusoid", "params": {"points": 12}},
             rows_per_file=10,
+            overwrite=True,
         )
     ss = open_shard_set(str(out))
     assert ss.manifest.build["build_id"] == old.manifest.build["build_id"]

@@ -13,7 +13,7 @@ from pipeline.runtime.tune import concurrency, search_space, trial_config
 from pipeline.runtime.tune_config import load_sweep
 from pipeline.runtime.tune_report import TrialRow, format_table, write_best
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _sweep(tmp_path: Path, tune_yaml: str, run_yaml: str = "") -> Path:

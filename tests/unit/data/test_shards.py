@@ -135,7 +135,9 @@ def test_rebuilding_the_same_set_is_a_no_op_other_params_rebuild_other_families_
     first = build(small_sinusoid(), out)
     again = build(small_sinusoid(), out)
     assert again.skipped and again.manifest.build["build_id"] == first.manifest.build["build_id"]
-    replaced = build(small_sinusoid(points=30), out)
+    with pytest.raises(ShardError, match=r"built with other parameters \(points: .*--overwrite"):
+        build(small_sinusoid(points=30), out)
+    replaced = build(small_sinusoid(points=30), out, overwrite=True)
     assert not replaced.skipped
     ss = open_shard_set(str(out))
     assert ss.rows("train-000000") == 30

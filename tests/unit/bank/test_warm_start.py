@@ -1,4 +1,4 @@
-"""Task descriptors (deterministic, fixed length, unit norm) and bank warm starts with fallback."""
+"""Bank warm starts with fallback (`pipeline/bank/warm_start.py`)."""
 
 import numpy as np
 import pytest
@@ -15,11 +15,15 @@ from pipeline.bank.warm_start import (
 )
 from pipeline.config import BankConfig, DataConfig, ModelConfig
 from pipeline.data.episodes import Split, encode
-from pipeline.meta.descriptor import KINDS, describe, descriptor_dim, is_novel
+from pipeline.meta.descriptor import describe
 from pipeline.models import build_model
 
 EN = ["the", "and", "of", "to", "in", "that", "is", "was"]
+
+
 EN2 = ["with", "for", "this", "have", "from", "they", "which", "there"]
+
+
 RU = ["и", "в", "не", "на", "что", "он", "как", "это"]
 
 
@@ -33,28 +37,6 @@ def _support(*word_lists):
     xs, ys, ms = zip(*(encode(w, 12) for w in word_lists), strict=True)
     t = lambda a: torch.from_numpy(np.stack(a))  # noqa: E731
     return Split(t(xs), t(ys), t(ms))
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_descriptor_is_deterministic_fixed_length_and_unit_norm(kind):
-    model, params = _model()
-    sup = _support(EN, RU)
-    a, b = describe(model, params, sup, kind=kind), describe(model, params, sup, kind=kind)
-    assert a.shape == (2, descriptor_dim(model, kind)) and a.dtype == np.float32
-    np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
-    shuffled = _support(EN[::-1], RU[::-1])  # a set: the order of support words is irrelevant
-    np.testing.assert_allclose(describe(model, params, shuffled, kind=kind), a, atol=1e-5)
-
-
-def test_ngram_descriptor_puts_same_language_closer_than_another_script():
-    model, params = _model()
-    d = describe(model, params, _support(EN, EN2, RU), kind="ngram")
-    assert d[0] @ d[1] > d[0] @ d[2] + 0.2
-
-
-def test_novelty_is_best_similarity_below_threshold():
-    assert is_novel(None, 0.9) and is_novel(0.89, 0.9) and not is_novel(0.9, 0.9)
 
 
 def test_flatten_unflatten_round_trip():
@@ -87,7 +69,7 @@ def test_empty_or_distant_bank_falls_back_to_meta_init_exactly():
     for query in (None, bank.query):  # no bank at all, and a bank with nothing close
         got, info = adapt_with_bank(model, params, sup, cfg=bank.cfg, query=query, steps=2, lrs=0.1)
         assert info.sources == ["meta-init"]
-        want = adapt(params, None, sup, model=model, steps=2, lrs=0.1, first_order=True)
+        want = adapt(params, sup, model=model, steps=2, lrs=0.1, first_order=True)
         for k in params:
             torch.testing.assert_close(got[k], want[k].detach())
 
@@ -122,21 +104,6 @@ def test_weighted_blend_mixes_hits_above_threshold_by_similarity():
     got = flatten_batched(start)[0]
     np.testing.assert_allclose(got - base, np.full_like(base, w_a - (1 - w_a)), atol=1e-5)
     assert info.sources == ["bank:a,b"]
-
-
-def test_auto_descriptor_is_ngram_for_bytes_and_hidden_for_regression():
-    model, params = _model()
-    sup = _support(EN, RU)
-    np.testing.assert_array_equal(
-        describe(model, params, sup, kind="auto"), describe(model, params, sup, kind="ngram")
-    )
-    torch.manual_seed(0)
-    mlp = build_model(ModelConfig(kind="mlp", hidden=8), DataConfig(episode="regression"))
-    mp = {k: v.detach() for k, v in mlp.named_parameters()}
-    reg = Split(torch.randn(2, 5, 1), torch.randn(2, 5, 1), torch.ones(2, 5))
-    assert describe(mlp, mp, reg, kind="auto").shape == (2, descriptor_dim(mlp, "auto"))
-    with pytest.raises(ValueError, match="needs byte sequences"):
-        describe(mlp, mp, reg, kind="ngram")
 
 
 def test_flat_order_does_not_depend_on_dict_order():
@@ -195,7 +162,7 @@ def test_entry_reliability_follows_the_support_size():
 def _fit(model, params, sup, steps=30):
     from pipeline.meta.inner import adapt
 
-    p = adapt(params, None, sup, model=model, steps=steps, lrs=0.5, first_order=True)
+    p = adapt(params, sup, model=model, steps=steps, lrs=0.5, first_order=True)
     return {k: v.detach()[0] for k, v in p.items()}
 
 

@@ -1,0 +1,51 @@
+"""PURE: the approximate-nearest-neighbour side of the bank index (HNSW from usearch).
+
+Labels are stable entry ids (the index's rows move on removal; ids do not). Vectors are
+unit descriptors stored as float16 (half the memory of float32, recall unchanged at the
+bank's sizes: bench/RESULTS.md); similarity is cosine. usearch over faiss-cpu: its HNSW
+removes entries (eviction and overwrites need it; faiss's HNSW cannot remove).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Hnsw:
+    # connectivity 32 / expansion 128 / ef 192: recall@5 >= 0.96 on bench/bank_ann.py's
+    # clustered descriptors where 16 / 64 / 64 gave 0.86 (bench/RESULTS.md)
+    def __init__(self, dim: int, ef_search: int = 192, connectivity: int = 32) -> None:
+        from usearch.index import Index  # imported only by banks that reach the size
+
+        self._index = Index(
+            ndim=dim, metric="cos", dtype="f16", connectivity=connectivity, expansion_add=128
+        )
+        self._index.expansion_search = ef_search
+        self.row_of: dict[int, int] = {}  # entry id -> its current row in the dense block
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, rows: np.ndarray) -> None:
+        ids = np.asarray(ids, np.uint64)
+        self._index.add(ids, np.asarray(vectors, np.float32), threads=0)  # all cores
+        self.row_of.update(zip(ids.tolist(), np.asarray(rows).tolist(), strict=True))
+
+    def remove(self, entry_id: int) -> None:
+        self._index.remove(int(entry_id))
+        self.row_of.pop(int(entry_id), None)
+
+    def moved(self, entry_id: int, row: int) -> None:
+        self.row_of[int(entry_id)] = row
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """-> (rows, cosine sims) `[B, k]` best first; None when fewer than k were found."""
+        found = self._index.search(np.asarray(q, np.float32), k)
+        ids = np.atleast_2d(found.keys)  # one query comes back 1-D (a `Matches`)
+        counts = getattr(found, "counts", None)
+        n = np.full(len(ids), ids.shape[1]) if counts is None else np.atleast_1d(counts)
+        if ids.shape[1] < k or (n < k).any():
+            return None
+        row_of = self.row_of
+        rows = np.array([[row_of[int(i)] for i in r] for r in ids], np.int64)
+        return rows, (1.0 - np.atleast_2d(found.distances)).astype(np.float32)
+
+    def nbytes(self) -> int:
+        return int(self._index.memory_usage) + 100 * len(self.row_of)  # + the id map

@@ -1,0 +1,130 @@
+"""SHELL: what a training run starts from and which of its checkpoints is its model.
+
+- `restore`: a (re)started run resumes from the newest intact checkpoint of its run directory
+  (`pipeline.checkpoint.resume`), else `checkpoint.resume_from`, else starts from the seed or
+  from `checkpoint.init_from`'s parameters. A checkpoint Ray hands over from outside the run
+  directory (Tune's PBT exploiting another trial) is used as given.
+- `BestVal`: the best validation loss (after adaptation) so far, its step and where its
+  checkpoint is; early stopping after `outer.early_stop_patience` validations without a new
+  best. It travels in every checkpoint's `extra`, so a resumed run keeps it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+from pipeline import checkpoint as ckpt
+from pipeline import config
+from pipeline.meta.outer import MetaState
+
+
+def run_uri(cfg: config.RunConfig) -> str:
+    """The run directory Ray Train writes to: `checkpoint.storage/checkpoint.run_name`."""
+    return f"{cfg.checkpoint.storage.rstrip('/')}/{cfg.checkpoint.run_name}"
+
+
+class Restored(NamedTuple):
+    state: MetaState
+    history: list[dict[str, float]]
+    resumed: bool
+    note: str  # what it started from, for the run's first line
+    extra: dict[str, Any]
+
+
+def restore(cfg: config.RunConfig, state: MetaState) -> Restored:
+    import ray.train
+
+    handed = ray.train.get_checkpoint()
+    run = run_uri(cfg)
+    if handed is not None and not handed.path.startswith(run.removeprefix("s3://")):
+        with handed.as_directory() as d:
+            loaded, note = (
+                ckpt.load(d),
+                f"resumed from the checkpoint Ray handed over: {handed.path}",
+            )
+    else:
+        loaded, note = ckpt.resume(
+            run, resume_from=cfg.checkpoint.resume_from, s3_endpoint=cfg.data.s3_endpoint
+        )
+    if loaded is not None:
+        ckpt.restore_rng(loaded.rng)
+        history = [h for h in loaded.history if h["step"] <= loaded.state.step]
+        return Restored(loaded.state, history, True, note, loaded.extra)
+    if cfg.checkpoint.init_from:
+        state, where = ckpt.init_params(
+            state, cfg.checkpoint.init_from, s3_endpoint=cfg.data.s3_endpoint
+        )
+        return Restored(state, [], False, f"parameters from {where}", {})
+    return Restored(state, [], False, "", {})
+
+
+@dataclass
+class BestVal:
+    loss: float = math.inf
+    step: int = 0
+    uri: str = ""  # the best-on-validation checkpoint (<run>/best-stepNNNNNNNN)
+    since: int = 0  # validations since the best one
+    stopped_early: bool = False
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> BestVal:
+        raw = extra.get("best_val") or {}
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+
+    def to_extra(self) -> dict[str, Any]:
+        return {"best_val": asdict(self)} if self.step else {}
+
+    def update(self, loss: float, step: int, patience: int | None) -> bool:
+        """Record validation `loss` at `step`; True when it is a new best. Sets `stopped_early`
+        after `patience` validations without one (all ranks see the same reduced loss)."""
+        if loss < self.loss:
+            self.loss, self.step, self.since = float(loss), step, 0
+            return True
+        self.since += 1
+        self.stopped_early = patience is not None and self.since >= patience
+        return False
+
+    def save(self, cfg: config.RunConfig, state: MetaState, cfg_tree: dict, history: list) -> None:
+        """Rank 0: write the new best checkpoint beside Ray's (replaces the previous best)."""
+        self.uri = ckpt.write_best(
+            run_uri(cfg),
+            state,
+            config=cfg_tree,
+            history=history,
+            best_val={"loss": self.loss, "step": self.step},
+            s3_endpoint=cfg.data.s3_endpoint,
+        )
+
+
+def final_params(cfg: config.RunConfig, state: MetaState, best: BestVal) -> tuple[dict, str]:
+    """The run's model: its best on validation (`checkpoint.select=best_val`, when it
+    validated) or its last state; and a line naming which."""
+    if cfg.checkpoint.select == "best_val" and best.step:
+        found = ckpt.find(run_uri(cfg), s3_endpoint=cfg.data.s3_endpoint, select="best_val")
+        return ckpt.load(found.path).state.params, f"model: {found.why}, {found.uri}"
+    return state.params, f"model: last step {state.step}"
+
+
+def prune_unregistered(cfg: config.RunConfig, result: Any) -> list[str]:
+    """Delete the run's `checkpoint_*` folders that Ray Train does not track (written before an
+    interruption, after Ray's last record; the resumed run has used or superseded them).
+    Returns their names. Folders Ray tracks and the best-on-validation one stay."""
+    import pyarrow.fs as pafs
+
+    from pipeline.data.storage import resolve
+
+    loc = resolve(run_uri(cfg), s3_endpoint=cfg.data.s3_endpoint)
+    sel = pafs.FileSelector(loc.root, allow_not_found=True)
+    dirs = [i.path for i in loc.fs.get_file_info(sel) if i.type == pafs.FileType.Directory]
+    keep = {c.path.rstrip("/").rsplit("/", 1)[-1] for c, _ in (result.best_checkpoints or [])}
+    if result.checkpoint is not None:
+        keep.add(result.checkpoint.path.rstrip("/").rsplit("/", 1)[-1])
+    gone = []
+    for d in dirs:
+        name = d.rsplit("/", 1)[-1]
+        if name.startswith("checkpoint_") and name not in keep:
+            loc.fs.delete_dir(d)
+            gone.append(name)
+    return gone
