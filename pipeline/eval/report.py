@@ -176,7 +176,7 @@ def verdict(rep: Mapping[str, Any], *, baseline: str = BASELINE) -> list[str]:
             elif hi < 0:
                 out.append(
                     f"meta-init is WORSE than {baseline} fine-tuning {after} by "
-                    f"{-gain:.2f}{unit} ({ci})"
+                    f"{-gain:.2f}{unit} (95% CI {-hi:.2f} to {-lo:.2f}, {n} {what})"
                 )
             else:
                 out.append(

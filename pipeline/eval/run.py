@@ -112,7 +112,8 @@ def _methods(
     cfg, state, dev = inp.cfg, inp.state, baselines.to_device
     rand = dev(baselines.random_init(model, cfg, seed=spec.seed + 1), opts.device)
     methods = [ev.Method("random init", rand, cfg.inner.lr, note="fresh seeded init")]
-    mt = _multitask(opts, inp, model, state.step + eval_inputs.init_steps(cfg, log), log)
+    init_steps, init_outer = eval_inputs.init_run(cfg, log)
+    mt = _multitask(opts, inp, model, state.step + init_steps, log, init_outer)
     if mt is not None:
         methods.append(ev.Method("multitask", dev(mt, opts.device), cfg.inner.lr))
     n_tuned = len(methods)
@@ -252,8 +253,10 @@ def _publish(
     )
 
 
-def _multitask(opts, inp, model, ck_steps, log):
+def _multitask(opts, inp, model, ck_steps, log, init_outer=None):
     cfg, train_set, train_tasks = inp.cfg, inp.train_set, inp.train_tasks
+    if init_outer is not None:  # pretrained then meta-trained: pretrain's optimizer settings
+        cfg = cfg.model_copy(update={"outer": init_outer})
     ref = dict(model.named_parameters())
     if opts.baseline and Path(opts.baseline).is_file():
         params, meta = baselines.load_params(opts.baseline)
