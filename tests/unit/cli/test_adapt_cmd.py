@@ -14,7 +14,9 @@ def _checkpoint(tmp_path):
     cfg = config.load(None, ["model.hidden=16", "model.embed=8", "data.max_len=12", "inner.lr=0.3"])
     model = build_model(cfg.model, cfg.data)
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=0)
-    return checkpoint.save(tmp_path / "ckpt", state, config=config.to_dict(cfg)), state
+    # a run directory, as the README's `metaray adapt --checkpoint runs/quickstart` gives it
+    checkpoint.save(tmp_path / "run" / "checkpoint_000001", state, config=config.to_dict(cfg))
+    return tmp_path / "run", state
 
 
 def test_adapt_writes_params_then_a_stored_task_warm_starts_the_next_call(tmp_path, capsys):
@@ -43,13 +45,15 @@ def test_adapt_writes_params_then_a_stored_task_warm_starts_the_next_call(tmp_pa
         )
         == 0
     )
+    said = capsys.readouterr().out  # metaray's unit: bits per byte, never bare nats
+    assert "bits per byte after 3 steps" in said and "nats" not in said
     with safe_open(str(out1), "pt") as f:
         meta = f.metadata()
         assert set(f.keys()) == set(state.params)
         for k in state.params:
             assert f.get_tensor(k).shape == state.params[k].shape
     assert meta["start"] == "meta-init" and meta["steps"] == "3"
-    assert float(meta["support_loss_adapted"]) < float(meta["support_loss_meta_init"])
+    assert float(meta["support_loss_adapted_nats"]) < float(meta["support_loss_meta_init_nats"])
     out2 = tmp_path / "a2.safetensors"
     assert (
         main(
