@@ -36,11 +36,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline import config
     from pipeline.errors import MetarayError
+    from pipeline.runtime.cluster_paths import connected
     from pipeline.runtime.launch import run_training
 
     try:
         cfg = config.load(args.config, args.overrides)
-        result = run_training(cfg)  # RAY_ADDRESS is set inside a job: joins its cluster
+        with connected(cfg):  # relative or node-local paths refused; RAY_ADDRESS set in a job
+            result = run_training(cfg)
     except (config.ConfigError, MetarayError) as exc:
         print(f"metaray job: {exc}", file=sys.stderr)
         return 2

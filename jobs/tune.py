@@ -32,12 +32,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.config import ConfigError
     from pipeline.errors import MetarayError
+    from pipeline.runtime.cluster_paths import connected
+    from pipeline.runtime.console import follow_workers
     from pipeline.runtime.tune import run_sweep
     from pipeline.runtime.tune_config import load_sweep
 
     try:
         base, sweep = load_sweep(args.config, args.overrides)
-        result = run_sweep(base, sweep, best_out=args.best_out)  # RAY_ADDRESS set in a job
+        with connected(base, sweep), follow_workers(draw=False):  # paths checked first
+            result = run_sweep(base, sweep, best_out=args.best_out)
     except (ConfigError, MetarayError) as exc:
         print(f"metaray job: {exc}", file=sys.stderr)
         return 2

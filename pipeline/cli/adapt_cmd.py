@@ -12,6 +12,7 @@ saying where adaptation started, the similarity, the steps and the support loss 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +65,11 @@ def _adapt(args: argparse.Namespace) -> int:
         _store(svc, args.key, result, steps, n_examples)
     info = result.info
     print(f"start: {info.sources[0]} (best similarity {info.best_sims[0]})")
-    print(f"support loss {result.before:.4f} -> {result.after:.4f} nats/byte after {steps} steps")
+    bpb = 1 / math.log(2)  # the loss is nats per byte; metaray reports bits per byte
+    print(
+        f"support loss {result.before * bpb:.4f} -> {result.after * bpb:.4f} bits per byte "
+        f"after {steps} steps (8.0 = a uniform guess over bytes)"
+    )
     print(f"wrote {args.out}")
     return 0
 
@@ -167,8 +172,8 @@ def _write(args: argparse.Namespace, result: _Result, steps: int, n_examples: in
         "best_similarity": str(result.info.best_sims[0]),
         "steps": str(steps),
         "support_examples": str(n_examples),
-        "support_loss_meta_init": f"{result.before:.6f}",
-        "support_loss_adapted": f"{result.after:.6f}",
+        "support_loss_meta_init_nats": f"{result.before:.6f}",
+        "support_loss_adapted_nats": f"{result.after:.6f}",
         "checkpoint": args.found_checkpoint,  # the one used (a run dir resolves to one)
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

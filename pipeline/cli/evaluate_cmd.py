@@ -34,7 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint or run directory (or s3://)")
     p.add_argument("--shards", required=True, help="shard set whose test tasks are evaluated")
     p.add_argument("--bank", help="memory-bank snapshot URI: adds the bank warm start")
-    p.add_argument("--json", dest="json_path", help="write the report JSON here")
+    p.add_argument(
+        "--json", dest="json_path", help="write the report JSON here ('-': print it on stdout)"
+    )
     p.add_argument("--out", default="eval", help="directory for plots, table, baseline cache")
     p.add_argument("--shots", type=_ints, help="support sizes, e.g. 16,64,256 (lm) or 1,5")
     p.add_argument("--k-query", type=int, default=None, help="query examples per task/class")
@@ -58,8 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from pipeline.runtime import console
+
+    console.quiet()
     from pipeline.eval import run as eval_run
     from pipeline.eval.methods import EvalSpec
+    from pipeline.tracking.evaluation import fail_open
 
     spec = EvalSpec(
         steps=args.steps,
@@ -73,7 +79,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         shards=args.shards,
         bank=args.bank,
         out_dir=args.out,
-        json_path=args.json_path,
+        json_path=None if args.json_path == "-" else args.json_path,
         spec=spec,
         baseline=args.baseline,
         baseline_steps=args.baseline_steps,
@@ -84,5 +90,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
     )
-    eval_run.run(opts)
+    try:
+        eval_run.run(opts)
+    except BaseException:
+        fail_open()  # the MLflow run opened at the start ends FAILED, not RUNNING
+        raise
+    if args.json_path == "-":  # the report as written to --out, on stdout for scripts
+        from pathlib import Path
+
+        print((Path(args.out) / "eval.json").read_text(encoding="utf-8"))
     return 0

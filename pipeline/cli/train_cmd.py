@@ -13,17 +13,22 @@ import sys
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="meta-train on Ray (embedded local Ray or RAY_ADDRESS)")
     p.add_argument("--config", help="YAML config file, e.g. configs/quickstart.yaml")
+    p.add_argument(
+        "--json", action="store_true", help="end with the summary as one JSON line on stdout"
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. outer.steps=200")
     p.set_defaults(func=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
     from pipeline import config
+    from pipeline.runtime.cluster_paths import connected
     from pipeline.runtime.launch import run_training
 
     cfg = config.load(args.config, args.overrides)
     try:
-        result = run_training(cfg)
+        with connected(cfg):  # node-local checkpoint.storage on a multi-node cluster is refused
+            result = run_training(cfg, quiet=args.json)
     except KeyboardInterrupt:  # Ray is shut down by run_training; the checkpoints stay
         print(
             f"metaray: interrupted: run {cfg.checkpoint.run_name!r} keeps its checkpoints in "
@@ -32,4 +37,11 @@ def _train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    if args.json:
+        import json
+
+        from pipeline.runtime.train_summary import as_dict, summary
+
+        print(summary(cfg, result), file=sys.stderr)  # the human summary still shows
+        print(json.dumps(as_dict(cfg, result), default=str))
     return 0 if result.steps >= cfg.outer.steps or result.stopped_early else 1

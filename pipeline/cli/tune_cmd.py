@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="sweep YAML, e.g. configs/tune_inner_lr.yaml")
     p.add_argument("--best-out", help="where to write the best config (default: in the sweep dir)")
     p.add_argument("--check", action="store_true", help="validate the sweep config and stop")
+    p.add_argument(
+        "--json", action="store_true", help="end with the sweep's result as one JSON line"
+    )
     p.add_argument("overrides", nargs="*", help="e.g. outer.steps=200 tune.num_samples=4")
     p.set_defaults(func=_tune)
 
@@ -31,7 +34,17 @@ def _tune(args: argparse.Namespace) -> int:
             f"search={sweep.search}: OK"
         )
         return 0
+    from pipeline.runtime.cluster_paths import connected
+    from pipeline.runtime.console import follow_workers
     from pipeline.runtime.tune import run_sweep
 
-    result = run_sweep(base, sweep, best_out=args.best_out)
+    with connected(base, sweep), follow_workers(draw=False):  # no per-trial event lines
+        result = run_sweep(base, sweep, best_out=args.best_out)
+    if args.json:
+        import dataclasses
+        import json
+
+        fields = dataclasses.asdict(result)  # rows and best as objects, not their repr
+        fields.pop("table", None)  # the printed table; rows hold the same figures
+        print(json.dumps(fields, default=str))
     return 0 if result.best is not None else 1

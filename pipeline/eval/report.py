@@ -10,9 +10,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from pipeline.eval import stats as st
 
 REFERENCE = "meta-init"  # paired differences are reference minus each other method
@@ -209,49 +206,10 @@ def write_json(rep: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
 
 
 def plots(rep: Mapping[str, Any], outdir: str | os.PathLike[str]) -> list[Path]:
-    """One PNG per shot count: metric against inner steps per method (left) and the paired
-    differences meta-init minus each method (right; tighter: same episodes), 95% CI bars."""
-    out: list[Path] = []
-    steps = rep["steps"]
+    """One PNG per shot count (`pipeline.tracking.plots.eval_plots`)."""
+    from pipeline.tracking.plots import eval_plots
 
-    def curve(ax, per: Mapping[str, Any], label: str, key: str | None = "overall") -> None:
-        stats = [per[str(s)][key] if key else per[str(s)] for s in steps]
-        halves = [
-            h["half"] if h["half"] is not None and math.isfinite(h["half"]) else 0.0 for h in stats
-        ]  # (None: a report read back from JSON)
-        ax.errorbar(
-            steps, [h["mean"] for h in stats], yerr=halves, marker="o", capsize=3, label=label
-        )
-
-    for k in map(str, rep["shots"]):
-        pairs = rep["paired"].get(k, {})
-        fig = Figure(figsize=(12.4 if pairs else 6.4, 4.2))
-        ax = fig.add_subplot(1, 2 if pairs else 1, 1)
-        for m, per in rep["results"][k].items():
-            curve(ax, per, m)
-        ax.set_xlabel("inner steps")
-        ax.set_ylabel(rep["metric"])
-        ax.set_title(f"few-shot adaptation, K={k} (CI over tasks)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-        if pairs:
-            bx = fig.add_subplot(1, 2, 2)
-            for name, per in pairs.items():
-                curve(bx, per, name)
-            bx.axhline(0.0, color="black", lw=0.8)
-            bx.set_xlabel("inner steps")
-            bx.set_ylabel(f"paired difference in {rep['metric']}")
-            bx.set_title("meta-init minus each method (same episodes)")
-            bx.grid(alpha=0.3)
-            bx.legend(fontsize="small")
-        path = Path(outdir) / f"eval_k{k}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.png")
-        FigureCanvasAgg(fig)
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-        out.append(path)
-    return out
+    return eval_plots(rep, outdir)
 
 
 def publish(
@@ -276,24 +234,8 @@ def publish(
     result: dict[str, Any] = {"json": jpath, "pngs": pngs, "run_id": None}
     if tracking is None:
         return result
-    from pipeline.tracking import make_tracker
+    from pipeline.tracking.evaluation import log_report
 
-    tracker = make_tracker(tracking)
-    params = {k: rep.get(k) for k in ("checkpoint", "shards", "bank", "algorithm", "k_query")}
-    params.update(shots=",".join(map(str, rep["shots"])), episodes=rep.get("episodes_per_task"))
-    tracker.start(run_name, params, tags={"metaray.kind": "evaluate"})
-    for k, res in rep["results"].items():
-        for s in map(str, rep["steps"]):  # one curve per method: metric against inner steps
-            metrics = {
-                f"eval_k{k}/{m.replace(' ', '_')}": per[s]["overall"]["mean"]
-                for m, per in res.items()
-            }
-            tracker.log_metrics({n: v for n, v in metrics.items() if math.isfinite(v)}, int(s))
-    tracker.log_text(text, "evaluation/eval_table.txt")
-    tracker.log_artifact(jpath, "evaluation")
-    for p in pngs:
-        tracker.log_artifact(p, "evaluation")
-    tracker.end("FINISHED")
-    result["run_id"] = tracker.run_id
-    log(f"logged the evaluation to MLflow run {tracker.run_id}")
+    # `tracking`: the run opened when evaluation started (or a config slice: opened now)
+    result["run_id"] = log_report(tracking, rep, text, [jpath, *pngs], run_name=run_name, log=log)
     return result

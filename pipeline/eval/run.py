@@ -18,6 +18,8 @@ from pipeline.eval import baselines
 from pipeline.eval import inputs as eval_inputs
 from pipeline.eval import methods as ev
 from pipeline.eval import report as eval_report
+from pipeline.runtime import console
+from pipeline.runtime.console import Progress
 
 LR_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
@@ -44,6 +46,7 @@ class Options:
 def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Read the inputs, build the methods, tune the baselines, evaluate, report."""
     inp = eval_inputs.read(opts, log)
+    erun = _open_tracking(opts, inp.cfg)  # opened now: the MLflow run lasts as evaluation does
     model = _build_model(opts, inp.cfg)
     spec = _spec(opts, inp, log)
     methods, n_tuned = _methods(opts, inp, model, spec, log)
@@ -55,11 +58,18 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
         }
     except EpisodeError as exc:
         raise MetarayError(f"{exc} (in `metaray evaluate`: lower --shots or --k-query)") from None
-    raw = ev.evaluate_methods(
-        model, methods, by_shot, spec, n_way=inp.cfg.data.n_way, progress=log, device=opts.device
-    )
+    with Progress("evaluate", len(methods) * len(by_shot), unit="method-shot") as bar:
+        raw = ev.evaluate_methods(
+            model,
+            methods,
+            by_shot,
+            spec,
+            n_way=inp.cfg.data.n_way,
+            progress=lambda text: bar.update(bar.done + 1, now=text),
+            device=opts.device,
+        )
     rep = _build_report(opts, inp, spec, methods, raw)
-    _publish(opts, inp.cfg, rep, log)
+    _publish(opts, inp.cfg, rep, log, erun)
     return rep
 
 
@@ -205,14 +215,35 @@ def _build_report(
     )
 
 
-def _publish(opts: Options, cfg: Any, rep: dict[str, Any], log: Callable[[str], None]) -> None:
-    """JSON + PNGs under --out; to MLflow when tracking is on (flag, else the run's config)."""
-    track = cfg.tracking.enabled if opts.tracking is None else opts.tracking
+def _open_tracking(opts: Options, cfg: Any) -> Any:
+    """The evaluation's MLflow run, nested under its training run (None: tracking off; flag,
+    else the run's config)."""
+    if not (cfg.tracking.enabled if opts.tracking is None else opts.tracking):
+        return None
+    from pipeline.tracking.evaluation import open_run
+
+    params = {
+        "checkpoint": opts.checkpoint,
+        "shards": opts.shards,
+        "bank": opts.bank,
+        "algorithm": cfg.inner.algorithm,
+        "episodes": opts.spec.episodes,
+        "seed": opts.spec.seed,
+        "max_tasks": opts.max_tasks,
+    }
+    name = cfg.checkpoint.run_name
+    return open_run(cfg.tracking, f"evaluate-{name}", name, params)
+
+
+def _publish(
+    opts: Options, cfg: Any, rep: dict[str, Any], log: Callable[[str], None], erun: Any
+) -> None:
+    """JSON + PNGs under --out; to the MLflow run opened at the start (`erun`, or None)."""
     eval_report.publish(
         rep,
         opts.out_dir,
         json_path=opts.json_path,
-        tracking=cfg.tracking.model_copy(update={"enabled": True}) if track else None,
+        tracking=erun,
         run_name=f"evaluate-{cfg.checkpoint.run_name}",
         log=log,
     )
@@ -247,16 +278,20 @@ def _multitask(opts, inp, model, ck_steps, log):
         f"multitask baseline: {steps} outer steps on {len(train_tasks)} training tasks"
         + (", its best on validation kept" if val is not None else "")
     )
-    params = baselines.pretrain_multitask(
-        model,
-        cfg,
-        train_set.read_task,
-        train_tasks,
-        steps=steps,
-        seed=opts.spec.seed + 3,
-        progress=lambda s, m: log(f"  multitask step {s}/{steps}: loss {m['loss_post']:.4f}"),
-        val_batch=val,
-    )
+    unit, episode = console.loss_unit(cfg.data.episode), cfg.data.episode
+    with Progress("multitask baseline", steps) as bar:
+        params = baselines.pretrain_multitask(
+            model,
+            cfg,
+            train_set.read_task,
+            train_tasks,
+            steps=steps,
+            seed=opts.spec.seed + 3,
+            progress=lambda s, m: bar.update(
+                s, **{f"loss_{unit}": console.to_unit(m["loss_post"], episode)}
+            ),
+            val_batch=val,
+        )
     path = opts.baseline or str(Path(opts.out_dir) / "baseline.safetensors")
     baselines.save_params(path, params, {"steps": steps, "checkpoint": opts.checkpoint})
     return params

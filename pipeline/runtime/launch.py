@@ -30,6 +30,7 @@ class TrainingResult:
     history: list[dict[str, float]] = field(default_factory=list)  # per-step losses
     seconds: float = 0.0  # wall time of fit(), worker start-up included
     result: Any = None  # the ray.train.Result
+    tracking_run: dict[str, str] = field(default_factory=dict)  # run_id, experiment_id
     model: str = ""  # which checkpoint is the run's model (checkpoint.select), and where
     stopped_early: bool = False
     spilled: list[str] = field(default_factory=list)  # unsent tracking buffers (replay them)
@@ -85,6 +86,7 @@ def build_trainer(
     from pipeline.runtime.episode_actors import EpisodePool
     from pipeline.runtime.train_loop import train_loop_per_worker
     from pipeline.tracking import pin_uri
+    from pipeline.tracking.describe import source_tags
 
     cfg = pin_uri(absolute(cfg))
     healed = checks.heal_run_dir(cfg)
@@ -94,7 +96,11 @@ def build_trainer(
     c = cfg.cluster
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(cfg), "episode_actors": pool.actors},
+        train_loop_config={
+            "config": config.to_dict(cfg),
+            "episode_actors": pool.actors,
+            "tags": source_tags(cfg),  # the driver's command line and git commit, for MLflow
+        },
         scaling_config=ScalingConfig(
             num_workers=c.num_workers,
             use_gpu=c.use_gpu,
@@ -135,12 +141,20 @@ def connect(cfg: config.RunConfig) -> bool:
         return False
     fast_report_poll()
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    from pipeline.runtime import console
+
+    console.quiet()  # colour codes off when not a terminal, the libraries' chatter off
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=console.RAY_LEVEL)
         return True
     # address="local" never attaches to a `ray start` cluster left running on this machine.
     with loopback_only():
-        ray.init(address="local", log_to_driver=True, _node_ip_address="127.0.0.1")
+        ray.init(
+            address="local",
+            log_to_driver=True,
+            _node_ip_address="127.0.0.1",
+            logging_level=console.RAY_LEVEL,
+        )
     return True
 
 
@@ -212,16 +226,7 @@ def run_training(
     started = connect(cfg)
     t0, wall0 = time.perf_counter(), time.time()
     try:
-        trainer = build_trainer(cfg, worker_env=worker_env)
-        try:
-            result = trainer.fit()
-        except ray.train.TrainingFailedError as exc:
-            cause = _metaray_cause(exc)
-            if cause is not None:
-                raise cause from None
-            raise
-        finally:
-            release(trainer)
+        result, tracking_run = _fit(build_trainer(cfg, worker_env=worker_env))
         seconds = time.perf_counter() - t0
         from pipeline.runtime.selection import prune_unregistered
 
@@ -250,12 +255,34 @@ def run_training(
             if cfg.tracking.enabled
             else [],
         )
+        out.tracking_run = tracking_run
         if not quiet:
             print(summary(cfg, out))
         return out
     finally:
         if started:
             ray.shutdown()
+
+
+def _fit(trainer: Any) -> tuple[Any, dict[str, str]]:
+    """`trainer.fit()` with the workers' output followed (progress drawn on this driver, the
+    libraries' noise dropped); a worker's metaray error comes back as itself. Returns the
+    result and the tracking run rank 0 announced."""
+    import ray.train
+
+    from pipeline.runtime import console
+
+    try:
+        with console.follow_workers() as follower:
+            result = trainer.fit()
+        return result, dict(follower.run) if follower else {}
+    except ray.train.TrainingFailedError as exc:
+        cause = _metaray_cause(exc)
+        if cause is not None:
+            raise cause from None
+        raise
+    finally:
+        release(trainer)
 
 
 def _model_line(cfg: config.RunConfig) -> str:
@@ -271,40 +298,6 @@ def _model_line(cfg: config.RunConfig) -> str:
 
 
 def summary(cfg: config.RunConfig, r: TrainingResult) -> str:
-    m = r.metrics
-    lines = [
-        f"[metaray] run {cfg.checkpoint.run_name!r} finished: {r.steps}/{cfg.outer.steps} steps "
-        f"with {cfg.cluster.num_workers} worker(s) in {r.seconds:.1f} s (start-up included)",
-    ]
-    if r.history:
-        first, last = r.history[0], r.history[-1]
-        lines.append(
-            f"  meta-train loss_post {first.get('loss_post', float('nan')):.4f} (step "
-            f"{int(first['step'])}) -> {last.get('loss_post', float('nan')):.4f} (step "
-            f"{int(last['step'])})"
-        )
-    if "val_loss_post" in m:
-        lines.append(
-            f"  validation: loss before adaptation {m['val_loss_pre']:.4f}, "
-            f"after {cfg.inner.steps} inner step(s) {m['val_loss_post']:.4f}"
-        )
-    if "episodes_per_s" in m:
-        wait = 100 * m.get("data_wait_frac", 0)
-        lines.append(
-            f"  last interval: {m['episodes_per_s']:.1f} episodes/s, "
-            f"{wait:.1f}% of step time waiting for data"
-        )
-    if r.stopped_early:
-        lines.append(
-            f"  stopped early: no new best val_loss_post in {cfg.outer.early_stop_patience} "
-            "validation(s) (outer.early_stop_patience)"
-        )
-    lines.append(f"  last checkpoint: {r.checkpoint}")
-    for path in r.spilled:
-        lines.append(
-            f"  tracking: the server did not answer; this run's calls are saved in {path}: "
-            f"send them with `python -m pipeline.tracking replay {path}`"
-        )
-    if r.model:
-        lines.append(f"  model (checkpoint.select={cfg.checkpoint.select}): {r.model}")
-    return "\n".join(lines)
+    from pipeline.runtime.train_summary import summary as text
+
+    return text(cfg, r)

@@ -1,7 +1,7 @@
 """SHELL: what a training run starts from and which of its checkpoints is its model.
 
 - `restore`: a (re)started run resumes from the newest intact checkpoint of its run directory
-  (`pipeline.checkpoint.resume`), else `checkpoint.resume_from`, else starts from the seed or
+  (`resume`), else `checkpoint.resume_from`, else starts from the seed or
   from `checkpoint.init_from`'s parameters. A checkpoint Ray hands over from outside the run
   directory (Tune's PBT exploiting another trial) is used as given.
 - `BestVal`: the best validation loss (after adaptation) so far, its step and where its
@@ -12,12 +12,96 @@
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from pipeline import checkpoint as ckpt
 from pipeline import config
+from pipeline.errors import CheckpointError
 from pipeline.meta.outer import MetaState
+
+
+def write_best(
+    run_uri: str,
+    state: MetaState,
+    *,
+    config: dict[str, Any],
+    history: list[dict[str, float]],
+    best_val: dict[str, Any],
+    s3_endpoint: str | None = None,
+) -> str:
+    """Save the run's new best-on-validation checkpoint as `<run>/best-stepNNNNNNNN` (meta.json
+    last, so it is complete or absent), then delete the older best-* ones. Local or s3://."""
+    from pipeline.data.storage import resolve
+
+    loc = resolve(run_uri, s3_endpoint=s3_endpoint)
+    name = f"{ckpt.BEST_PREFIX}{int(state.step):08d}"
+    with tempfile.TemporaryDirectory(prefix="metaray-best-") as tmp:
+        ckpt.save(tmp, state, config=config, history=history, extra={"best_val": best_val})
+        if not loc.is_s3:
+            loc.fs.create_dir(loc.path(name), recursive=True)
+        for f in (ckpt.TENSORS, ckpt.META):
+            loc.write_bytes(f"{name}/{f}", (Path(tmp) / f).read_bytes())
+    for old in ckpt._candidates(loc):
+        base = old.rsplit("/", 1)[-1]
+        if base.startswith(ckpt.BEST_PREFIX) and base != name:
+            loc.fs.delete_dir(old)
+    return loc.display(name)
+
+
+def init_params(
+    state: MetaState, uri: str, *, s3_endpoint: str | None = None
+) -> tuple[MetaState, str]:
+    """`state` with its parameters taken from `uri` (`checkpoint.init_from`): a metaray
+    checkpoint or run directory (its best on validation), local or s3://, or a .safetensors
+    file of parameters (e.g. `metaray evaluate`'s multitask baseline). Inner lrs, optimizer
+    and step stay as initialised. Names and shapes must match the model exactly."""
+    if uri.endswith(".safetensors") and "://" not in uri and Path(uri).is_file():
+        from safetensors.torch import load_file
+
+        try:
+            params, where = load_file(uri, device="cpu"), uri
+        except Exception as exc:
+            raise CheckpointError(f"checkpoint.init_from={uri}: not safetensors ({exc})") from None
+    else:
+        found = ckpt.find(uri, s3_endpoint=s3_endpoint)
+        params, where = ckpt.load(found.path).state.params, f"{found.uri} ({found.why})"
+    want = {k: tuple(v.shape) for k, v in state.params.items()}
+    got = {k: tuple(v.shape) for k, v in params.items()}
+    if want != got:
+        diff = sorted(set(want) ^ set(got)) + [k for k in want if k in got and want[k] != got[k]]
+        raise CheckpointError(
+            f"checkpoint.init_from={uri}: its parameters do not fit this model (differing: "
+            f"{', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}); use a checkpoint "
+            "trained with the same model.* and data.episode settings"
+        )
+    like = {k: params[k].to(v.dtype) for k, v in state.params.items()}
+    return MetaState(like, state.lrs, state.opt, state.step), where
+
+
+def resume(
+    run_uri: str, *, resume_from: str | None = None, s3_endpoint: str | None = None
+) -> tuple[ckpt.Loaded | None, str]:
+    """What a (re)started run resumes from, and a line saying so: the newest checkpoint in the
+    run directory that verifies (Ray's latest, or one written after it that Ray never
+    registered, as after Ctrl+C), skipping a corrupt newest one; with none there,
+    `checkpoint.resume_from`; else nothing (a fresh start)."""
+    for uri, label in ((run_uri, "the run's"), (resume_from, "checkpoint.resume_from's")):
+        if uri is None:
+            continue
+        try:
+            found = ckpt.find(uri, s3_endpoint=s3_endpoint, select="last")
+        except ckpt.NoCheckpoint:
+            if uri == resume_from:
+                raise
+            continue
+        note = f"resumed from {label} {found.why}: {found.uri}"
+        if found.skipped:
+            note += "\n  skipped (did not verify): " + "\n  ".join(found.skipped)
+        return ckpt.load(found.path), note
+    return None, ""
 
 
 def run_uri(cfg: config.RunConfig) -> str:
@@ -45,7 +129,7 @@ def restore(cfg: config.RunConfig, state: MetaState) -> Restored:
                 f"resumed from the checkpoint Ray handed over: {handed.path}",
             )
     else:
-        loaded, note = ckpt.resume(
+        loaded, note = resume(
             run, resume_from=cfg.checkpoint.resume_from, s3_endpoint=cfg.data.s3_endpoint
         )
     if loaded is not None:
@@ -53,7 +137,7 @@ def restore(cfg: config.RunConfig, state: MetaState) -> Restored:
         history = [h for h in loaded.history if h["step"] <= loaded.state.step]
         return Restored(loaded.state, history, True, note, loaded.extra)
     if cfg.checkpoint.init_from:
-        state, where = ckpt.init_params(
+        state, where = init_params(
             state, cfg.checkpoint.init_from, s3_endpoint=cfg.data.s3_endpoint
         )
         return Restored(state, [], False, f"parameters from {where}", {})
@@ -88,7 +172,7 @@ class BestVal:
 
     def save(self, cfg: config.RunConfig, state: MetaState, cfg_tree: dict, history: list) -> None:
         """Rank 0: write the new best checkpoint beside Ray's (replaces the previous best)."""
-        self.uri = ckpt.write_best(
+        self.uri = write_best(
             run_uri(cfg),
             state,
             config=cfg_tree,

@@ -28,7 +28,7 @@ from torch import nn
 from pipeline import config
 from pipeline.data import episodes as ep
 from pipeline.meta import outer
-from pipeline.runtime import selection
+from pipeline.runtime import console, selection
 from pipeline.runtime import worker_report as wr
 from pipeline.runtime.collective import mean_all_reduce, mean_metrics
 
@@ -122,6 +122,7 @@ def _setup(raw: dict[str, Any]) -> _Run:
     from pipeline.models import build_model
     from pipeline.runtime.episode_actors import EpisodePool
 
+    console.quiet()
     cfg_tree = raw.get("config", raw)
     cfg = config.from_dict(cfg_tree, "train_loop_config")
     rank, world = _rank_world()
@@ -140,7 +141,7 @@ def _setup(raw: dict[str, Any]) -> _Run:
         if note:
             wr.say(note)
     pool = EpisodePool(cfg.data, cfg.cluster, cfg.outer, actors=raw.get("episode_actors"))
-    tracker = wr.start_tracker(cfg, rank, start)
+    tracker = wr.start_tracker(cfg, rank, start, raw.get("tags"))
     val = ep.to_torch(pool.val_batch(rank, world), device) if pool.val_tasks else None
     all_reduce = mean_all_reduce(world)
     stream = pool.stream(rank, world, start, end)
@@ -218,7 +219,12 @@ def _validate(run: _Run, done: int, metrics: dict[str, float]) -> bool:
     metrics["val_loss_pre"] = curve["0"]
     metrics["val_loss_post"] = curve[str(run.cfg.inner.steps)]
     run.history[-1].update(val_loss_pre=curve["0"], val_loss_post=metrics["val_loss_post"])
-    run.tracker.log_inner_curve({int(k): v for k, v in curve.items()}, done)
+    ep_kind = run.cfg.data.episode
+    run.tracker.log_inner_curve(
+        {int(k): console.to_unit(v, ep_kind) for k, v in curve.items()},
+        done,
+        unit=console.loss_unit(ep_kind),
+    )
     if run.best.update(metrics["val_loss_post"], done, run.cfg.outer.early_stop_patience):
         if run.rank == 0:
             run.best.save(run.cfg, run.state, run.cfg_tree, run.history)
@@ -234,7 +240,8 @@ def _report_step(
     figures, the console line and `ray.train.report` (with the checkpoint when one is due)."""
     last = run.last(done)
     save = done % run.cfg.checkpoint.every == 0 or last
-    run.tracker.log_metrics({"loss": metrics["loss"]}, done)
+    episode = run.cfg.data.episode
+    run.tracker.log_metrics(console.display_metrics({"loss_post": metrics["loss"]}, episode), done)
     if not (save or validated or last or timed):
         return
     now, clock = time.perf_counter(), run.clock
@@ -244,10 +251,10 @@ def _report_step(
     metrics["train_s"] = now - clock.t0  # this attempt's loop time, start-up excluded
     metrics["peak_rss_mb"] = wr.peak_rss_mb()  # this rank's process
     clock.last_t, clock.last_step = now, done
-    logged = {k: v for k, v in metrics.items() if k not in ("step", "loss")}
-    run.tracker.log_metrics(logged, done)  # `loss` went out above, every step
-    if run.rank == 0 and (validated or last or done % max(1, run.total // 20) == 0):
-        wr.say(wr.line(metrics, run.total))
+    logged = {k: v for k, v in metrics.items() if k not in ("loss", "loss_post")}
+    run.tracker.log_metrics(console.display_metrics(logged, episode), done)  # loss: above
+    if run.rank == 0:  # the driver draws it (console.follow_workers)
+        console.emit(console.step_event(metrics, run.total, run.start, episode))
     wr.report(
         metrics,
         run.state,
@@ -273,14 +280,21 @@ def _finish(run: _Run) -> None:
         params, which = selection.final_params(run.cfg, run.state, run.best)
         wr.say(which)
         weights = {f"params.{k}": v.cpu() for k, v in params.items()}
-        run.tracker.log_model(weights, config.to_dict(run.cfg))
+        lrs = {k: v.cpu() for k, v in run.state.lrs.items()}
+        run.tracker.log_model(weights, config.to_dict(run.cfg), lrs=lrs, step=_model_step(run))
+
+
+def _model_step(run: _Run) -> int:
+    """The outer step the logged model is from: the best validation's when that is kept."""
+    best = getattr(run.best, "step", 0)
+    return best if run.cfg.checkpoint.select == "best" and best else run.state.step
 
 
 def _close(run: _Run, status: str) -> None:
     """Flush the bank writer, then end the tracked run with `status`."""
     if run.bank is not None:
         stats = run.bank.close()
-        run.tracker.log_metrics({f"bank_{k}": float(v) for k, v in stats.items()}, run.total)
+        run.tracker.log_metrics({f"bank/{k}": float(v) for k, v in stats.items()}, run.total)
     run.tracker.end(status)
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +205,7 @@ def run_sweep(
             parent.end("FAILED")  # an interrupted sweep: Tune state kept, rerun resumes
             raise
         finally:  # whatever Tune left is what the next run may resume
-            tune_state.sign(sweep_dir)
+            _sign(sweep_dir)
         result = summarize(grid, base, sweep)
         out = best_out or (
             f"{sweep_dir}/best_config.yaml"
@@ -223,6 +224,18 @@ def run_sweep(
     finally:
         if started:
             ray.shutdown()
+
+
+def _sign(sweep_dir: str) -> None:
+    """Record the digests of Tune's state; a failure here must not hide the sweep's own."""
+    try:
+        tune_state.sign(sweep_dir)
+    except Exception as exc:
+        print(
+            f"[metaray] could not record the digests of {sweep_dir} ({exc}): a rerun will "
+            "refuse to resume this sweep",
+            file=sys.stderr,
+        )
 
 
 def _tuner(

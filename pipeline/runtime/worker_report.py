@@ -3,7 +3,6 @@ checkpoint), the console line, rank 0's tracker. Called from `pipeline.runtime.t
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from typing import Any
 
@@ -12,6 +11,7 @@ import yaml
 from pipeline import checkpoint as ckpt
 from pipeline import config
 from pipeline.meta import outer
+from pipeline.runtime import console
 
 
 def report(
@@ -40,7 +40,11 @@ def report(
                 # MLflow gets the same checkpoint with its config's credentials redacted
                 ckpt.save(shared, state, config=redact_tree(cfg_tree), history=history)
                 tracker.log_artifact(shared, "checkpoint")
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(d),
+            checkpoint_dir_name=f"checkpoint_{int(metrics['step']):06d}",  # named by its step
+        )
 
 
 def report_done(step: int, history: list[dict[str, float]]) -> None:
@@ -57,30 +61,31 @@ def peak_rss_mb() -> float:
 
 
 def say(line: str) -> None:
-    # Not print(): Ray Train patches print in workers and the line would show up twice.
-    sys.stdout.write(f"[metaray] {line}\n")
-    sys.stdout.flush()
+    # the driver prints it without Ray's prefix (pipeline.runtime.console.follow_workers)
+    console.say(line)
 
 
-def line(m: dict[str, float], total: int) -> str:
-    parts = [f"step {int(m['step'])}/{total}"]
-    for k in ("loss_pre", "loss_post", "val_loss_pre", "val_loss_post"):
-        if k in m:
-            parts.append(f"{k}={m[k]:.4f}")
-    parts.append(f"episodes/s={m.get('episodes_per_s', 0):.1f}")
-    parts.append(f"data_wait={100 * m.get('data_wait_frac', 0):.1f}%")
-    return " ".join(parts)
-
-
-def start_tracker(cfg: config.RunConfig, rank: int, start: int) -> Any:
-    """Rank 0's tracker (`pipeline.tracking.make_tracker`); a no-op on other ranks."""
+def start_tracker(cfg: config.RunConfig, rank: int, start: int, tags: Any = None) -> Any:
+    """Rank 0's tracker (`pipeline.tracking.make_tracker`); a no-op on other ranks. `tags`:
+    what the driver knows of the run (command line, git commit, config file)."""
+    from pipeline.data.shards import open_shard_set
     from pipeline.tracking import NullTracker, make_tracker, redact_tree
+    from pipeline.tracking.describe import dataset_input
 
     if rank != 0:
         return NullTracker()
     tracker = make_tracker(cfg.tracking)
-    tags = {"resumed_from_step": str(start)} if start else None
+    tags = {"metaray.kind": "train", **(tags or {})}
+    if start:
+        tags["resumed_from_step"] = str(start)
     tracker.start(cfg.checkpoint.run_name, config.flat_params(cfg), tags=tags)
+    if tracker.run_id:  # the driver prints where to find the run
+        console.emit(
+            {"kind": "run", "run_id": tracker.run_id, "experiment_id": tracker.experiment_id}
+        )
+    shards = open_shard_set(cfg.data.uri, s3_endpoint=cfg.data.s3_endpoint)
+    m = shards.manifest  # the shard set as an MLflow dataset input (the manifest's digest)
+    tracker.log_dataset(dataset_input(m.to_json(), cfg.data.uri, m.family, m.summary()))
     safe = redact_tree(config.to_dict(cfg))  # credentials never reach MLflow
     tracker.log_text(yaml.safe_dump(safe, sort_keys=False), "config.yaml")
     if cfg.bank.enabled and cfg.bank.snapshot_uri:  # where this run's adapted tasks are kept

@@ -99,6 +99,9 @@ class Tracker(Protocol):
     @property
     def run_id(self) -> str | None: ...
 
+    @property
+    def experiment_id(self) -> str | None: ...
+
     def start(
         self,
         run_name: str,
@@ -110,17 +113,23 @@ class Tracker(Protocol):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
 
-    def log_inner_curve(self, losses: Mapping[int, float], step: int) -> None: ...
+    def log_inner_curve(self, losses: Mapping[int, float], step: int, unit: str = "") -> None: ...
+
+    def log_dataset(self, dataset: Mapping[str, str], context: str = "training") -> None: ...
 
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
 
     def log_text(self, text: str, artifact_file: str) -> None: ...
 
+    def log_table(self, rows: list[Mapping[str, Any]], artifact_file: str) -> None: ...
+
     def log_artifact(
         self, path: str | os.PathLike[str], artifact_path: str | None = None
     ) -> None: ...
 
-    def log_model(self, weights: Any, run_config: Mapping[str, Any]) -> None: ...
+    def log_model(
+        self, weights: Any, run_config: Mapping[str, Any], *, lrs: Any = None, step: int = 0
+    ) -> None: ...
 
     def end(self, status: str = "FINISHED") -> None: ...
 
@@ -129,6 +138,7 @@ class NullTracker:
     """Tracking disabled (or not rank 0): every call is a no-op."""
 
     run_id: str | None = None
+    experiment_id: str | None = None
 
     def start(
         self,
@@ -143,7 +153,10 @@ class NullTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
-    def log_inner_curve(self, losses: Mapping[int, float], step: int) -> None:
+    def log_inner_curve(self, losses: Mapping[int, float], step: int, unit: str = "") -> None:
+        pass
+
+    def log_dataset(self, dataset: Mapping[str, str], context: str = "training") -> None:
         pass
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -152,10 +165,15 @@ class NullTracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         pass
 
+    def log_table(self, rows: list[Mapping[str, Any]], artifact_file: str) -> None:
+        pass
+
     def log_artifact(self, path: Any, artifact_path: str | None = None) -> None:
         pass
 
-    def log_model(self, weights: Any, run_config: Mapping[str, Any]) -> None:
+    def log_model(
+        self, weights: Any, run_config: Mapping[str, Any], *, lrs: Any = None, step: int = 0
+    ) -> None:
         pass
 
     def end(self, status: str = "FINISHED") -> None:

@@ -34,6 +34,7 @@ RETRY_EVERY_S = 3.0
 # Metrics wait up to this long to travel together: one request per second, not one per step
 # (a request costs the client ~1 ms of CPU, which a 2-core trainer would feel).
 SEND_EVERY_S = 1.0
+TRAINING_GROUPS = ("train/", "val/", "system/")  # metric groups of a training run
 
 
 class MlflowTracker:
@@ -42,6 +43,7 @@ class MlflowTracker:
         self._ops: deque[dict[str, Any]] = deque()
         self._cv = threading.Condition()
         self._closing = False
+        self._flushing = False  # flush() waits: the sender does not hold metrics back
         self._deadline = float("inf")
         self._down = False
         self._thread: threading.Thread | None = None
@@ -52,6 +54,7 @@ class MlflowTracker:
         self._staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self._buffer_dir))
         self._history: dict[str, list[tuple[int, float]]] = {}
         self._inner: dict[int, dict[int, float]] = {}
+        self._inner_unit = ""
         self._name = "metaray"
         self._copies = 0
         self.spilled: Path | None = None
@@ -60,6 +63,14 @@ class MlflowTracker:
     @property
     def run_id(self) -> str | None:
         return self._sender.run_id if self._sender else None
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    @property
+    def experiment_id(self) -> str | None:
+        return self._sender.experiment_id if self._sender else None
 
     # -- the API: each call only enqueues -------------------------------------------------
     def start(
@@ -107,16 +118,39 @@ class MlflowTracker:
                     "mono": time.monotonic(),
                 }
             )
+            if self._cfg.parent_run_id and any(k.startswith("val/") for k in clean):
+                # A Tune trial: the scheduler decides on this validation and may stop the trial
+                # (killing this process) right after; what it decided on is in MLflow first.
+                self.flush(self._cfg.flush_timeout_s)
 
-    def log_inner_curve(self, losses: Mapping[int, float], step: int) -> None:
+    def flush(self, timeout_s: float) -> bool:
+        """Wait (at most `timeout_s`) until everything queued so far is sent."""
+        with self._cv:
+            self._flushing = True
+            self._cv.notify_all()
+            done = self._cv.wait_for(lambda: not self._ops or self._down, timeout=timeout_s)
+            self._flushing = False
+            return done
+
+    def log_inner_curve(self, losses: Mapping[int, float], step: int, unit: str = "") -> None:
+        """Kept for `plots/inner_steps.png` only: the metrics `val/loss_pre`/`val/loss_post`
+        already hold its ends, and a metric per k would repeat them."""
         self._inner[int(step)] = {int(k): float(v) for k, v in losses.items()}
-        self.log_metrics({f"val_loss_inner_{k}": v for k, v in losses.items()}, step)
+        self._inner_unit = unit
+
+    def log_dataset(self, dataset: Mapping[str, str], context: str = "training") -> None:
+        """The shard set as an MLflow dataset input (`describe.dataset_input`)."""
+        self._put({"op": "dataset", "dataset": dict(dataset), "context": context})
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self._put({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self._put({"op": "text", "text": text, "file": artifact_file})
+
+    def log_table(self, rows: list[Mapping[str, Any]], artifact_file: str) -> None:
+        """`mlflow.log_table`: rows of one dict each (shown in the UI's evaluation views)."""
+        self._put({"op": "table", "rows": [dict(r) for r in rows], "file": artifact_file})
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """Copied now (a temp checkpoint dir may vanish before the sender gets to it)."""
@@ -133,8 +167,12 @@ class MlflowTracker:
             shutil.copy2(src, dst)
         self._put({"op": "artifact", "path": str(dst), "artifact_path": artifact_path})
 
-    def log_model(self, weights: Any, run_config: Mapping[str, Any]) -> None:
-        """`weights`: a safetensors file or a dict of tensors (the meta-learned parameters)."""
+    def log_model(
+        self, weights: Any, run_config: Mapping[str, Any], *, lrs: Any = None, step: int = 0
+    ) -> None:
+        """`weights`: a safetensors file or a dict of tensors (the meta-learned parameters);
+        `lrs`: the inner learning rates (Meta-SGD's learned ones) the model adapts with;
+        `step`: the outer step the model is from (MLflow shows it with the model)."""
         data = self._staging / "model"
         data.mkdir(parents=True, exist_ok=True)
         if isinstance(weights, (str, os.PathLike)):
@@ -144,9 +182,14 @@ class MlflowTracker:
 
             tensors = {k: v.detach().cpu().contiguous() for k, v in dict(weights).items()}
             save_file(tensors, str(data / "weights.safetensors"))
+        if isinstance(lrs, Mapping):
+            from safetensors.torch import save_file
+
+            rates = {k: v.detach().cpu().float().contiguous() for k, v in lrs.items()}
+            save_file(rates, str(data / "lrs.safetensors"))
         safe = redact_tree(run_config)  # what MLflow stores must not carry credentials
         (data / "config.json").write_text(json.dumps(safe, indent=1), encoding="utf-8")
-        self._put({"op": "model", "dir": str(data)})
+        self._put({"op": "model", "dir": str(data), "step": int(step)})
 
     def end(self, status: str = "FINISHED") -> None:
         if self._thread is None:
@@ -180,11 +223,15 @@ class MlflowTracker:
         try:
             from pipeline.tracking import plots
 
-            if self._history:
-                png = plots.learning_curves(self._history, self._staging / "learning_curves.png")
+            # against the meta-step: training runs only (an evaluation's x axis is inner steps)
+            training = {k: v for k, v in self._history.items() if k.startswith(TRAINING_GROUPS)}
+            if any(k.startswith(("train/", "val/")) for k in training):
+                png = plots.learning_curves(training, self._staging / "learning_curves.png")
                 self.log_artifact(png, "plots")
             if self._inner:
-                png = plots.inner_step_curves(self._inner, self._staging / "inner_steps.png")
+                png = plots.inner_step_curves(
+                    self._inner, self._staging / "inner_steps.png", unit=self._inner_unit
+                )
                 self.log_artifact(png, "plots")
         except Exception as exc:  # a plot must never fail a run
             warnings.warn(f"tracking: plots not rendered: {exc}", stacklevel=2)
@@ -214,7 +261,7 @@ class MlflowTracker:
                 if self._ops[0]["op"] == "metrics" and not self._closing:
                     # let a second's worth of steps gather (or 1000 values), then send once
                     self._cv.wait_for(
-                        lambda: self._closing or self._queued_values() >= 1000,
+                        lambda: self._closing or self._flushing or self._queued_values() >= 1000,
                         timeout=max(0.0, self._ops[0]["mono"] + SEND_EVERY_S - time.monotonic()),
                     )
                 batch = self._take()

@@ -1,4 +1,4 @@
-"""PNG plots logged as MLflow artifacts: learning curves and loss against inner steps.
+"""PNG plots logged as MLflow artifacts: training curves, loss against inner steps, evaluation.
 
 Uses matplotlib's object API with the Agg canvas (no pyplot, no global figure state,
 no display), so it is safe in Ray workers and background threads.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -24,41 +25,127 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     return out
 
 
+# metric-name ending -> the unit its panel shows; metrics sharing a unit share a panel.
+UNITS = (
+    ("_bpb", "bits per byte"),
+    ("_mse", "mean squared error"),
+    ("_nats", "nats"),
+    ("_per_s", "episodes per second"),
+    ("_frac", "fraction of step time"),
+    ("_mb", "peak RSS (MiB)"),
+)
+SKIP = ("system/train_s",)  # a clock: a straight line that says nothing a plot should
+
+
+def _unit(name: str) -> str | None:
+    return next((u for end, u in UNITS if name.endswith(end)), None)
+
+
 def learning_curves(
     history: Mapping[str, Sequence[tuple[int, float]]], path: str | os.PathLike[str]
 ) -> Path:
-    """One panel for every metric whose name mentions 'loss', one for the rest (throughput)."""
-    losses = {k: v for k, v in history.items() if "loss" in k and v}
-    others = {k: v for k, v in history.items() if "loss" not in k and v}
-    panels = [p for p in (losses, others) if p] or [{}]
-    fig = Figure(figsize=(7, 3.2 * len(panels)))
-    for i, group in enumerate(panels):
-        ax = fig.add_subplot(len(panels), 1, i + 1)
-        for name, points in sorted(group.items()):
+    """One panel per unit (losses in their unit, throughput, data wait, memory) against the
+    meta-step; legends outside the data."""
+    panels: dict[str, dict[str, Sequence[tuple[int, float]]]] = {}
+    for name, points in sorted(history.items()):
+        unit = _unit(name)
+        if points and unit and name not in SKIP:
+            panels.setdefault(unit, {})[name] = points
+    order = [u for _, u in UNITS if u in panels] or ["(no metrics)"]
+    fig = Figure(figsize=(8.5, 2.4 * len(order) + 0.6), layout="constrained")
+    axes = fig.subplots(len(order), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, unit in zip(axes, order, strict=True):
+        for name, points in panels.get(unit, {}).items():
             steps, values = zip(*points, strict=True)
             ax.plot(steps, values, label=name, marker="." if len(points) < 30 else None)
-        ax.set_xlabel("meta-step")
-        ax.set_ylabel("loss" if group is losses else "value")
-        if group:
-            ax.legend(fontsize="small")
+        ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
-    fig.suptitle("learning curves")
+        if panels.get(unit):
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[-1].set_xlabel("meta-step (outer step)")
+    fig.suptitle("training: loss (lower is better), throughput, data wait, memory")
     return _save(fig, path)
 
 
 def inner_step_curves(
-    curves: Mapping[int, Mapping[int, float]], path: str | os.PathLike[str], *, keep: int = 6
+    curves: Mapping[int, Mapping[int, float]],
+    path: str | os.PathLike[str],
+    *,
+    keep: int = 6,
+    unit: str = "",
 ) -> Path:
-    """Query loss after k inner steps, one line per validation (the last `keep` of them)."""
-    fig = Figure(figsize=(6, 4))
+    """Validation query loss after k inner steps, one line per validation (the last `keep`)."""
+    fig = Figure(figsize=(7.5, 4))
     ax = fig.add_subplot(1, 1, 1)
     for step in sorted(curves)[-keep:]:
         ks = sorted(curves[step])
         ax.plot(ks, [curves[step][k] for k in ks], marker="o", label=f"meta-step {step}")
-    ax.set_xlabel("inner steps")
-    ax.set_ylabel("query loss")
-    ax.set_title("loss against inner steps")
+    ax.set_xlabel("inner steps on the support set")
+    ax.set_xticks(sorted({k for c in curves.values() for k in c}))
+    ax.set_ylabel(f"validation query loss ({unit})" if unit else "validation query loss")
+    ax.set_title("validation loss against inner steps (lower is better)")
     if curves:
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def eval_figure(rep: Mapping[str, Any], shot: str) -> Figure:
+    """Evaluation at one shot count: the metric per method against inner steps (left) and
+    meta-init minus each method on the same episodes (right); 95% CI bars, dodged."""
+    import math
+
+    steps = list(rep["steps"])
+    better = "higher" if rep["higher_is_better"] else "lower"
+    pairs = rep["paired"].get(shot, {})
+
+    def draw(ax: Any, series: Mapping[str, Any]) -> None:
+        n = max(1, len(series))
+        width = 0.5 * min(
+            1.0, min((b - a for a, b in zip(steps, steps[1:], strict=False)), default=1.0)
+        )
+        for i, (label, per) in enumerate(series.items()):
+            offset = (i - (n - 1) / 2) * width / n  # dodge: bars of one step never overlap
+            xs = [s + offset for s in steps]
+            stats = [per[str(s)].get("overall", per[str(s)]) for s in steps]
+            means = [h["mean"] for h in stats]
+            half = [
+                h["half"] if h["half"] is not None and math.isfinite(h["half"]) else 0.0
+                for h in stats
+            ]  # (None: a report read back from JSON)
+            ax.errorbar(xs, means, yerr=half, marker="o", capsize=3, label=label)
+        ax.set_xticks(steps)
+        ax.set_xlabel("inner steps on the support set")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0.0, -0.18), ncol=2)
+
+    fig = Figure(figsize=(13 if pairs else 6.5, 5.2), layout="constrained")
+    ax = fig.add_subplot(1, 2 if pairs else 1, 1)
+    draw(ax, rep["results"][shot])
+    if rep["metric"] == "bits per byte":
+        ax.axhline(8.0, color="grey", ls="--", lw=0.8)
+        ax.annotate(
+            "8 bits: a uniform guess over bytes",
+            (steps[0], 8.0),
+            xytext=(2, 3),
+            textcoords="offset points",
+            fontsize="small",
+            color="grey",
+        )
+    ax.set_ylabel(f"{rep['metric']} ({better} is better)")
+    ax.set_title(f"K={shot} support examples: query {rep['metric']}, mean ± 95% CI")
+    if pairs:
+        bx = fig.add_subplot(1, 2, 2)
+        draw(bx, pairs)
+        bx.axhline(0.0, color="black", lw=0.8)
+        side = "below" if not rep["higher_is_better"] else "above"
+        bx.set_ylabel(f"meta-init minus method ({side} 0 = meta-init better)")
+        bx.set_title("paired difference on the same episodes, 95% CI")
+    return fig
+
+
+def eval_plots(rep: Mapping[str, Any], outdir: str | os.PathLike[str]) -> list[Path]:
+    """`eval_k<K>.png` per shot count."""
+    return [
+        _save(eval_figure(rep, k), Path(outdir) / f"eval_k{k}.png") for k in map(str, rep["shots"])
+    ]

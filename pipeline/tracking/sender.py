@@ -104,31 +104,71 @@ class _Sender:
                 self.client.log_artifact(self.run_id, str(path), op.get("artifact_path"))
             else:
                 log.warning("tracking: artifact %s no longer exists; not logged", path)
+        elif kind == "table":
+            import pandas as pd
+
+            self.client.log_table(self.run_id, pd.DataFrame(op["rows"]), op["file"])
+        elif kind == "dataset":
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            d = op["dataset"]
+            ds = Dataset(d["name"], d["digest"], d["source_type"], d["source"], None, d["profile"])
+            tag = InputTag("mlflow.data.context", op.get("context", "training"))
+            self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, tags=[tag])])
         elif kind == "model":
-            self._log_model(op["dir"])
+            self._log_model(op["dir"], op.get("step", 0))
         elif kind == "end":
             self.client.set_terminated(self.run_id, op["status"])
 
-    def _log_model(self, data_dir: str) -> None:
+    def _log_model(self, data_dir: str, step: int = 0) -> None:
         import mlflow
         import mlflow.pyfunc
-        from mlflow.models import Model
+        from mlflow.models import Model, infer_signature
+
+        from pipeline.tracking import pyfunc_model
 
         # Model.log resolves the store and experiment from process-wide state.
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_experiment(experiment_id=self._experiment_id())
+        cfg = json.loads((Path(data_dir) / "config.json").read_text(encoding="utf-8"))
+        episode = cfg.get("data", {}).get("episode", "lm")
+        example = pyfunc_model.input_example(episode)
+        served = pyfunc_model.MetarayPyfunc(data_dir)  # the very loader MLflow will call
+        steps = {"steps": int(cfg.get("inner", {}).get("steps", 1))}
+        signature = infer_signature(example, served.predict(example, steps), params=steps)
         Model.log(
             None,  # artifact_path: deprecated in favour of name, still positional
             name="model",
             flavor=mlflow.pyfunc,
             run_id=self.run_id,
+            step=step,
             # Loaded by code + safetensors + JSON: nothing is pickled.
             loader_module="pipeline.tracking.pyfunc_model",
             data_path=data_dir,
-            pip_requirements=["metaray", "torch", "safetensors", "pydantic", "pyyaml"],
+            # The project's code travels with the model: `metaray` is no published package.
+            code_paths=[str(Path(__file__).resolve().parents[1])],
+            signature=signature,
+            input_example=example,
+            pip_requirements=pinned_requirements(),
             registered_model_name=self.register_as,
             await_registration_for=30,
         )
+
+
+# What the model's code imports, pinned to the versions it was trained with.
+MODEL_DEPENDENCIES = ("torch", "numpy", "pandas", "safetensors", "pydantic", "pyyaml")
+
+
+def pinned_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in MODEL_DEPENDENCIES:
+        try:
+            out.append(f"{name}=={version(name).split('+', 1)[0]}")  # 2.13.0+cpu -> 2.13.0
+        except PackageNotFoundError:
+            continue
+    return out
 
 
 def replay_file(path: Path) -> str | None:

@@ -62,15 +62,26 @@ def test_smoke_run_reads_back_params_metrics_plots_and_model(
     assert params["bank.snapshot_uri"] == "http://***@127.0.0.1:1/snapshots"
     assert SECRET not in repr(params)
 
-    loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
+    # grouped names, the unit in the name, nothing logged twice
+    names = set(run.data.metrics)
+    assert {"train/loss_post_mse", "train/loss_pre_mse", "val/loss_post_mse"} <= names
+    assert {"system/episodes_per_s", "system/peak_rss_mb", "system/data_wait_frac"} <= names
+    assert not names & {"loss", "loss_post", "val_loss_post", "val_loss_inner_0"}
+    tags = run.data.tags
+    assert tags["metaray.kind"] == "train" and tags["mlflow.source.type"] == "LOCAL"
+    assert "metaray.command" in tags and "smoke" in tags["mlflow.note.content"]
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.name == smoke_shards.name and len(dataset.dataset.digest) == 32
+    hist = client.get_metric_history(run.info.run_id, "train/loss_post_mse")
+    loss = {m.step: m.value for m in hist}
     assert sorted(loss) == [1, 2, 3, 4, 5, 6]
     assert [loss[s] for s in sorted(loss)] == pytest.approx(
         [h["loss_post"] for h in result.history]
     )
-    val = client.get_metric_history(run.info.run_id, "val_loss_post")
+    val = client.get_metric_history(run.info.run_id, "val/loss_post_mse")
     assert sorted(m.step for m in val) == [3, 6]  # outer.val_every=3
     assert val[-1].value == pytest.approx(result.metrics["val_loss_post"])
-    assert client.get_metric_history(run.info.run_id, "episodes_per_s")[0].value > 0
+    assert client.get_metric_history(run.info.run_id, "system/episodes_per_s")[0].value > 0
 
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "plots", "checkpoint"} <= paths
@@ -98,8 +109,45 @@ def test_smoke_run_reads_back_params_metrics_plots_and_model(
     want = model.functional(params_final, torch.tensor(xs).reshape(1, 3, 1), torch.ones(1, 3))
     mlflow.set_tracking_uri(mlflow_server.uri)
     (logged_model,) = client.search_logged_models([run.info.experiment_id])
-    got = mlflow.pyfunc.load_model(logged_model.model_uri).predict({"x": xs})
-    assert got.tolist() == pytest.approx(want.reshape(-1).tolist(), abs=1e-5)
+    got = mlflow.pyfunc.load_model(logged_model.model_uri).predict(
+        {"x": xs, "y": [0.0] * 3, "support": [False] * 3}
+    )
+    assert got["y_pred_meta_init"].tolist() == pytest.approx(want.reshape(-1).tolist(), abs=1e-5)
+
+    # `metaray evaluate` of that run: its own run, nested under the training run, opened
+    # before the work (its duration is the evaluation's), results as a table, CIs as metrics
+    from pipeline.eval import run as eval_run
+    from pipeline.eval.methods import EvalSpec
+
+    spec = EvalSpec(steps=(0, 1), shots=(5,), k_query=5, episodes=2)
+    opts = eval_run.Options(
+        checkpoint=str(tmp_path / "runs" / "smoke"),
+        shards=str(smoke_shards),
+        out_dir=str(tmp_path / "eval"),
+        spec=spec,
+        baseline_steps=2,
+        lr_grid=(0.01,),
+        tracking=True,
+    )
+    eval_run.run(opts, log=lambda _: None)
+    (ev,) = client.search_runs(
+        [run.info.experiment_id], "tags.`metaray.kind` = 'evaluate'", max_results=5
+    )
+    assert ev.data.tags["mlflow.parentRunId"] == run.info.run_id
+    assert ev.data.tags["metaray.training_run_id"] == run.info.run_id
+    assert ev.info.status == "FINISHED"
+    written_ms = (tmp_path / "eval" / "eval.json").stat().st_mtime * 1000
+    assert ev.info.start_time < written_ms  # opened before the results existed, not after
+    names = set(ev.data.metrics)
+    assert {"eval/k5/meta_init", "eval/k5/meta_init/ci_lo", "eval/k5/meta_init/ci_hi"} <= names
+    assert "eval/k5/meta_init_minus_random_init" in names
+    table = client.load_table(
+        run.info.experiment_id, "evaluation/results.json", run_ids=[ev.info.run_id]
+    )
+    assert {"meta-init", "random init"} <= set(table["method"])
+    plots = {a.path for a in client.list_artifacts(ev.info.run_id, "evaluation")}
+    assert "evaluation/eval_k5.png" in plots
+    assert not client.list_artifacts(ev.info.run_id, "plots")  # no meta-step curves here
 
 
 def test_tracking_server_killed_mid_run_training_completes(
@@ -136,7 +184,7 @@ def test_tracking_server_killed_mid_run_training_completes(
             while time.monotonic() < deadline:
                 exp = client.get_experiment_by_name("outage")
                 runs = client.search_runs([exp.experiment_id]) if exp else []
-                if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
+                if runs and client.get_metric_history(runs[0].info.run_id, "train/loss_post_mse"):
                     break
                 time.sleep(0.1)
             server.stop()
@@ -158,7 +206,7 @@ def test_tracking_server_killed_mid_run_training_completes(
         run_id = replay(spilled)
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
-        steps = {m.step for m in client.get_metric_history(run_id, "loss")}
+        steps = {m.step for m in client.get_metric_history(run_id, "train/loss_post_mse")}
         assert sorted(steps) == list(range(1, STEPS + 1))
         assert "plots" in {a.path for a in client.list_artifacts(run_id)}
         assert client.search_logged_models([run.info.experiment_id])  # the final model too

@@ -10,6 +10,7 @@ import torch
 from pipeline import checkpoint
 from pipeline.errors import CheckpointError
 from pipeline.meta.outer import MetaState
+from pipeline.runtime import selection
 
 
 def _state(step: int, fill: float = 0.0) -> MetaState:
@@ -37,8 +38,8 @@ def test_run_directory_gives_newest_and_a_file_or_missing_path_is_named(tmp_path
 
 def test_best_on_validation_is_the_default_and_last_on_request(tmp_path):
     run = _run(tmp_path)
-    checkpoint.write_best(str(run), _state(2, 2), config={}, history=[], best_val={"loss": 0.5})
-    checkpoint.write_best(str(run), _state(4, 4), config={}, history=[], best_val={"loss": 0.25})
+    selection.write_best(str(run), _state(2, 2), config={}, history=[], best_val={"loss": 0.5})
+    selection.write_best(str(run), _state(4, 4), config={}, history=[], best_val={"loss": 0.25})
     assert sorted(p.name for p in run.glob("best-*")) == ["best-step00000004"]  # old one gone
     found = checkpoint.find(str(run))
     assert found.why == "best on validation (step 4, val_loss_post 0.25)"
@@ -50,15 +51,15 @@ def test_corrupt_newest_is_skipped_and_named_and_resume_says_so(tmp_path):
     run = _run(tmp_path)
     newest = run / "checkpoint_2026-12-01_00-00-06" / "state.safetensors"
     newest.write_bytes(b"garbage")
-    loaded, note = checkpoint.resume(str(run))
+    loaded, note = selection.resume(str(run))
     assert loaded is not None and loaded.state.step == 4
     assert "resumed from the run's latest intact (step 4)" in note
     assert "skipped (did not verify)" in note and str(newest) in note
     # an empty run directory is a fresh start; resume_from then applies
     other = _run(tmp_path / "o", steps=(8,))
-    loaded, note = checkpoint.resume(str(tmp_path / "fresh"), resume_from=str(other))
+    loaded, note = selection.resume(str(tmp_path / "fresh"), resume_from=str(other))
     assert loaded.state.step == 8 and "checkpoint.resume_from's" in note
-    assert checkpoint.resume(str(tmp_path / "fresh")) == (None, "")
+    assert selection.resume(str(tmp_path / "fresh")) == (None, "")
 
 
 def test_binary_meta_and_non_safetensors_are_messages(tmp_path):
@@ -72,14 +73,14 @@ def test_binary_meta_and_non_safetensors_are_messages(tmp_path):
 
 def test_init_from_takes_parameters_only_and_checks_shapes(tmp_path):
     run = _run(tmp_path)
-    state, where = checkpoint.init_params(_state(0), str(run))
+    state, where = selection.init_params(_state(0), str(run))
     assert state.step == 0 and float(state.params["w"][0, 0]) == 6.0
     assert "latest intact (step 6)" in where
     from safetensors.torch import save_file
 
     save_file({"w": torch.ones(4, 3), "b": torch.ones(3)}, str(tmp_path / "mt.safetensors"))
-    state, _ = checkpoint.init_params(_state(0), str(tmp_path / "mt.safetensors"))
+    state, _ = selection.init_params(_state(0), str(tmp_path / "mt.safetensors"))
     assert float(state.params["b"][0]) == 1.0
     save_file({"w": torch.ones(5, 3)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(CheckpointError, match=r"do not fit this model \(differing: b, w\)"):
-        checkpoint.init_params(_state(0), str(tmp_path / "bad.safetensors"))
+        selection.init_params(_state(0), str(tmp_path / "bad.safetensors"))

@@ -7,13 +7,16 @@ from pipeline import checkpoint, config
 from pipeline.cli import main
 from pipeline.meta import outer
 from pipeline.models import build_model
+from pipeline.runtime import selection
 
 
 def _checkpoint(tmp_path):
     cfg = config.load(None, ["model.hidden=16", "model.embed=8", "data.max_len=12", "inner.lr=0.3"])
     model = build_model(cfg.model, cfg.data)
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=0)
-    return checkpoint.save(tmp_path / "ckpt", state, config=config.to_dict(cfg)), state
+    # a run directory, as the README's `metaray adapt --checkpoint runs/quickstart` gives it
+    checkpoint.save(tmp_path / "run" / "checkpoint_000001", state, config=config.to_dict(cfg))
+    return tmp_path / "run", state
 
 
 def test_adapt_writes_params_then_a_stored_task_warm_starts_the_next_call(tmp_path, capsys):
@@ -42,13 +45,15 @@ def test_adapt_writes_params_then_a_stored_task_warm_starts_the_next_call(tmp_pa
         )
         == 0
     )
+    said = capsys.readouterr().out  # metaray's unit: bits per byte, never bare nats
+    assert "bits per byte after 3 steps" in said and "nats" not in said
     with safe_open(str(out1), "pt") as f:
         meta = f.metadata()
         assert set(f.keys()) == set(state.params)
         for k in state.params:
             assert f.get_tensor(k).shape == state.params[k].shape
     assert meta["start"] == "meta-init" and meta["steps"] == "3"
-    assert float(meta["support_loss_adapted"]) < float(meta["support_loss_meta_init"])
+    assert float(meta["support_loss_adapted_nats"]) < float(meta["support_loss_meta_init_nats"])
     out2 = tmp_path / "a2.safetensors"
     assert (
         main(
@@ -103,7 +108,7 @@ def test_adapt_takes_a_run_directory_and_uses_its_best_on_validation(tmp_path, c
     run = tmp_path / "runs" / "quickstart"
     later = outer.MetaState(state.params, state.lrs, state.opt, 9)
     checkpoint.save(run / "checkpoint_2026-12-01_00-00-09", later, config=config.to_dict(cfg))
-    checkpoint.write_best(
+    selection.write_best(
         str(run), state, config=config.to_dict(cfg), history=[], best_val={"loss": 1.5}
     )
     support = tmp_path / "words.txt"
