@@ -190,10 +190,40 @@ class BankConfig(_Slice):
     capacity: int = Field(10_000, gt=0, description="entries before eviction")
     eviction: Literal["lru", "worst_loss"] = Field("lru", description="which entry goes first")
     threshold: float = Field(
-        0.8, ge=-1, le=1, description="cosine similarity to warm-start (bench/RESULTS.md)"
+        0.83,
+        ge=-1,
+        le=2,
+        description="similarity (`similarity`) at which a stored task counts as related (the "
+        "novelty decision; a start with select=similarity or probe_gate); chosen on training "
+        "languages, byte n-grams (bench/RESULTS.md, bank regret)",
     )
-    top_k: int = Field(1, gt=0, description="neighbours blended for a warm start")
+    similarity: Literal["raw", "calibrated"] = Field(
+        "calibrated",
+        description="threshold on the raw cosine (grows with the support size) or on the cosine "
+        "corrected for each side's sampling noise (means the same at every K)",
+    )
+    attenuation_power: float = Field(
+        0.55,
+        ge=0,
+        le=2,
+        description="calibrated similarity = cosine / (reliability product) ** this; fitted "
+        "on training languages so that the similarity does not drift with K",
+    )
+    top_k: int = Field(3, gt=0, description="neighbours considered (blended or probed)")
     blend: Literal["nearest", "weighted"] = Field("nearest", description="how neighbours combine")
+    select: Literal["similarity", "probe"] = Field(
+        "probe",
+        description="start from the `blend` of the hits, or from whichever of the meta-init, "
+        "each hit and their blend has the lowest held-out support loss (split-half probe)",
+    )
+    probe_steps: int = Field(
+        1, ge=0, description="inner steps in the probe (0: step-0 support loss, no split)"
+    )
+    probe_gate: bool = Field(
+        False,
+        description="probe only the hits that clear `threshold` (else all top_k: lower regret "
+        "on training languages, and never worse than the meta-init, which is always probed)",
+    )
     snapshot_uri: str | None = Field(None, description="directory or s3:// prefix for snapshots")
     dtype: Literal["float32", "float16"] = Field("float32", description="stored parameter dtype")
     s3_endpoint: str | None = Field(

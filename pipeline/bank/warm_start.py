@@ -1,14 +1,24 @@
 """Task adaptation with bank warm starts: descriptor -> bank query -> start -> the ONE inner loop.
 
-For each task in a batch: compute its descriptor from the support set, ask the bank for its
-nearest stored tasks; if the best similarity clears `bank.threshold`, start from the stored
-adapted parameters (`blend=nearest`: the top hit; `blend=weighted`: the similarity-weighted
-mean of the top-k hits that clear the threshold), else from the meta-init. Then
-`pipeline.meta.inner.adapt`, the same inner loop training uses.
+For each task in a batch: compute its descriptor from the support set and ask the bank for its
+`bank.top_k` nearest stored tasks. A hit is related when its similarity clears `bank.threshold`:
+with `bank.similarity=calibrated` (the default) that is the cosine corrected for both sides'
+sampling noise (`pipeline.meta.descriptor.calibrated_similarity`), so one threshold means the
+same at every support size. No hit: the meta-init (a novel task). Otherwise the start is
+- `bank.select=similarity`: the top hit (`blend=nearest`) or the similarity-weighted mean of
+  the hits (`blend=weighted`);
+- `bank.select=probe` (the default): whichever of the meta-init, each of the top-k (all of
+  them by default; with `bank.probe_gate` only the hits) and their weighted blend has the
+  lowest HELD-OUT support loss after `bank.probe_steps` inner steps: adapt on the even support
+  examples, score on the odd ones, and the other way round. Only the support set is used (never
+  the query), and the meta-init is always a candidate, so a wrong entry costs only when the
+  probe is fooled by a small support. The threshold then only makes the novelty decision
+  (`StartInfo.novel`: no stored task is related).
+Then `pipeline.meta.inner.adapt`, the same inner loop training uses.
 
 The bank is reached through a plain callable `query(descriptors, k) -> {"keys", "sims",
-"params"}` (the actor's `query`, or `BankService.query` in-process), so this module imports no
-Ray and is testable in a plain process.
+"params"[, "support"]}` (the actor's `query`, `BankService.query`, or `with_entry_support`
+around a service), so this module imports no Ray and is testable in a plain process.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import torch
 from torch import Tensor
 
 from pipeline.config import BankConfig
-from pipeline.meta.descriptor import describe
+from pipeline.meta import descriptor as dsc
 
 Params = dict[str, Tensor]
 BankQuery = Callable[[np.ndarray, int], dict]
@@ -74,12 +84,120 @@ class StartInfo:
     """Where each task of a batch started from."""
 
     sources: list[str] = field(default_factory=list)  # "meta-init" or "bank:<key>[,<key>...]"
-    best_sims: list[float | None] = field(default_factory=list)
+    best_sims: list[float | None] = field(default_factory=list)  # raw cosine of the top hit
+    calibrated_sims: list[float | None] = field(default_factory=list)  # what the threshold saw
+    reliability: list[float | None] = field(default_factory=list)  # query x entry, top hit
+    novel: list[bool] = field(default_factory=list)  # the novelty decision: nothing related
     descriptors: np.ndarray | None = None
+    probe: list[dict[str, float]] = field(default_factory=list)  # per task: candidate -> loss
 
     @property
     def warm(self) -> list[bool]:
         return [s != "meta-init" for s in self.sources]
+
+
+def with_entry_support(service) -> BankQuery:
+    """`service.query` plus each hit's stored support size (from `service.get`), so that the
+    calibrated similarity corrects the stored side for its own sampling noise too."""
+
+    def query(descriptors: np.ndarray, k: int) -> dict:
+        hits = service.query(descriptors, k)
+        hits["support"] = np.array(
+            [[int(service.get(key).get("support", 0) or 0) for key in row] for row in hits["keys"]]
+        )
+        return hits
+
+    return query
+
+
+def _scored_sims(model, meta_params, support, cfg: BankConfig, hits):
+    """`[T, k]` similarities the threshold is applied to (raw or calibrated), and the `[T, k]`
+    reliability products they were divided by (ones for raw)."""
+    sims = np.asarray(hits["sims"], np.float64)
+    if cfg.similarity == "raw" or sims.size == 0:
+        return sims, np.ones_like(sims)
+    rel_q = dsc.reliability(model, meta_params, support, kind=cfg.descriptor)[:, None]
+    k_entry = np.asarray(hits.get("support", np.zeros_like(sims)), np.float64)
+    # an entry of unknown support (0) is taken as noise-free: the bank fill's large supports
+    rel_e = np.where(k_entry > 0, dsc.entry_reliability(rel_q, support.x.shape[1], k_entry), 1.0)
+    return dsc.calibrated_similarity(sims, rel_q, rel_e, cfg.attenuation_power), rel_q * rel_e
+
+
+def _blend(sims: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    w = np.clip(sims, 1e-6, None)
+    return ((w / w.sum())[:, None] * stored).sum(0).astype(np.float32)
+
+
+def _candidates(i, hits, scored, flat_base, cfg: BankConfig) -> list[tuple[str, np.ndarray]]:
+    """(source label, flat start) pairs for task `i`; the meta-init first."""
+    gate = cfg.select == "similarity" or cfg.probe_gate
+    ok = np.flatnonzero(scored[i] >= cfg.threshold) if gate else np.arange(len(scored[i]))
+    if ok.size == 0:
+        return [("meta-init", flat_base)]
+    keys = [hits["keys"][i][j] for j in ok]
+    stored = np.asarray(hits["params"][i])[ok].astype(np.float32)
+    blend = ("bank:" + ",".join(keys), _blend(scored[i][ok], stored))
+    if cfg.select == "similarity":
+        return [blend] if cfg.blend == "weighted" else [("bank:" + keys[0], stored[0])]
+    out = [("meta-init", flat_base)] + [("bank:" + k, r) for k, r in zip(keys, stored, strict=True)]
+    return out + ([blend] if len(keys) > 1 else [])
+
+
+def probe_losses(model, starts: Params, owner: np.ndarray, support, *, steps, lrs, trainable):
+    """Held-out support loss `[R]` of R task-batched starts, row r on task `owner[r]`'s support:
+    `steps` inner steps on the even examples scored on the odd ones, averaged with the reverse.
+    With steps=0 (or a single example) the plain step-0 loss on the whole support."""
+    from pipeline.meta.inner import adapt
+    from pipeline.meta.losses import model_loss
+
+    idx = torch.as_tensor(owner, dtype=torch.long)
+    rows = type(support)(*(torch.as_tensor(a).index_select(0, idx) for a in support))
+    if steps == 0 or rows.x.shape[1] < 2:
+        with torch.no_grad():
+            return model_loss(model, starts, rows).double().numpy()
+    halves = dsc._halves(rows)
+    total = np.zeros(len(owner))
+    for fit, score in (halves, halves[::-1]):
+        p = adapt(
+            starts,
+            fit,
+            model=model,
+            steps=steps,
+            lrs=lrs,
+            first_order=True,
+            trainable=trainable,
+        )
+        with torch.no_grad():
+            total += (
+                model_loss(model, {k: v.detach() for k, v in p.items()}, score).double().numpy()
+            )
+    return total / 2
+
+
+def _pick(model, base, cands, support, cfg: BankConfig, lrs, trainable, info) -> list[int]:
+    """Index of each task's chosen candidate: the lowest probe loss where there is a choice
+    (one batched probe over every candidate of every task); `info.probe` records the losses."""
+    t = len(cands)
+    pick, info.probe = [0] * t, [{} for _ in range(t)]
+    many = [i for i in range(t) if len(cands[i]) > 1]
+    if not many:
+        return pick
+    if lrs is None:
+        raise ValueError("bank.select=probe needs the inner learning rates: pass lrs=")
+    owner = np.array([i for i in many for _ in cands[i]])
+    flat = np.stack([row for i in many for _, row in cands[i]])
+    starts = unflatten(flat, base)
+    loss = probe_losses(
+        model, starts, owner, support, steps=cfg.probe_steps, lrs=lrs, trainable=trainable
+    )
+    at = 0
+    for i in many:
+        n = len(cands[i])
+        pick[i] = int(np.argmin(loss[at : at + n]))
+        losses = loss[at : at + n]
+        info.probe[i] = {lab: float(x) for (lab, _), x in zip(cands[i], losses, strict=True)}
+        at += n
+    return pick
 
 
 def warm_start(
@@ -90,34 +208,38 @@ def warm_start(
     cfg: BankConfig,
     query: BankQuery | None,
     descriptors: np.ndarray | None = None,
+    lrs=None,
+    trainable=None,
 ) -> tuple[Params, StartInfo]:
     """Starting parameters and where each task's came from: task-batched `[T, ...]`, or the
-    shared meta-init itself when no task of the batch is close to a stored one."""
+    shared meta-init itself when no task of the batch is close to a stored one. `lrs` (and
+    `trainable`) are the inner loop's, needed by `bank.select=probe`."""
     t = support.x.shape[0]
     if descriptors is None:
-        descriptors = describe(model, meta_params, support, kind=cfg.descriptor)
+        descriptors = dsc.describe(model, meta_params, support, kind=cfg.descriptor)
     info = StartInfo(descriptors=descriptors)
-    hits = query(descriptors, cfg.top_k) if query is not None else None
     base = {k: v.detach() for k, v in meta_params.items()}
+    hits = query(descriptors, cfg.top_k) if query is not None else None
+    if hits is None or np.asarray(hits["sims"]).size == 0:
+        info.sources, info.best_sims, info.calibrated_sims = (
+            ["meta-init"] * t,
+            [None] * t,
+            [None] * t,
+        )
+        info.novel = [True] * t
+        return base, info
+    scored, rel = _scored_sims(model, base, support, cfg, hits)
     flat_base = flatten(base)
-    rows = []
-    for i in range(t):
-        sims = np.asarray(hits["sims"][i]) if hits is not None else np.zeros(0)
-        ok = np.flatnonzero(sims >= cfg.threshold)
-        info.best_sims.append(float(sims[0]) if sims.size else None)
-        if ok.size == 0:
-            rows.append(flat_base)
-            info.sources.append("meta-init")
-            continue
-        if cfg.blend == "nearest":
-            ok = ok[:1]
-        w = sims[ok] / sims[ok].sum()
-        stored = np.asarray(hits["params"][i])[ok]
-        rows.append((w[:, None] * stored).sum(0).astype(np.float32))
-        info.sources.append("bank:" + ",".join(hits["keys"][i][j] for j in ok))
+    cands = [_candidates(i, hits, scored, flat_base, cfg) for i in range(t)]
+    info.best_sims = [float(hits["sims"][i][0]) for i in range(t)]
+    info.calibrated_sims = [float(scored[i][0]) for i in range(t)]
+    info.reliability = [float(rel[i][0]) for i in range(t)]
+    info.novel = [dsc.is_novel(c, cfg.threshold) for c in info.calibrated_sims]
+    pick = _pick(model, base, cands, support, cfg, lrs, trainable, info)
+    info.sources = [cands[i][pick[i]][0] for i in range(t)]
     if not any(info.warm):  # nothing close: exactly the meta-init path (shared, not copied)
         return base, info
-    return unflatten(np.stack(rows), base), info
+    return unflatten(np.stack([cands[i][pick[i]][1] for i in range(t)]), base), info
 
 
 def adapt_with_bank(
@@ -134,7 +256,9 @@ def adapt_with_bank(
     """Warm start (or meta-init) then `steps` of the core's inner loop; params `[T, ...]`."""
     from pipeline.meta.inner import adapt
 
-    start, info = warm_start(model, meta_params, support, cfg=cfg, query=query)
+    start, info = warm_start(
+        model, meta_params, support, cfg=cfg, query=query, lrs=lrs, trainable=trainable
+    )
     adapted = adapt(
         start,
         support,

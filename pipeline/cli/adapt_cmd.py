@@ -122,9 +122,10 @@ def _bank_query(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
     """(query callable or None, in-process BankService or None) for the chosen bank."""
     if args.bank_uri:
         from pipeline.bank.service import BankService
+        from pipeline.bank.warm_start import with_entry_support
 
         svc = BankService(cfg.bank.model_copy(update={"snapshot_uri": args.bank_uri}))
-        return svc.query, svc
+        return with_entry_support(svc), svc  # stored support sizes: the calibrated similarity
     if args.bank_running:
         import ray  # Ray: the running bank actor of a cluster
 

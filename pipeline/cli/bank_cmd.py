@@ -26,6 +26,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     ins.add_argument("-k", type=int, default=5, help="neighbours to show")
     ins.add_argument("--list", type=int, default=0, metavar="N", help="show N stored task keys")
     ins.add_argument("--json", action="store_true", help="machine-readable output")
+    ins.add_argument(
+        "--plot",
+        nargs="?",
+        const="bank-descriptor-map.png",
+        metavar="PNG",
+        help="draw the descriptor map (PCA of the stored descriptors, coloured by language "
+        "family and script) to PNG (default bank-descriptor-map.png) and log it to MLflow "
+        "(tracking.uri / MLFLOW_TRACKING_URI; tracking.enabled=false: the file only)",
+    )
     ins.set_defaults(func=_inspect)
 
     exp = bsub.add_parser("export", help="write a snapshot of the bank to DEST")
@@ -66,9 +75,14 @@ class _Remote:
 
 def _target(args: argparse.Namespace):
     from pipeline import config
-    from pipeline.errors import BankError
 
     cfg = config.load(args.config, args.overrides)
+    return _open(args, cfg), cfg
+
+
+def _open(args: argparse.Namespace, cfg):
+    from pipeline.errors import BankError
+
     if args.uri:
         from pipeline.bank.service import BankService
         from pipeline.bank.store import BankStore
@@ -93,8 +107,31 @@ def _target(args: argparse.Namespace):
     return _Remote(lookup_bank(cfg.bank.name, cfg.bank.namespace))
 
 
+def _plot(bank, cfg, path: str, stats: dict) -> dict:
+    """Write the descriptor map and log it to an MLflow run; returns {png, run_id}."""
+    from pipeline.bank import descriptor_map
+    from pipeline.errors import BankError
+
+    entries = descriptor_map.bank_entries(bank.call)
+    if not entries:
+        raise BankError("the bank is empty: there is no descriptor to plot")
+    where = stats.get("snapshot_uri") or cfg.bank.name
+    png = descriptor_map.plot(entries, (), path, title=f"memory bank {where}")
+    out = {"png": str(png), "run_id": None}
+    if cfg.tracking.enabled:
+        from pipeline.tracking import make_tracker
+
+        tracker = make_tracker(cfg.tracking)
+        params = {"bank.entries": stats["entries"], "bank.source": where}
+        tracker.start("bank-inspect", params, tags={"metaray.kind": "bank-inspect"})
+        tracker.log_artifact(png, "bank")
+        tracker.end("FINISHED")
+        out["run_id"] = tracker.run_id
+    return out
+
+
 def _inspect(args: argparse.Namespace) -> int:
-    bank = _target(args)
+    bank, cfg = _target(args)
     stats = bank.call("stats")
     out = {"stats": stats}
     if args.neighbours:
@@ -105,6 +142,8 @@ def _inspect(args: argparse.Namespace) -> int:
             {m: e[m] for m in ("key", "step", "support", "loss")}
             for e in (bank.call("get", k) for k in keys)
         ]
+    if args.plot:
+        out["plot"] = _plot(bank, cfg, args.plot, stats)
     if args.json:
         print(json.dumps(out, indent=1, default=str))
         return 0
@@ -133,16 +172,19 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"nearest to {args.neighbours}:")
         for key, sim in out["neighbours"]:
             print(f"  {sim:+.4f}  {key}")
+    if args.plot:
+        run = out["plot"]["run_id"]
+        print(f"descriptor map: {out['plot']['png']}" + (f" (MLflow run {run})" if run else ""))
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    print(f"wrote {_target(args).call('snapshot', args.dest)}")
+    print(f"wrote {_target(args)[0].call('snapshot', args.dest)}")
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
-    print(f"imported {_target(args).call('import_snapshot', args.src)} entries from {args.src}")
+    print(f"imported {_target(args)[0].call('import_snapshot', args.src)} entries from {args.src}")
     return 0
 
 
@@ -151,5 +193,5 @@ def _clear(args: argparse.Namespace) -> int:
 
     if not args.yes:
         raise BankError("bank clear removes every entry, its snapshots and WAL: add --yes")
-    print(f"cleared {_target(args).call('clear')} entries")
+    print(f"cleared {_target(args)[0].call('clear')} entries")
     return 0

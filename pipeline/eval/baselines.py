@@ -40,6 +40,8 @@ def multitask_config(run_cfg: Any) -> tuple[Any, Any]:
             "first_order": True,
             "step_schedule": (),
             "pre_weight": 0.0,
+            "learn_init": True,
+            "lr_shape": "param",
         }
     )
     data = run_cfg.data

@@ -116,22 +116,25 @@ def read(opts: Any, log: Callable[[str], None]) -> Inputs:
     return Inputs(cfg, loaded.state, shards, test_tasks, train_set, train_tasks, val_set, val_tasks)
 
 
-def init_steps(cfg: Any, log: Callable[[str], None]) -> int:
+def init_run(cfg: Any, log: Callable[[str], None]) -> tuple[int, Any]:
     """Outer steps already spent on the parameters a run started from (`checkpoint.init_from`,
-    e.g. multitask pretraining): the multitask baseline gets them too (the same budget)."""
+    e.g. multitask pretraining) and that run's outer slice: the multitask baseline gets those
+    steps too (the same budget), trained with the pretraining's optimizer settings."""
     uri = cfg.checkpoint.init_from
     if not uri:
-        return 0
+        return 0, None
     from pipeline import checkpoint as ckpt
+    from pipeline import config
     from pipeline.eval.baselines import load_params
 
     try:
         if uri.endswith(".safetensors"):
-            steps = int(load_params(uri)[1].get("steps", 0))
-        else:
-            steps = int(ckpt.load(ckpt.find(uri, select="last").path).state.step)
+            return int(load_params(uri)[1].get("steps", 0)), None
+        loaded = ckpt.load(ckpt.find(uri, select="last").path)
+        init_outer = config.from_dict(loaded.config, source=uri).outer
     except Exception as exc:  # the baseline then gets fewer steps: say so, do not hide it
         log(f"checkpoint.init_from={uri} unreadable here ({exc}): its steps are not counted")
-        return 0
+        return 0, None
+    steps = int(loaded.state.step)
     log(f"the run started from {uri} ({steps} outer steps): counted in the baseline's budget")
-    return steps
+    return steps, init_outer

@@ -176,7 +176,7 @@ def verdict(rep: Mapping[str, Any], *, baseline: str = BASELINE) -> list[str]:
             elif hi < 0:
                 out.append(
                     f"meta-init is WORSE than {baseline} fine-tuning {after} by "
-                    f"{-gain:.2f}{unit} ({ci})"
+                    f"{-gain:.2f}{unit} (95% CI {-hi:.2f} to {-lo:.2f}, {n} {what})"
                 )
             else:
                 out.append(
@@ -220,6 +220,7 @@ def publish(
     tracking: Any = None,
     run_name: str = "evaluate",
     log: Callable[[str], None] = print,
+    extra_artifacts: Sequence[str | os.PathLike[str]] = (),
 ) -> dict[str, Any]:
     """Print the table; write JSON, the table as text and the PNGs under `out_dir`; with a
     `tracking` config slice, log them to an MLflow run (metric curves against inner steps)."""
@@ -236,6 +237,8 @@ def publish(
         return result
     from pipeline.tracking.evaluation import log_report
 
-    # `tracking`: the run opened when evaluation started (or a config slice: opened now)
-    result["run_id"] = log_report(tracking, rep, text, [jpath, *pngs], run_name=run_name, log=log)
+    # `tracking`: the run opened when evaluation started (or a config slice: opened now);
+    # extra: e.g. the bank's descriptor map
+    files = [jpath, *pngs, *extra_artifacts]
+    result["run_id"] = log_report(tracking, rep, text, files, run_name=run_name, log=log)
     return result

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import EpisodeError, MetarayError
-from pipeline.eval import baselines
+from pipeline.eval import bank_eval, baselines
 from pipeline.eval import inputs as eval_inputs
 from pipeline.eval import methods as ev
 from pipeline.eval import report as eval_report
@@ -69,7 +69,9 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
             device=opts.device,
         )
     rep = _build_report(opts, inp, spec, methods, raw)
-    _publish(opts, inp.cfg, rep, log, erun)
+    _publish(
+        opts, inp.cfg, rep, log, erun, bank_eval.descriptor_map(opts, model, methods, by_shot, log)
+    )
     return rep
 
 
@@ -110,7 +112,8 @@ def _methods(
     cfg, state, dev = inp.cfg, inp.state, baselines.to_device
     rand = dev(baselines.random_init(model, cfg, seed=spec.seed + 1), opts.device)
     methods = [ev.Method("random init", rand, cfg.inner.lr, note="fresh seeded init")]
-    mt = _multitask(opts, inp, model, state.step + eval_inputs.init_steps(cfg, log), log)
+    init_steps, init_outer = eval_inputs.init_run(cfg, log)
+    mt = _multitask(opts, inp, model, state.step + init_steps, log, init_outer)
     if mt is not None:
         methods.append(ev.Method("multitask", dev(mt, opts.device), cfg.inner.lr))
     n_tuned = len(methods)
@@ -124,7 +127,7 @@ def _methods(
         )
     )
     if opts.bank:
-        methods.append(_bank_method(opts, cfg, model, methods[-1], log))
+        methods.append(bank_eval.bank_method(opts, cfg, model, methods[-1], log))
     return methods, n_tuned
 
 
@@ -236,7 +239,7 @@ def _open_tracking(opts: Options, cfg: Any) -> Any:
 
 
 def _publish(
-    opts: Options, cfg: Any, rep: dict[str, Any], log: Callable[[str], None], erun: Any
+    opts: Options, cfg: Any, rep: dict[str, Any], log: Callable[[str], None], erun: Any, extra=()
 ) -> None:
     """JSON + PNGs under --out; to the MLflow run opened at the start (`erun`, or None)."""
     eval_report.publish(
@@ -246,11 +249,14 @@ def _publish(
         tracking=erun,
         run_name=f"evaluate-{cfg.checkpoint.run_name}",
         log=log,
+        extra_artifacts=extra,
     )
 
 
-def _multitask(opts, inp, model, ck_steps, log):
+def _multitask(opts, inp, model, ck_steps, log, init_outer=None):
     cfg, train_set, train_tasks = inp.cfg, inp.train_set, inp.train_tasks
+    if init_outer is not None:  # pretrained then meta-trained: pretrain's optimizer settings
+        cfg = cfg.model_copy(update={"outer": init_outer})
     ref = dict(model.named_parameters())
     if opts.baseline and Path(opts.baseline).is_file():
         params, meta = baselines.load_params(opts.baseline)
@@ -295,28 +301,3 @@ def _multitask(opts, inp, model, ck_steps, log):
     path = opts.baseline or str(Path(opts.out_dir) / "baseline.safetensors")
     baselines.save_params(path, params, {"steps": steps, "checkpoint": opts.checkpoint})
     return params
-
-
-def _bank_method(opts, cfg, model, meta: ev.Method, log) -> ev.Method:
-    from pipeline.bank.service import BankService
-    from pipeline.bank.warm_start import warm_start
-
-    endpoint = opts.s3_endpoint or cfg.bank.s3_endpoint  # read-only: the WAL is replayed
-    bank_cfg = cfg.bank.model_copy(update={"snapshot_uri": opts.bank, "s3_endpoint": endpoint})
-    service = BankService(bank_cfg)
-    log(f"memory bank {opts.bank}: {len(service.keys())} entries")
-    sources: list[str] = []
-
-    def start(support: Any) -> dict[str, Any]:
-        params, info = warm_start(model, meta.params, support, cfg=bank_cfg, query=service.query)
-        sources.extend(info.sources)
-        return params
-
-    return ev.Method(
-        "bank warm start",
-        meta.params,
-        meta.lrs,
-        meta.trainable,
-        start=start,
-        extra={"sources": sources},
-    )

@@ -16,6 +16,15 @@ Variants (`bank.descriptor`):
 
 Deterministic: same support, same parameters -> the same vector (no sampling, fixed hashing).
 Novelty: a task is new when its best stored similarity is below the threshold (`is_novel`).
+
+Support size. A descriptor from K examples is the task's "true" direction plus sampling noise
+whose size shrinks like 1/K, so a raw cosine grows with K for every pair: at K=8 close
+relatives scored below 0.75 and at K=32 unrelated languages cleared 0.81 (bench/RESULTS.md).
+`reliability` measures each query's own noise by a split half (the cosine between the
+descriptors of its even and odd examples, stepped up to the full K by Spearman-Brown), and
+`calibrated_similarity` divides the raw cosine by the two sides' attenuation, the classical
+correction for attenuation. The result estimates the cosine of the noise-free directions, so
+one threshold means the same at K=8 and K=32 (measured in bench/bank_regret.py).
 """
 
 from __future__ import annotations
@@ -128,6 +137,47 @@ def descriptor_dim(model, kind: str) -> int:
     out = model.head.weight.shape[0]
     dims = {"hidden": 2 * hidden, "grad": out, "hidden+grad": 2 * hidden + out}
     return dims.get(kind, NGRAM_DIM)
+
+
+def _halves(support):
+    """Even and odd examples of a task-batched split (the split-half of `reliability`)."""
+    cut = lambda part, sl: type(part)(*(a[:, sl] for a in part))  # noqa: E731
+    return cut(support, slice(0, None, 2)), cut(support, slice(1, None, 2))
+
+
+def reliability(model, params: dict[str, Tensor], support, *, kind: str = "auto") -> np.ndarray:
+    """Squared attenuation `[T]` of each task's K-example descriptor: the expected squared
+    cosine between it and the noise-free one. Split-half cosine c between the descriptors of
+    the even and odd examples (K/2 each), stepped up to K by Spearman-Brown: 2c / (1 + c).
+    Fewer than 2 examples: 1 (nothing to split; no correction)."""
+    t, k = support.x.shape[0], support.x.shape[1]
+    if k < 2:
+        return np.ones(t, np.float32)
+    a, b = _halves(support)
+    c = (describe(model, params, a, kind=kind) * describe(model, params, b, kind=kind)).sum(-1)
+    c = np.clip(c.astype(np.float64), 1e-3, 1.0)  # a negative half-agreement is pure noise
+    return (2 * c / (1 + c)).astype(np.float32)
+
+
+def entry_reliability(rel_query: np.ndarray, k_query: int, k_entry) -> np.ndarray:
+    """A stored entry's reliability from its support size, assuming its noise per example is
+    the query's (the attenuation model 1 / (1 + v / K) with v read off the query).
+    Broadcasts: `rel_query [T, 1]` with `k_entry [T, k]`."""
+    rel_query = np.clip(np.asarray(rel_query, np.float64), 1e-3, 1.0)
+    v = k_query * (1.0 / rel_query - 1.0)  # noise variance per example
+    k_entry = np.maximum(np.asarray(k_entry, np.float64), 1.0)
+    return 1.0 / (1.0 + v / k_entry)
+
+
+def calibrated_similarity(sims, rel_query, rel_entry=1.0, power: float = 0.5) -> np.ndarray:
+    """Raw cosine divided by both sides' attenuation `(rel_query * rel_entry) ** power`.
+    power=0.5 is the textbook correction (an estimate of the noise-free cosine); the byte
+    n-gram descriptor is attenuated more at small K than that model says (sqrt of small
+    counts), so `bank.attenuation_power` is fitted on training languages (bench/RESULTS.md).
+    May exceed 1 a little (noise in the split half); rank by it only within one query."""
+    sims = np.asarray(sims, np.float64)
+    rel = np.clip(np.asarray(rel_query, np.float64) * rel_entry, 1e-6, None)
+    return (sims / rel**power).astype(np.float32)
 
 
 def is_novel(best_similarity: float | None, threshold: float) -> bool:

@@ -11,6 +11,7 @@ from pipeline.bank.warm_start import (
     flatten_batched,
     unflatten,
     warm_start,
+    with_entry_support,
 )
 from pipeline.config import BankConfig, DataConfig, ModelConfig
 from pipeline.data.episodes import Split, encode
@@ -46,7 +47,9 @@ def test_flatten_unflatten_round_trip():
 
 
 def _bank(**kw) -> BankService:
-    return BankService(BankConfig(descriptor="ngram", **kw))
+    """The similarity rule alone (raw cosine, no probe): what these tests pin down."""
+    rule = {"similarity": "raw", "select": "similarity", "top_k": 1}
+    return BankService(BankConfig(**{"descriptor": "ngram", **rule, **kw}))
 
 
 def test_empty_or_distant_bank_falls_back_to_meta_init_exactly():
@@ -111,3 +114,108 @@ def test_flat_order_does_not_depend_on_dict_order():
     back = unflatten(flatten(params), shuffled)
     for k in params:
         torch.testing.assert_close(back[k], params[k])
+
+
+# ---- support size: calibrated similarity, and the support-loss probe ----------------------
+def _pseudo_language(seed: int, n: int) -> list[str]:
+    """n distinct words over a skewed 12-letter alphabet: one fixed 'language' per seed."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijkl"))
+    p = rng.dirichlet(np.full(12, 0.5))
+    words: list[str] = []
+    while len(words) < n:
+        w = "".join(rng.choice(letters, size=rng.integers(3, 9), p=p))
+        if w not in words:
+            words.append(w)
+    return words
+
+
+def test_calibrated_similarity_drifts_less_with_support_size_than_the_raw_cosine():
+    from pipeline.meta.descriptor import calibrated_similarity, entry_reliability, reliability
+
+    model, params = _model()
+    raw, cal = {8: [], 64: []}, {8: [], 64: []}
+    for seed in (5, 6, 7):  # three pseudo-languages, each against its own K=256 entry
+        words = _pseudo_language(seed, 512)
+        ref = describe(model, params, _support(words[:256]), kind="ngram")[0]
+        for k in raw:
+            sup = _support(*(words[256 + i * k : 256 + (i + 1) * k] for i in range(4)))
+            d = describe(model, params, sup, kind="ngram")
+            rel = reliability(model, params, sup, kind="ngram")
+            assert (rel > 0).all() and (rel <= 1).all()
+            raw[k] += list(d @ ref)
+            cal[k] += list(calibrated_similarity(d @ ref, rel, entry_reliability(rel, k, 256)))
+    drift = lambda v: float(np.mean(v[64]) - np.mean(v[8]))  # noqa: E731
+    assert drift(raw) > 0.05  # the problem: the same language looks less alike at K=8
+    assert abs(drift(cal)) < 0.3 * drift(raw)
+
+
+def test_entry_reliability_follows_the_support_size():
+    from pipeline.meta.descriptor import entry_reliability
+
+    rel_q = np.array([0.6])
+    np.testing.assert_allclose(entry_reliability(rel_q, 8, 8), rel_q, rtol=1e-6)
+    assert entry_reliability(rel_q, 8, 10**6)[0] == pytest.approx(1.0, abs=1e-4)
+    assert entry_reliability(rel_q, 8, 32)[0] > rel_q[0]
+
+
+def _fit(model, params, sup, steps=30):
+    from pipeline.meta.inner import adapt
+
+    p = adapt(params, sup, model=model, steps=steps, lrs=0.5, first_order=True)
+    return {k: v.detach()[0] for k, v in p.items()}
+
+
+def test_probe_keeps_the_meta_init_when_the_matching_entry_is_bad():
+    """A stored entry whose descriptor matches exactly but whose parameters are wrecked: the
+    similarity rule takes it; the probe (held-out support loss) stays on the meta-init."""
+    model, params = _model()
+    sup = _support(_pseudo_language(2, 16))
+    d = describe(model, params, sup, kind="ngram")
+    wrecked = flatten(params) + np.random.default_rng(0).normal(0, 3, flatten(params).shape)
+    for select, want in (("similarity", "bank:xx"), ("probe", "meta-init")):
+        bank = _bank(threshold=0.5, select=select, similarity="calibrated")
+        bank.put({"keys": ["xx"], "descriptor": d, "params": wrecked[None].astype(np.float32)})
+        _, info = warm_start(model, params, sup, cfg=bank.cfg, query=bank.query, lrs=0.1)
+        assert info.sources == [want]
+        assert info.calibrated_sims[0] > info.best_sims[0] - 1e-6  # corrected upwards
+
+
+def test_probe_picks_the_entry_adapted_to_the_task_over_a_worse_relative():
+    model, params = _model()
+    words = _pseudo_language(3, 96)
+    own, other = _support(words[:64]), _support(_pseudo_language(4, 64))
+    sup = _support(words[64:80])
+    good, bad = _fit(model, params, own), _fit(model, params, other)
+    bank = _bank(threshold=-1.0, top_k=3, select="probe", similarity="calibrated")
+    q = describe(model, params, sup, kind="ngram")
+    bank.put(
+        {
+            "keys": ["bad", "good"],
+            "descriptor": np.concatenate([q, q]),  # the descriptor cannot tell them apart
+            "params": np.stack([flatten(bad), flatten(good)]),
+            "support": [64, 64],
+        }
+    )
+    got, info = adapt_with_bank(
+        model, params, sup, cfg=bank.cfg, query=with_entry_support(bank), steps=1, lrs=0.1
+    )
+    assert info.sources == ["bank:good"]
+    assert set(info.probe[0]) == {"meta-init", "bank:bad", "bank:good", "bank:bad,good"}
+    assert info.probe[0]["bank:good"] == min(info.probe[0].values())
+
+
+def test_novelty_flag_and_the_probe_gate():
+    """A stored task in another script is not related (novel), whatever the probe does; with
+    probe_gate it is not even probed, without it the probe weighs it against the meta-init."""
+    model, params = _model()
+    sup = _support(RU)
+    en = describe(model, params, _support(EN, EN2), kind="ngram")[:1]
+    for gate, probed in ((True, False), (False, True)):
+        bank = _bank(threshold=0.83, select="probe", similarity="calibrated", probe_gate=gate)
+        bank.put({"keys": ["en"], "descriptor": en, "params": flatten(params)[None] + 0.01})
+        _, info = warm_start(model, params, sup, cfg=bank.cfg, query=bank.query, lrs=0.1)
+        assert info.novel == [True]
+        assert bool(info.probe[0]) == probed
+        if gate:
+            assert info.sources == ["meta-init"]

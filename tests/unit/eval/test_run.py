@@ -104,6 +104,8 @@ def test_bank_warm_start_starts_a_recurring_task_at_its_stored_quality(sine_run)
     assert warm0 < 0.25 * meta0, (warm0, meta0)  # the stored task starts far ahead
     gap = rep["paired"]["10"]["meta-init - bank warm start"]["0"]["tasks"][task]
     assert gap["lo"] > 0  # the whole CI says the meta-init starts worse on this task
+    png = tmp / "eval-bank" / "bank_descriptor_map.png"  # the bank's entries and the queries
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_metaray_evaluate_on_a_users_text_shard_set(tmp_path, capsys):
