@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -262,6 +261,14 @@ def matmul_rate(n: int = 512, secs: float = 1.0) -> float:
     return rate
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM: reset by exec, unlike ru_maxrss, which a child
+    started with subprocess inherits from its parent on Linux)."""
+    with open("/proc/self/status") as f:
+        line = next(x for x in f if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
 def worker(impl: str, workload: str) -> None:
     """One contender, built once; answers {"threads", "iters"} lines with one result each."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -284,8 +291,7 @@ def worker(impl: str, workload: str) -> None:
         for i in range(cmd["iters"]):
             update(meta_grad(batches[i % 4]))
         secs = time.perf_counter() - start
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"secs": secs, "peak_rss_mb": round(rss, 1)}), flush=True)
+        print(json.dumps({"secs": secs, "peak_rss_mb": round(peak_rss_mb(), 1)}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
