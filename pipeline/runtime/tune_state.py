@@ -8,7 +8,8 @@ them), keyed by a secret kept outside the storage, under the user's config direc
 (`$XDG_CONFIG_HOME/metaray/tune-state.key`, else `~/.config/...`, mode 0600). Before
 `Tuner.restore` every file there must match its digest; otherwise the sweep is refused with
 a message, and nothing is unpickled. `trials/` (metaray's own checkpoints: safetensors and
-JSON, never unpickled) is left out.
+JSON) and `best_config.yaml` (written after the digests, read with yaml.safe_load) are left
+out: neither is ever unpickled.
 
 A sweep whose driver was SIGKILLed has state written after its last digests: it is refused
 too. Start it over (delete the directory or pick another tune.name), or, if nobody else can
@@ -29,7 +30,9 @@ import pyarrow.fs as pafs
 from pipeline.errors import MetarayError
 
 DIGESTS = "metaray-digests.json"
-SKIP = ("trials/", DIGESTS)
+# Left out: metaray's own checkpoints (safetensors + JSON) and the best config (YAML, read only
+# with yaml.safe_load), which metaray writes after the digests; neither is ever unpickled.
+SKIP = ("trials/", DIGESTS, "best_config.yaml")
 TRUST_ENV = "METARAY_TRUST_TUNE_STATE"
 
 

@@ -53,6 +53,7 @@ def test_signed_state_verifies_and_any_change_is_named(tmp_path):
     tune_state.verify(str(d))
     assert stat.S_IMODE(tune_state.key_path().stat().st_mode) == 0o600
     (d / "trials" / "meta.json").write_text('{"x": 1}')
+    (d / "best_config.yaml").write_text("outer: {lr: 0.1}\n")  # written after the digests
     tune_state.verify(str(d))
     (d / "trial_0" / "params.pkl").write_bytes(b"evil")
     with pytest.raises(tune_state.TuneStateError, match=r"trial_0/params.pkl does not match"):
