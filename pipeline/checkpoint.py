@@ -232,6 +232,22 @@ def _local_copy(loc: Any, path: str) -> Path:
     return local
 
 
+def _search_order(loc: Any, dirs: list[str], best: list[str], select: str) -> list[str]:
+    """Best-on-validation first (`select="best_val"`), then the others newest step first;
+    with another `select` the best ones come last (a run that kept only its best)."""
+    rest = [d for d in dirs if d not in best]
+    metas: dict[str, int] = {}
+    for d in rest:
+        try:
+            with loc.fs.open_input_stream(f"{d}/{META}") as f:
+                metas[d] = int(json.loads(f.read()).get("step", -1))
+        except (OSError, ValueError, AttributeError):
+            metas[d] = -1  # unreadable: tried last, and reported as skipped
+    newest = sorted(rest, key=lambda d: metas[d], reverse=True)
+    best_first = sorted(best, reverse=True)
+    return best_first + newest if select == "best_val" else newest + best_first
+
+
 def find(
     uri: str,
     *,
@@ -262,16 +278,7 @@ def find(
             "directory or the run directory (checkpoint.storage/checkpoint.run_name)"
         )
     best = [d for d in dirs if d.rsplit("/", 1)[-1].startswith(BEST_PREFIX)]
-    rest = [d for d in dirs if d not in best]
-    order = sorted(best, reverse=True) if select == "best_val" else []
-    metas: dict[str, int] = {}
-    for d in rest:
-        try:
-            with loc.fs.open_input_stream(f"{d}/{META}") as f:
-                metas[d] = int(json.loads(f.read()).get("step", -1))
-        except (OSError, ValueError, AttributeError):
-            metas[d] = -1  # unreadable: tried last, and reported as skipped
-    order += sorted(rest, key=lambda d: metas[d], reverse=True)
+    order = _search_order(loc, dirs, best, select)
     skipped = []
     for d in order:
         local = _local_copy(loc, d)
