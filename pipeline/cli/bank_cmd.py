@@ -119,13 +119,19 @@ def _plot(bank, cfg, path: str, stats: dict) -> dict:
     png = descriptor_map.plot(entries, (), path, title=f"memory bank {where}")
     out = {"png": str(png), "run_id": None}
     if cfg.tracking.enabled:
+        import contextlib
+        import sys
+
         from pipeline.tracking import make_tracker
 
-        tracker = make_tracker(cfg.tracking)
-        params = {"bank.entries": stats["entries"], "bank.source": where}
-        tracker.start("bank-inspect", params, tags={"metaray.kind": "bank-inspect"})
-        tracker.log_artifact(png, "bank")
-        tracker.end("FINISHED")
+        # MLflow prints "View run ... at: <uri>" on stdout at the run's end: keep stdout for
+        # the command's own output (`--json` must stay parseable)
+        with contextlib.redirect_stdout(sys.stderr):
+            tracker = make_tracker(cfg.tracking)
+            params = {"bank.entries": stats["entries"], "bank.source": where}
+            tracker.start("bank-inspect", params, tags={"metaray.kind": "bank-inspect"})
+            tracker.log_artifact(png, "bank")
+            tracker.end("FINISHED")
         out["run_id"] = tracker.run_id
     return out
 
