@@ -12,7 +12,6 @@ from tests.unit.test_descriptor_map import seed_language_bank
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.skip(reason="open defect: fails on main after the merges (issue note)")
 def test_inspect_plot_logs_the_png_to_mlflow(mlflow_server, tmp_path, capsys):
     uri, png = str(tmp_path / "bank"), tmp_path / "bank-map.png"
     seed_language_bank(uri)
