@@ -81,9 +81,10 @@ def build_trainer(
     """The run's `TorchTrainer` (Ray must be initialised). `run_config` overrides the default
     `make_run_config(cfg)` (Tune trials pass theirs, with their callbacks)."""
     from ray.train import ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     from pipeline.runtime.episode_actors import EpisodePool
+    from pipeline.runtime.process_group import LoopbackTorchConfig
     from pipeline.runtime.train_loop import train_loop_per_worker
     from pipeline.tracking import pin_uri
     from pipeline.tracking.describe import source_tags
@@ -106,7 +107,7 @@ def build_trainer(
             use_gpu=c.use_gpu,
             resources_per_worker={"CPU": c.cpus_per_worker, **({"GPU": 1} if c.use_gpu else {})},
         ),
-        torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
+        torch_config=LoopbackTorchConfig(backend="nccl" if c.use_gpu else "gloo"),
         run_config=run_config or make_run_config(cfg, worker_env=worker_env),
     )
 
