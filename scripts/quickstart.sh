@@ -19,8 +19,7 @@ $M shards inspect data/quickstart-wordlang
 # Each run's model is its best on validation. Running this again resumes the runs (already
 # finished: they report and stop); start afresh with checkpoint.run_name=other.
 $M train --config configs/quickstart-pretrain.yaml
-# (init_from as an absolute path: the Ray workers' working directory is not this one)
-$M train --config configs/quickstart.yaml checkpoint.init_from="$PWD/runs/quickstart-pretrain" "$@"
+$M train --config configs/quickstart.yaml "$@"
 # Few-shot evaluation on the held-out languages: random init, multitask + fine-tuning (same
 # budget in examples seen, best on validation, lr tuned on validation languages) and the
 # meta-init after 0-10 inner steps; 95% CIs over languages, paired differences, seen/unseen

@@ -46,8 +46,12 @@ def absolute(cfg: config.RunConfig) -> config.RunConfig:
     if _local(data.uri):
         data = data.model_copy(update={"uri": str(Path(data.uri).resolve())})
     ck = cfg.checkpoint
-    if _local(ck.storage):
-        ck = ck.model_copy(update={"storage": str(Path(ck.storage).resolve())})
+    paths = {
+        key: str(Path(value).resolve())
+        for key in ("storage", "init_from", "resume_from")
+        if (value := getattr(ck, key)) and _local(value)
+    }
+    ck = ck.model_copy(update=paths)
     return cfg.model_copy(update={"data": data, "checkpoint": ck})
 
 
