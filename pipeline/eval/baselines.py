@@ -130,7 +130,9 @@ def save_params(path: str | os.PathLike[str], params: Params, meta: dict[str, An
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tensors = {k: v.detach().contiguous() for k, v in params.items()}
-    save_file(tensors, str(tmp), metadata={"metaray": json.dumps(meta)})
+    from pipeline.tracking.redact import redact_tree
+
+    save_file(tensors, str(tmp), metadata={"metaray": json.dumps(redact_tree(meta))})
     os.replace(tmp, out)
     return out
 

@@ -191,9 +191,13 @@ def write_json(rep: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
 
-    def clean(x: Any) -> Any:  # JSON has no inf/nan: write null
+    from pipeline.tracking.redact import redact_value
+
+    def clean(x: Any) -> Any:  # JSON has no inf/nan: write null; a shared file: no credentials
         if isinstance(x, float) and not math.isfinite(x):
             return None
+        if isinstance(x, str):
+            return redact_value(x)
         if isinstance(x, dict):
             return {str(k): clean(v) for k, v in x.items()}
         if isinstance(x, list | tuple):

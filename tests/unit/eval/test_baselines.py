@@ -46,3 +46,11 @@ def test_multitask_keeps_its_best_on_validation_parameters(sine):
     assert baselines.select_score(model, best, vb, cfg.inner.lr) <= baselines.select_score(
         model, last, vb, cfg.inner.lr
     )
+
+
+def test_a_saved_baseline_names_its_source_without_credentials(tmp_path: Path):
+    params = {"w": torch.zeros(2)}
+    src = "http://bob:S3cretPw99@127.0.0.1:9000/runs/x"
+    path = baselines.save_params(tmp_path / "b.safetensors", params, {"checkpoint": src})
+    _, meta = baselines.load_params(path)
+    assert meta["checkpoint"] == "http://***@127.0.0.1:9000/runs/x"

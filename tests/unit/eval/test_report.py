@@ -58,3 +58,18 @@ def test_three_languages_cannot_decide_and_group_cis_show_no_numbers():
     text = eval_report.table(rep)
     group_rows = [ln for ln in text.splitlines() if ln.startswith("  Δ meta-init - multitask")]
     assert group_rows and all("±" not in ln and "(n=2)" in ln for ln in group_rows)
+
+
+def test_the_eval_json_carries_no_credential_and_no_nan(tmp_path):
+    import json
+
+    rep = {
+        "checkpoint": "s3://AKIAABCDEFGHIJKLMNOP@bucket/runs/x",
+        "tracking": {"uri": "http://alice:Pw4Tracking9xq@127.0.0.1:5000"},
+        "results": {"8": [1.5, float("nan")]},
+    }
+    text = eval_report.write_json(rep, tmp_path / "eval.json").read_text()
+    assert "Pw4Tracking9xq" not in text and "AKIAABCDEFGHIJKLMNOP" not in text
+    back = json.loads(text)
+    assert back["tracking"]["uri"] == "http://***@127.0.0.1:5000"  # the host stays: useful
+    assert back["results"]["8"] == [1.5, None]
