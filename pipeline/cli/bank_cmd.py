@@ -8,7 +8,8 @@ process, no Ray needed; without it the command attaches to the running bank acto
 from __future__ import annotations
 
 import argparse
-import json
+
+from pipeline.tracking.redact import dumps
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -151,7 +152,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.plot:
         out["plot"] = _plot(bank, cfg, args.plot, stats)
     if args.json:
-        print(json.dumps(out, indent=1, default=str))
+        print(dumps(out, indent=1))
         return 0
     s = stats
     hit = "n/a (no queries yet)" if s["hit_rate"] is None else f"{s['hit_rate']:.1%}"

@@ -222,7 +222,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _inspect_json(args: argparse.Namespace, ss) -> int:
     """`shards inspect --json`: the same facts as the table, for scripts (exit 1: corrupt)."""
-    import json
+    from pipeline.tracking.redact import dumps
 
     m = ss.manifest
     splits = m.summary()
@@ -242,7 +242,7 @@ def _inspect_json(args: argparse.Namespace, ss) -> int:
         "verify": "skipped" if args.no_verify else ("ok" if not problems else "failed"),
         "problems": problems,
     }
-    print(json.dumps(out, indent=1, default=str))
+    print(dumps(out, indent=1))
     return 1 if problems else 0
 
 

@@ -38,10 +38,9 @@ def _train(args: argparse.Namespace) -> int:
         )
         return 130
     if args.json:
-        import json
-
         from pipeline.runtime.train_summary import as_dict, summary
+        from pipeline.tracking.redact import dumps
 
         print(summary(cfg, result), file=sys.stderr)  # the human summary still shows
-        print(json.dumps(as_dict(cfg, result), default=str))
+        print(dumps(as_dict(cfg, result)))
     return 0 if result.steps >= cfg.outer.steps or result.stopped_early else 1

@@ -42,9 +42,10 @@ def _tune(args: argparse.Namespace) -> int:
         result = run_sweep(base, sweep, best_out=args.best_out)
     if args.json:
         import dataclasses
-        import json
+
+        from pipeline.tracking.redact import dumps
 
         fields = dataclasses.asdict(result)  # rows and best as objects, not their repr
         fields.pop("table", None)  # the printed table; rows hold the same figures
-        print(json.dumps(fields, default=str))
+        print(dumps(fields))  # a diverged trial's NaN loss is null: valid JSON
     return 0 if result.best is not None else 1

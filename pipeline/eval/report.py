@@ -3,8 +3,6 @@ the terminal table, and PNG plots (matplotlib Agg canvas, atomic writes)."""
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -191,20 +189,9 @@ def write_json(rep: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
 
-    from pipeline.tracking.redact import redact_value
+    from pipeline.tracking.redact import dumps  # valid JSON (no NaN), no credentials
 
-    def clean(x: Any) -> Any:  # JSON has no inf/nan: write null; a shared file: no credentials
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, str):
-            return redact_value(x)
-        if isinstance(x, dict):
-            return {str(k): clean(v) for k, v in x.items()}
-        if isinstance(x, list | tuple):
-            return [clean(v) for v in x]
-        return x
-
-    tmp.write_text(json.dumps(clean(rep), indent=1), encoding="utf-8")
+    tmp.write_text(dumps(rep, indent=1), encoding="utf-8")
     os.replace(tmp, out)
     return out
 

@@ -7,6 +7,7 @@ leaves the process (MLflow params, config.yaml, checkpoint and model artifacts) 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -60,3 +61,30 @@ def redact_tree(tree: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = redact_value(value)
     return out
+
+
+def for_json(x: Any) -> Any:
+    """`x` (nested dicts, lists, numbers, strings) as a file or stdout may carry it: strings
+    redacted (`redact_value`), inf and NaN as null (JSON has neither, and `json.dumps` would
+    write bare `NaN`, which JSON readers refuse), keys as strings, anything else as `str`."""
+    if isinstance(x, bool) or x is None or isinstance(x, int):
+        return x
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, str):
+        return redact_value(x)
+    if isinstance(x, Mapping):
+        return {str(k): for_json(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [for_json(v) for v in x]
+    item = getattr(x, "item", None)  # numpy / torch scalars
+    if callable(item) and getattr(x, "ndim", 1) == 0:
+        return for_json(item())
+    return redact_value(str(x))
+
+
+def dumps(x: Any, *, indent: int | None = None) -> str:
+    """JSON text of `for_json(x)`: valid JSON, never a credential."""
+    import json
+
+    return json.dumps(for_json(x), indent=indent, allow_nan=False)
