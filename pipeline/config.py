@@ -139,6 +139,12 @@ class ClusterConfig(_Slice):
     report_min_s: float = Field(
         2.0, ge=0, description="min seconds between metric-only reports (Train polls every 2 s)"
     )
+    node_wait_s: float = Field(
+        600.0,
+        gt=0,
+        description="seconds a run waits for its workers to be placed (at start, or after a "
+        "node is lost) before it stops with its checkpoints kept",
+    )
 
 
 class CheckpointConfig(_Slice):

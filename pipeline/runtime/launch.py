@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline import config
 from pipeline.errors import MetarayError
-from pipeline.runtime import checks
+from pipeline.runtime import checks, node_wait
 
 
 @dataclass
@@ -69,7 +69,10 @@ def make_run_config(cfg: config.RunConfig, *, worker_env: dict[str, str] | None 
         name=cfg.checkpoint.run_name,
         storage_path=storage,
         storage_filesystem=fs,
-        failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
+        failure_config=ray.train.FailureConfig(
+            max_failures=cfg.checkpoint.max_failures,
+            controller_failure_limit=node_wait.failure_limit(cfg.cluster),  # a bounded wait
+        ),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         worker_runtime_env={"env_vars": dict(worker_env)} if worker_env else None,
         logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # not a line per report
@@ -231,7 +234,7 @@ def run_training(
     started = connect(cfg)
     t0, wall0 = time.perf_counter(), time.time()
     try:
-        result, tracking_run = _fit(build_trainer(cfg, worker_env=worker_env))
+        result, tracking_run = _fit(build_trainer(cfg, worker_env=worker_env), cfg.cluster)
         seconds = time.perf_counter() - t0
         from pipeline.runtime.selection import prune_unregistered
 
@@ -269,7 +272,7 @@ def run_training(
             ray.shutdown()
 
 
-def _fit(trainer: Any) -> tuple[Any, dict[str, str]]:
+def _fit(trainer: Any, cluster: config.ClusterConfig) -> tuple[Any, dict[str, str]]:
     """`trainer.fit()` with the workers' output followed (progress drawn on this driver, the
     libraries' noise dropped); a worker's metaray error comes back as itself. Returns the
     result and the tracking run rank 0 announced."""
@@ -277,14 +280,17 @@ def _fit(trainer: Any) -> tuple[Any, dict[str, str]]:
 
     from pipeline.runtime import console
 
+    watch = node_wait.NodeWatch(cluster)
     try:
-        with console.follow_workers() as follower:
+        with console.follow_workers() as follower, watch:
             result = trainer.fit()
         return result, dict(follower.run) if follower else {}
     except ray.train.TrainingFailedError as exc:
         cause = _metaray_cause(exc)
         if cause is not None:
             raise cause from None
+        if node_wait.is_placement_timeout(exc):
+            raise node_wait.placement_error(cluster, watch.lost) from None
         raise
     except SystemExit:  # Ray Train's own SIGINT handler ends fit() this way on Ctrl+C
         raise KeyboardInterrupt from None
