@@ -2,7 +2,8 @@
 
 A trial is a function (Train V2 in Tune): it applies its sampled values to the sweep's base
 config, builds the run's `TorchTrainer` with `launch.build_trainer` and a
-`ray.train.RunConfig` carrying `TuneReportCallback`, and fits. The sweep's MLflow parent run
+`ray.train.RunConfig` carrying `TuneReportCallback`, and fits (with `scheduler=pbt`, through
+`tune_pbt`, which hands Tune the checkpoints PBT exploits through). The sweep's MLflow parent run
 is created here on the driver; each trial's rank 0 creates a child run under it
 (`tracking.parent_run_id`). Concurrency is sized from the cluster so that a trial's driver
 CPU plus its workers' CPUs fit: a sweep on 2 CPUs runs without deadlock, one on a GPU
@@ -90,8 +91,11 @@ def _trial(
     base_tree: dict[str, Any],
     sweep_dir: str,
     parent_run_id: str | None,
+    with_checkpoints: bool = False,
 ) -> None:
-    """The Tune trainable: one full training run, reporting to Tune through the callback."""
+    """The Tune trainable: one full training run, reporting to Tune through the callback
+    (metrics and the checkpoint's path), or with `with_checkpoints` (PBT, which exploits
+    through Tune's checkpoints) reporting each checkpoint to Tune as a checkpoint."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -101,12 +105,18 @@ def _trial(
     cfg = trial_config(
         base_tree, values, trial_id=trial_id, sweep_dir=sweep_dir, parent_run_id=parent_run_id
     )
-    run_config = dataclasses.replace(make_run_config(cfg), callbacks=[TuneReportCallback()])
-    trainer = build_trainer(cfg, run_config=run_config)
-    try:
-        trainer.fit()
-    finally:  # the trial's episode actors would outlive it when Tune reuses the process
-        release(trainer)
+    if not with_checkpoints:
+        run_config = dataclasses.replace(make_run_config(cfg), callbacks=[TuneReportCallback()])
+        trainer = build_trainer(cfg, run_config=run_config)
+        try:
+            trainer.fit()
+        finally:  # the trial's episode actors would outlive it when Tune reuses the process
+            release(trainer)
+        return
+    from pipeline.runtime.tune_pbt import fit_reporting_checkpoints, from_handed
+
+    cfg = from_handed(cfg, ray.tune.get_checkpoint())
+    fit_reporting_checkpoints(cfg)
 
 
 def _scheduler(base: RunConfig, sweep: SweepConfig) -> Any:
@@ -130,6 +140,7 @@ def _scheduler(base: RunConfig, sweep: SweepConfig) -> Any:
             perturbation_interval=sweep.pbt.perturbation_interval,
             quantile_fraction=sweep.pbt.quantile_fraction,
             hyperparam_mutations={"outer.lr": lr},
+            require_attrs=False,  # step reports carry no validation metric: not an error
         )
     return FIFOScheduler()
 
@@ -194,7 +205,11 @@ def run_sweep(
         parent_id = parent.run_id
         trainable = tune.with_resources(
             tune.with_parameters(
-                _trial, base_tree=config.to_dict(base), sweep_dir=sweep_dir, parent_run_id=parent_id
+                _trial,
+                base_tree=config.to_dict(base),
+                sweep_dir=sweep_dir,
+                parent_run_id=parent_id,
+                with_checkpoints=sweep.scheduler == "pbt",
             ),
             {"CPU": sweep.driver_cpus},
         )
@@ -267,6 +282,8 @@ def _tuner(
             search_alg=_search(sweep),
             max_concurrent_trials=limit,
         ),
+        # Tune keeps every checkpoint a PBT trial hands it (tune_pbt): an exploit may restore
+        # one its donor has since superseded, so none may be deleted under it
         run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=0),
     )
 

@@ -56,7 +56,9 @@ class SweepConfig(_Slice):
     metric: str = Field("val_loss_post", description="reported metric to optimise")
     mode: Literal["min", "max"] = Field("min", description="minimise or maximise the metric")
     scheduler: Literal["asha", "pbt", "fifo"] = Field(
-        "asha", description="early stopping policy (pbt: refused until trials share checkpoints)"
+        "asha",
+        description="asha: stop weak trials early; pbt: weak trials continue from a strong "
+        "trial's checkpoint with a perturbed outer.lr; fifo: every trial runs to the end",
     )
     search: Literal["random", "optuna"] = Field("random", description="how configs are proposed")
     max_concurrent_trials: int | None = Field(
@@ -73,16 +75,6 @@ class SweepConfig(_Slice):
             raise ValueError(
                 "scheduler=pbt perturbs outer.lr only (perturbing the inner lr mid-run changes "
                 "the objective): add tune.space.outer.lr, e.g. {loguniform: [1e-4, 1e-2]}"
-            )
-        if self.scheduler == "pbt":
-            # Exploiting copies a strong trial's checkpoint into a weak one. Train V2 trials
-            # hand Tune only a checkpoint *path* (TuneReportCallback), and V2 trainers no
-            # longer take resume_from_checkpoint, so without a train-loop hook to start from
-            # a given checkpoint PBT would silently skip every exploit: refuse it instead.
-            raise ValueError(
-                "scheduler=pbt is not available yet: a Train V2 trial cannot start from another "
-                "trial's checkpoint (needs a checkpoint.init_from hook in the train loop); use "
-                "scheduler=asha (default) or fifo, with search=optuna for a guided search"
             )
         if self.search == "optuna" and any("grid" in d for d in self.space.values()):
             raise ValueError("search=optuna cannot take grid distributions: use choice instead")

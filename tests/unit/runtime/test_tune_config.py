@@ -47,10 +47,6 @@ def test_shipped_sweep_configs_load() -> None:
             "  space: {inner.lr: {loguniform: [0.001, 0.1]}}\n  scheduler: pbt\n",
             "scheduler=pbt perturbs outer.lr only",
         ),
-        (
-            "  space: {outer.lr: {loguniform: [0.0001, 0.01]}}\n  scheduler: pbt\n",
-            "scheduler=pbt is not available yet",
-        ),
         ("  space: {inner.steps: {grid: [1, 2]}}\n  search: optuna\n", "cannot take grid"),
         (
             "  space: {inner.lr: {loguniform: [0.001, 0.1]}}\n  num_sample: 3\n",

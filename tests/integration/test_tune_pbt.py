@@ -1,0 +1,72 @@
+"""`tune.scheduler=pbt` on the smoke sweep, on the embedded Ray `metaray tune` starts itself,
+as a user runs it. (On the tests' in-process cluster, which has no dashboard, a restarted
+trial waited for CPUs that the stopped one never gave back: Ray Train's placement-group
+cleaner, which frees them, asks the State API the dashboard serves.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pipeline.runtime.tune import run_sweep
+from pipeline.runtime.tune_config import load_sweep
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pbt_exploit_continues_from_the_donors_checkpoint_with_a_perturbed_lr(
+    smoke_shards: Path, tmp_path: Path
+) -> None:
+    """`tune.scheduler=pbt` on the smoke sweep (2 trials side by side): a weak trial is
+    restarted from the strong one's checkpoint (handed through Tune: `tune_pbt`). Every run
+    Tune restarts resumes at the handed checkpoint's step with that trial's history up to it
+    (the donor's, not its own past), and an exploiting one trains on with a perturbed lr."""
+    from pipeline import checkpoint as ckpt
+
+    base, sweep = load_sweep(
+        ROOT / "configs/tune_smoke.yaml",
+        [
+            f"data.uri={smoke_shards}",
+            f"checkpoint.storage={tmp_path / 'runs'}",
+            "tracking.enabled=false",
+            f"tune.storage={tmp_path / 'tune'}",
+            "tune.name=pbt-smoke",
+            "tune.scheduler=pbt",
+            "tune.num_samples=2",
+            "tune.pbt.perturbation_interval=10",
+            "outer.steps=40",
+            "outer.val_every=5",
+            "checkpoint.every=5",
+            "cluster.node_wait_s=60",  # a trial that cannot be placed fails, not hangs
+        ],
+    )
+    result = run_sweep(base, sweep, quiet=True)
+    assert len(result.rows) == 2 and {r.state for r in result.rows} == {"DONE"}
+    trials = tmp_path / "tune" / "pbt-smoke" / "trials"
+    runs = [d for d in trials.iterdir() if list(d.glob("checkpoint_*/meta.json"))]
+    newest = {d.name: ckpt.load(ckpt.find(str(d), select="last").path) for d in runs}
+    # each run Tune restarted with a checkpoint (PBT's exploit, or its own after a pause)
+    restarts = sorted(n for n in newest if "-x" in n)
+    exploits = []
+    for name in restarts:
+        got = newest[name]
+        s = int(name.rsplit("-s", 1)[1])  # the step of the checkpoint it started from
+        assert [int(h["step"]) for h in got.history] == list(range(1, got.state.step + 1))
+        assert got.state.step > s  # it trained on from there
+        # Tune's copy of the checkpoint it was handed names the trial that wrote it
+        handed = got.config["checkpoint"]["resume_from"]
+        source = re.search(r"_trial_([0-9a-f]+_\d+)_", handed).group(1)
+        matches = [
+            n
+            for n, other in newest.items()
+            if source in n and n != name and other.history[:s] == got.history[:s]
+        ]
+        assert matches, f"{name}: no run of trial {source} has the steps it started from"
+        if source not in name:  # another trial's state: PBT's exploit
+            exploits.append((got, newest[matches[0]]))
+    assert exploits, sorted(newest)  # PBT exploited at least once
+    for got, donor in exploits:
+        assert got.config["outer"]["lr"] != donor.config["outer"]["lr"]  # perturbed
