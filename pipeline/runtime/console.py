@@ -196,6 +196,9 @@ NOISE = re.compile(
             r"INFO mlflow\.store\.db\.utils",  # MLflow's SQLite migrations
             r"INFO alembic\.runtime\.migration|Context impl SQLiteImpl|non-transactional DDL",
             r"Matplotlib is building the font cache",
+            # Train's placement-group cleaner, every few seconds when no dashboard serves the
+            # State API (a cluster started without one); it keeps monitoring: not a failure
+            r"Failed to query Ray Train Controller actor state",
             r"View run .* at: |View experiment at: ",  # MLflow's URLs (may carry credentials)
         )
     )

@@ -126,7 +126,7 @@ def test_ctrl_c_resume_ports_on_loopback_and_no_credential_anywhere(
     cmd += [
         f"data.uri={smoke_shards}",
         f"checkpoint.storage={tmp_path / 'runs'}",
-        "outer.steps=300",  # some seconds of steps: time to interrupt and to look
+        "outer.steps=150",  # some seconds of steps: time to interrupt and to look
         "outer.val_every=100",
         "checkpoint.every=10",
         "tracking.enabled=true",

@@ -61,6 +61,8 @@ def test_the_driver_drops_library_noise_and_strips_ray_prefixes(capsys) -> None:
                 "name: 'PreemptionWatcher' and ID: 'f2' has constructor arguments in the object "
                 "store and max_restarts > 0. If the arguments ...",
                 "2026/12/01 19:56:56 INFO mlflow.store.db.utils: Creating initial MLflow tables",
+                "Failed to query Ray Train Controller actor state. State API may be temporarily "
+                "unavailable. Continuing to monitor.",
                 "[metaray] q: starting, 300 steps, 2 worker(s)",
                 console.EVENT + json.dumps(event),
                 console.EVENT + json.dumps({"kind": "run", "run_id": "r1", "experiment_id": "3"}),
