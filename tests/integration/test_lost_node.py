@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.ray_cluster import VENV_BIN, _free_port, stop_group
+from tests.fixtures.ray_cluster import VENV_BIN, _free_port, start_logged, stop_group
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,9 +27,7 @@ def _ray_start(args: list[str], env: dict, temp: Path, log: Path) -> subprocess.
     cmd = [str(VENV_BIN / "ray"), "start", "--block", "--num-cpus=1", f"--temp-dir={temp}"]
     cmd += ["--object-store-memory=200000000", f"--dashboard-agent-listen-port={_free_port()}"]
     cmd += [f"--metrics-export-port={_free_port()}", "--node-ip-address=127.0.0.1", *args]
-    return subprocess.Popen(
-        cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-    )
+    return start_logged(cmd, env, temp.parent, log)
 
 
 def _raylet_of(pid: int) -> int:
@@ -95,14 +93,7 @@ def test_a_lost_node_is_said_and_the_wait_for_it_is_bounded(smoke_shards, tmp_pa
             "checkpoint.every=5",
             "tracking.enabled=false",
         ]
-        run = subprocess.Popen(
-            cmd,
-            env=env,
-            cwd=tmp_path,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        run = start_logged(cmd, env, tmp_path, log)
         stepping = lambda: b"/100000 steps" in log.read_bytes() or run.poll() is not None  # noqa: E731
         _wait(stepping, 240, "the run did not start stepping")
         assert run.poll() is None, log.read_text(errors="replace")[-3000:]

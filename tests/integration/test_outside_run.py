@@ -19,13 +19,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.ray_cluster import start_logged
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,17 +93,6 @@ def _newest_intact(run: Path) -> int:
     return max(steps)
 
 
-def _start(cmd, env, cwd, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        cmd,
-        env=env,
-        cwd=cwd,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
 def _wait_for(what, proc, deadline_s: float = 240) -> None:
     deadline = time.monotonic() + deadline_s
     while not what():
@@ -137,7 +127,7 @@ def test_ctrl_c_resume_ports_on_loopback_and_no_credential_anywhere(
     first, second = tmp_path / "first.txt", tmp_path / "second.txt"
     proc = None
     try:
-        proc = _start(cmd, env, tmp_path, first)
+        proc = start_logged(cmd, env, tmp_path, first)
         _wait_for(lambda: len(list(run.glob("checkpoint_*/meta.json"))) >= 3, proc)
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl+C
         assert proc.wait(timeout=120) == 130, first.read_text(errors="replace")[-3000:]
@@ -145,7 +135,7 @@ def test_ctrl_c_resume_ports_on_loopback_and_no_credential_anywhere(
         assert "interrupted: run 'smoke' keeps its checkpoints" in said
         resume_at = _newest_intact(run)
 
-        proc = _start(cmd, env, tmp_path, second)
+        proc = start_logged(cmd, env, tmp_path, second)
         _wait_for(lambda: b"step " in second.read_bytes(), proc)  # workers up and stepping
         seen = _listening(_descendants(proc.pid))
         assert proc.wait(timeout=300) == 0, second.read_text(errors="replace")[-3000:]
