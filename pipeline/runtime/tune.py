@@ -203,16 +203,7 @@ def run_sweep(
         local_state = Path(sweep_dir + "-" + STATE_FILE) if "://" not in storage else None
         parent = _parent_run(base, sweep, local_state)
         parent_id = parent.run_id
-        trainable = tune.with_resources(
-            tune.with_parameters(
-                _trial,
-                base_tree=config.to_dict(base),
-                sweep_dir=sweep_dir,
-                parent_run_id=parent_id,
-                with_checkpoints=sweep.scheduler == "pbt",
-            ),
-            {"CPU": sweep.driver_cpus},
-        )
+        trainable = _trainable(base, sweep, sweep_dir, parent_id)
         tuner = _tuner(base, sweep, trainable, sweep_dir, storage, limit, quiet=quiet)
         try:
             grid = tuner.fit()
@@ -239,6 +230,20 @@ def run_sweep(
     finally:
         if started:
             ray.shutdown()
+
+
+def _trainable(base: RunConfig, sweep: SweepConfig, sweep_dir: str, parent_id: str) -> Any:
+    """`_trial` with the sweep's fixed arguments and each trial's driver CPUs."""
+    from ray import tune
+
+    fixed = tune.with_parameters(
+        _trial,
+        base_tree=config.to_dict(base),
+        sweep_dir=sweep_dir,
+        parent_run_id=parent_id,
+        with_checkpoints=sweep.scheduler == "pbt",
+    )
+    return tune.with_resources(fixed, {"CPU": sweep.driver_cpus})
 
 
 def _sign(sweep_dir: str) -> None:

@@ -1,5 +1,6 @@
-"""`ray job submit` round trip against a `ray start --head` cluster (token auth on): the job
-runs jobs/train.py from an uploaded working directory and leaves a loadable checkpoint."""
+"""`ray job submit` round trip against a `ray start --head` cluster (token auth on): the
+README's cluster example runs jobs/train.py from an uploaded working directory as written and
+leaves a loadable checkpoint; the job API refuses a client without the token."""
 
 from __future__ import annotations
 
@@ -35,8 +36,7 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def test_job_submit_trains_and_checkpoints(ray_head, smoke_shards, tmp_path):
-    # Without the cluster's token the client is refused, and says what is missing.
+def test_the_job_api_refuses_a_client_without_the_token(ray_head):
     denied = subprocess.run(
         [RAY, "job", "list", "--address", ray_head.address],
         env=_env({}),
@@ -45,35 +45,6 @@ def test_job_submit_trains_and_checkpoints(ray_head, smoke_shards, tmp_path):
         timeout=120,
     )
     assert denied.returncode != 0 and "token" in (denied.stdout + denied.stderr).lower()
-
-    wd, storage = _working_dir(tmp_path / "wd"), tmp_path / "runs"
-    cmd = [
-        RAY,
-        "job",
-        "submit",
-        "--address",
-        ray_head.address,
-        "--working-dir",
-        str(wd),
-        "--",
-        "python",
-        "jobs/train.py",
-        "--config",
-        "configs/smoke.yaml",
-        f"data.uri={smoke_shards}",
-        f"checkpoint.storage={storage}",
-        "checkpoint.run_name=job",
-        "outer.steps=4",
-        "cluster.num_workers=1",
-    ]
-    done = subprocess.run(cmd, env=_env(ray_head.env), capture_output=True, text=True, timeout=400)
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-4000:]
-    assert "run 'job' finished: 4/4 steps with 1 worker(s)" in out
-    metas = sorted((storage / "job").glob("checkpoint_*/meta.json"))
-    assert metas, f"no checkpoint under {storage / 'job'}"
-    loaded = ckpt.load(metas[-1].parent)
-    assert loaded.state.step == 4 and len(loaded.history) == 4
 
 
 def _readme_job_commands() -> list[list[str]]:
@@ -115,7 +86,8 @@ def test_the_readme_cluster_example_runs_as_written(ray_head, tmp_path):
     job_log = done.stdout.split("Tailing logs until the job exits", 1)[-1]
     ours = [ln for ln in job_log.splitlines() if "quickstart" in ln or "step " in ln]
     assert ours and not any("\x1b[" in ln for ln in ours), ours[:5]
-    assert (work / "runs" / "quickstart" / "checkpoint_000004" / "meta.json").exists()
+    loaded = ckpt.load(work / "runs" / "quickstart" / "checkpoint_000004")  # loads, verifies
+    assert loaded.state.step == 4 and len(loaded.history) == 4
     assert (work / "mlflow.db").exists()
 
     relative = [*words[: words.index("--config") + 2], *fast]  # the config's own data/, runs

@@ -36,8 +36,8 @@ def test_pbt_exploit_continues_from_the_donors_checkpoint_with_a_perturbed_lr(
             "tune.name=pbt-smoke",
             "tune.scheduler=pbt",
             "tune.num_samples=2",
-            "tune.pbt.perturbation_interval=10",
-            "outer.steps=40",
+            "tune.pbt.perturbation_interval=15",
+            "outer.steps=30",
             "outer.val_every=5",
             "checkpoint.every=5",
             "cluster.node_wait_s=60",  # a trial that cannot be placed fails, not hangs
