@@ -36,10 +36,12 @@ def test_pbt_exploit_continues_from_the_donors_checkpoint_with_a_perturbed_lr(
             "tune.name=pbt-smoke",
             "tune.scheduler=pbt",
             "tune.num_samples=2",
-            "tune.pbt.perturbation_interval=15",
-            "outer.steps=30",
-            "outer.val_every=5",
-            "checkpoint.every=5",
+            # A smoke step takes ~0.07 s: 200 of them keep both trials stepping at once (a
+            # trial that finishes before the other reports is never compared: no exploit)
+            "tune.pbt.perturbation_interval=50",
+            "outer.steps=200",
+            "outer.val_every=10",
+            "checkpoint.every=10",
             "cluster.node_wait_s=60",  # a trial that cannot be placed fails, not hangs
         ],
     )
