@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from pipeline.data import episodes as ep
 from pipeline.meta import outer
+from pipeline.tracking.redact import redact_tree
 
 Params = dict[str, Tensor]
 
@@ -130,8 +131,6 @@ def save_params(path: str | os.PathLike[str], params: Params, meta: dict[str, An
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tensors = {k: v.detach().contiguous() for k, v in params.items()}
-    from pipeline.tracking.redact import redact_tree
-
     save_file(tensors, str(tmp), metadata={"metaray": json.dumps(redact_tree(meta))})
     os.replace(tmp, out)
     return out

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.eval import stats as st
+from pipeline.tracking.redact import dumps  # valid JSON (no NaN), no credentials
 
 REFERENCE = "meta-init"  # paired differences are reference minus each other method
 BASELINE = "multitask"  # the verdict compares the meta-init against multitask + fine-tuning
@@ -188,9 +189,6 @@ def write_json(rep: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-
-    from pipeline.tracking.redact import dumps  # valid JSON (no NaN), no credentials
-
     tmp.write_text(dumps(rep, indent=1), encoding="utf-8")
     os.replace(tmp, out)
     return out

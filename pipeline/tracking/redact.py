@@ -67,7 +67,7 @@ def for_json(x: Any) -> Any:
     """`x` (nested dicts, lists, numbers, strings) as a file or stdout may carry it: strings
     redacted (`redact_value`), inf and NaN as null (JSON has neither, and `json.dumps` would
     write bare `NaN`, which JSON readers refuse), keys as strings, anything else as `str`."""
-    if isinstance(x, bool) or x is None or isinstance(x, int):
+    if x is None or isinstance(x, int):  # bool is an int
         return x
     if isinstance(x, float):
         return x if math.isfinite(x) else None
