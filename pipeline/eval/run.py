@@ -46,7 +46,7 @@ class Options:
 def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Read the inputs, build the methods, tune the baselines, evaluate, report."""
     inp = eval_inputs.read(opts, log)
-    erun = _open_tracking(opts, inp.cfg)  # opened now: the MLflow run lasts as evaluation does
+    erun = _open_tracking(opts, inp)  # opened now: the MLflow run lasts as evaluation does
     model = _build_model(opts, inp.cfg)
     spec = _spec(opts, inp, log)
     methods, n_tuned = _methods(opts, inp, model, spec, log)
@@ -218,11 +218,13 @@ def _build_report(
     )
 
 
-def _open_tracking(opts: Options, cfg: Any) -> Any:
-    """The evaluation's MLflow run, nested under its training run (None: tracking off; flag,
-    else the run's config)."""
+def _open_tracking(opts: Options, inp: eval_inputs.Inputs) -> Any:
+    """The evaluation's MLflow run, nested under its training run, with the shard set it
+    evaluates on as its input (None: tracking off; flag, else the run's config)."""
+    cfg = inp.cfg
     if not (cfg.tracking.enabled if opts.tracking is None else opts.tracking):
         return None
+    from pipeline.tracking.describe import dataset_input
     from pipeline.tracking.evaluation import open_run
 
     params = {
@@ -235,7 +237,9 @@ def _open_tracking(opts: Options, cfg: Any) -> Any:
         "max_tasks": opts.max_tasks,
     }
     name = cfg.checkpoint.run_name
-    return open_run(cfg.tracking, f"evaluate-{name}", name, params)
+    m = inp.shards.manifest
+    dataset = dataset_input(m.to_json(), opts.shards, m.family, m.summary())
+    return open_run(cfg.tracking, f"evaluate-{name}", name, params, dataset=dataset)
 
 
 def _publish(

@@ -43,8 +43,17 @@ def training_run_id(cfg: TrackingConfig, run_name: str) -> str | None:
         return None
 
 
-def open_run(cfg: TrackingConfig, run_name: str, train_run_name: str, params: Mapping) -> Any:
-    """Start the evaluation's tracker now (its duration is the evaluation's)."""
+def open_run(
+    cfg: TrackingConfig,
+    run_name: str,
+    train_run_name: str,
+    params: Mapping,
+    *,
+    dataset: Mapping[str, str] | None = None,
+) -> Any:
+    """Start the evaluation's tracker now (its duration is the evaluation's). `dataset`: the
+    shard set evaluated on (`describe.dataset_input`), logged as the run's input with context
+    "evaluation": the training run's input has the same digest when it is the same shards."""
     from pipeline.tracking.factory import make_tracker
 
     parent = training_run_id(cfg, train_run_name)
@@ -53,6 +62,8 @@ def open_run(cfg: TrackingConfig, run_name: str, train_run_name: str, params: Ma
     if parent:
         tags["metaray.training_run_id"] = parent
     tracker.start(run_name, dict(params), tags=tags)
+    if dataset is not None:
+        tracker.log_dataset(dataset, context="evaluation")
     _OPEN.append(tracker)
     return tracker
 
