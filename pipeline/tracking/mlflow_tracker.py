@@ -35,6 +35,15 @@ RETRY_EVERY_S = 3.0
 # (a request costs the client ~1 ms of CPU, which a 2-core trainer would feel).
 SEND_EVERY_S = 1.0
 TRAINING_GROUPS = ("train/", "val/", "system/")  # metric groups of a training run
+# The run's tags that say where it came from; the model carries them too, since MLflow would
+# otherwise take them from the process that logs it (on Ray, rank 0's worker script).
+SOURCE_TAGS = (
+    "mlflow.source.name",
+    "mlflow.source.type",
+    "mlflow.source.git.commit",
+    "mlflow.user",
+    "metaray.command",
+)
 
 
 class MlflowTracker:
@@ -56,6 +65,7 @@ class MlflowTracker:
         self._inner: dict[int, dict[int, float]] = {}
         self._inner_unit = ""
         self._name = "metaray"
+        self._source: dict[str, str] = {}
         self._copies = 0
         self.spilled: Path | None = None
         self.sender_cpu_s = 0.0  # CPU the background sender spent sending (bench/)
@@ -84,6 +94,7 @@ class MlflowTracker:
         """`run_id`: reattach to that run (a resumed sweep's parent) instead of a new one."""
         _short_http_timeouts()
         self._name = run_name
+        self._source = {k: str(v) for k, v in (tags or {}).items() if k in SOURCE_TAGS}
         self._sender = _Sender(self._uri, self._cfg.experiment, self._cfg.register_as)
         if run_id:
             self._put({"op": "attach", "run_id": run_id})
@@ -189,7 +200,8 @@ class MlflowTracker:
             save_file(rates, str(data / "lrs.safetensors"))
         safe = redact_tree(run_config)  # what MLflow stores must not carry credentials
         (data / "config.json").write_text(json.dumps(safe, indent=1), encoding="utf-8")
-        self._put({"op": "model", "dir": str(data), "step": int(step)})
+        # the source travels in the op: a replayed buffer logs it from yet another process
+        self._put({"op": "model", "dir": str(data), "step": int(step), "tags": self._source})
 
     def end(self, status: str = "FINISHED") -> None:
         if self._thread is None:

@@ -116,11 +116,13 @@ class _Sender:
             tag = InputTag("mlflow.data.context", op.get("context", "training"))
             self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, tags=[tag])])
         elif kind == "model":
-            self._log_model(op["dir"], op.get("step", 0))
+            self._log_model(op["dir"], op.get("step", 0), op.get("tags"))
         elif kind == "end":
             self.client.set_terminated(self.run_id, op["status"])
 
-    def _log_model(self, data_dir: str, step: int = 0) -> None:
+    def _log_model(self, data_dir: str, step: int = 0, tags: dict[str, str] | None = None) -> None:
+        """`tags`: the run's source tags (the metaray command, its git commit); they override
+        what MLflow reads from this process (on Ray, the worker script)."""
         import mlflow
         import mlflow.pyfunc
         from mlflow.models import Model, infer_signature
@@ -150,6 +152,7 @@ class _Sender:
             signature=signature,
             input_example=example,
             pip_requirements=pinned_requirements(),
+            tags=tags or None,
             registered_model_name=self.register_as,
             await_registration_for=30,
         )
