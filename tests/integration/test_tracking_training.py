@@ -7,6 +7,8 @@ is replayed from the spilled buffer once it is back.
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -45,12 +47,16 @@ def _only_run(client, experiment: str):
 
 
 def test_smoke_run_reads_back_params_metrics_plots_and_model(
-    ray_cluster, smoke_shards: Path, mlflow_server, tmp_path: Path
+    ray_cluster, smoke_shards: Path, mlflow_server, tmp_path: Path, monkeypatch
 ) -> None:
     import mlflow
     from mlflow import MlflowClient
 
     cfg = _cfg(smoke_shards, tmp_path, mlflow_server.uri, "train-it")
+    # the driver's command line as `metaray train` sees it (the model is logged on a Ray
+    # worker, whose own argv is Ray's worker script)
+    command = ["metaray", "train", "--config", "configs/smoke.yaml"]
+    monkeypatch.setattr(sys, "argv", [str(Path(sys.executable).parent / "metaray"), *command[1:]])
     result = run_training(cfg, quiet=True)
     assert result.steps == cfg.outer.steps == 6
 
@@ -70,8 +76,10 @@ def test_smoke_run_reads_back_params_metrics_plots_and_model(
     tags = run.data.tags
     assert tags["metaray.kind"] == "train" and tags["mlflow.source.type"] == "LOCAL"
     assert "metaray.command" in tags and "smoke" in tags["mlflow.note.content"]
+    assert tags["mlflow.source.name"] == "metaray" and tags["metaray.command"] == " ".join(command)
     (dataset,) = run.inputs.dataset_inputs
     assert dataset.dataset.name == smoke_shards.name and len(dataset.dataset.digest) == 32
+    assert {t.key: t.value for t in dataset.tags} == {"mlflow.data.context": "training"}
     hist = client.get_metric_history(run.info.run_id, "train/loss_post_mse")
     loss = {m.step: m.value for m in hist}
     assert sorted(loss) == [1, 2, 3, 4, 5, 6]
@@ -109,6 +117,14 @@ def test_smoke_run_reads_back_params_metrics_plots_and_model(
     want = model.functional(params_final, torch.tensor(xs).reshape(1, 3, 1), torch.ones(1, 3))
     mlflow.set_tracking_uri(mlflow_server.uri)
     (logged_model,) = client.search_logged_models([run.info.experiment_id])
+    # the model names the metaray command it came from, not the Ray worker that logged it
+    assert logged_model.source_run_id == run.info.run_id
+    model_tags = client.get_logged_model(logged_model.model_id).tags
+    for key in ("mlflow.source.name", "mlflow.source.type", "mlflow.user", "metaray.command"):
+        assert model_tags[key] == tags[key], key
+    if "mlflow.source.git.commit" in tags:
+        assert model_tags["mlflow.source.git.commit"] == tags["mlflow.source.git.commit"]
+    assert "worker" not in repr(model_tags)
     got = mlflow.pyfunc.load_model(logged_model.model_uri).predict(
         {"x": xs, "y": [0.0] * 3, "support": [False] * 3}
     )
@@ -136,6 +152,13 @@ def test_smoke_run_reads_back_params_metrics_plots_and_model(
     assert ev.data.tags["mlflow.parentRunId"] == run.info.run_id
     assert ev.data.tags["metaray.training_run_id"] == run.info.run_id
     assert ev.info.status == "FINISHED"
+    # the shard set it evaluated on, as the training run's input: the same manifest digest
+    (ev_input,) = ev.inputs.dataset_inputs
+    assert ev_input.dataset.digest == dataset.dataset.digest
+    assert ev_input.dataset.name == smoke_shards.name
+    assert {t.key: t.value for t in ev_input.tags} == {"mlflow.data.context": "evaluation"}
+    profile = json.loads(ev_input.dataset.profile)
+    assert profile["family"] == "sinusoid" and profile["test"]["tasks"] == 4
     written_ms = (tmp_path / "eval" / "eval.json").stat().st_mtime * 1000
     assert ev.info.start_time < written_ms  # opened before the results existed, not after
     names = set(ev.data.metrics)
@@ -153,8 +176,6 @@ def test_smoke_run_reads_back_params_metrics_plots_and_model(
 def test_tracking_server_killed_mid_run_training_completes(
     ray_cluster, smoke_shards: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    import json
-
     from mlflow import MlflowClient
 
     from pipeline.tracking import replay
