@@ -42,8 +42,9 @@ def config_file(argv: list[str] | None = None) -> str | None:
     return None
 
 
-def source_tags(cfg: Any, kind: str = "train") -> dict[str, str]:
-    """MLflow's own source tags (shown on the run page) plus metaray's command and config."""
+def command_tags(kind: str) -> dict[str, str]:
+    """MLflow's own source tags (the run page's Source, Created by and commit) and metaray's
+    command line: every run metaray opens (train, evaluate) carries them."""
     argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else []
     command = redact_value(" ".join(shlex.quote(a) for a in argv))
     tags = {
@@ -58,6 +59,13 @@ def source_tags(cfg: Any, kind: str = "train") -> dict[str, str]:
         tags["mlflow.source.git.commit"] = commit
         dirty = _git("status", "--porcelain", "--untracked-files=no")
         tags["metaray.git.dirty"] = "true" if dirty else "false"
+    return tags
+
+
+def source_tags(cfg: Any, kind: str = "train") -> dict[str, str]:
+    """A training run's `command_tags` plus its config file and a description of the run."""
+    tags = command_tags(kind)
+    command = tags["metaray.command"]
     path = config_file()
     if path:
         tags["metaray.config_file"] = path

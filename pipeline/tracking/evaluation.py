@@ -69,18 +69,12 @@ def open_run(
 
 
 def _tags() -> dict[str, str]:
-    import sys
+    from pipeline.tracking.describe import command_tags
 
-    from pipeline.tracking.redact import redact_value
-
-    command = redact_value(" ".join(["metaray", *sys.argv[1:]]))
-    return {
-        "metaray.kind": "evaluate",
-        "mlflow.source.type": "LOCAL",
-        "mlflow.source.name": "metaray",
-        "metaray.command": command,
-        "mlflow.note.content": f"metaray evaluate: few-shot evaluation.\n\nCommand: `{command}`",
-    }
+    tags = command_tags("evaluate")  # the same source, user and commit as a training run's
+    command = tags["metaray.command"]
+    tags["mlflow.note.content"] = f"metaray evaluate: few-shot evaluation.\n\nCommand: `{command}`"
+    return tags
 
 
 def fail_open() -> None:

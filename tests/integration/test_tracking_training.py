@@ -145,6 +145,10 @@ def test_smoke_run_reads_back_params_metrics_plots_and_model(
         lr_grid=(0.01,),
         tracking=True,
     )
+    eval_command = ["metaray", "evaluate", "--checkpoint", "runs/smoke"]
+    monkeypatch.setattr(
+        sys, "argv", [str(Path(sys.executable).parent / "metaray"), *eval_command[1:]]
+    )
     eval_run.run(opts, log=lambda _: None)
     (ev,) = client.search_runs(
         [run.info.experiment_id], "tags.`metaray.kind` = 'evaluate'", max_results=5
@@ -152,6 +156,10 @@ def test_smoke_run_reads_back_params_metrics_plots_and_model(
     assert ev.data.tags["mlflow.parentRunId"] == run.info.run_id
     assert ev.data.tags["metaray.training_run_id"] == run.info.run_id
     assert ev.info.status == "FINISHED"
+    # the same source, user and commit as the training run's (the run page's header)
+    assert ev.data.tags["metaray.command"] == " ".join(eval_command)
+    for key in ("mlflow.source.name", "mlflow.user", "mlflow.source.git.commit"):
+        assert ev.data.tags.get(key) == tags.get(key), key
     # the shard set it evaluated on, as the training run's input: the same manifest digest
     (ev_input,) = ev.inputs.dataset_inputs
     assert ev_input.dataset.digest == dataset.dataset.digest
