@@ -11,6 +11,8 @@ most of the time and must not take a trainer's slot on a small cluster.
 
 Large payloads travel as object refs: `put(bank, batch)` does one `ray.put` of the batch and
 passes the ref, which Ray resolves in the actor without re-pickling per call.
+`put_many(bank, batches)` sends several batches as one ref and one call: the actor group-commits
+them (one WAL fsync for all, `BankService.put_many`), the cheap way to write many small batches.
 """
 
 from __future__ import annotations
@@ -67,6 +69,14 @@ def put(bank, batch: dict[str, Any]):
     import ray
 
     return bank.put.remote(ray.put(batch))
+
+
+def put_many(bank, batches: list[dict[str, Any]]):
+    """Send several put batches as ONE object ref and ONE call (one WAL fsync for all of them);
+    returns the ref of the list of acknowledgements."""
+    import ray
+
+    return bank.put_many.remote(ray.put(list(batches)))
 
 
 def query(bank, descriptors: np.ndarray, k: int | None = None, *, with_params: bool = True):

@@ -5,7 +5,14 @@ also run it in-process against a snapshot URI. Every method is one call into the
 (`index.py`) plus persistence (`store.py`).
 
 Durability: with `snapshot_uri` set and `wal=True`, `put` writes its batch to the WAL (fsync /
-one S3 PUT) BEFORE applying and returning, so an acknowledged entry survives a crash. With
+one S3 PUT) BEFORE applying and returning, so an acknowledged entry survives a crash.
+Group commit: `put_many(batches)` appends every batch of the call to the WAL and fsyncs ONCE
+before acknowledging any (`BankStore.append_group`); `put(batch)` is a group of one. Why an
+explicit batch call and not a commit leader coalescing concurrent `put`s: the actor runs one
+call at a time (a plain Ray actor, `max_concurrency=1`), so concurrent callers' puts never
+overlap inside it and a leader would have no followers; making it threaded would put a lock
+around every index read and write for a gain the caller can get by handing over its queued
+batches in one call (as `import_snapshot` does, and `actor.put_many` for any client). With
 `wal=False` the documented bound is: entries put since the last snapshot (at most
 `snapshot_every` batches) can be lost. Without `snapshot_uri` the bank lives in memory only.
 LRU recency from queries is not logged, so after a restore LRU order reflects writes only.
@@ -14,6 +21,7 @@ LRU recency from queries is not logged, so after a restore LRU order reflects wr
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -21,6 +29,7 @@ import numpy as np
 from pipeline.bank.index import BankIndex
 from pipeline.bank.store import BankStore
 from pipeline.config import BankConfig
+from pipeline.errors import BankError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,7 @@ class BankService:
 
     def _restore(self) -> None:
         r = self.store.restore()
+        self.store.repair_torn(r.torn)  # this bank owns the WAL: later appends start clean
         self.warnings.extend(r.warnings)
         for w in r.warnings:
             log.warning("%s", w)
@@ -75,8 +85,42 @@ class BankService:
     def put(self, batch: dict) -> dict:
         """Store a batch {keys, descriptor [B,D], params [B,P], step, support, loss}.
         Returns only after the batch is durable (WAL) when persistence is on."""
+        return self.put_many([batch])[0]
+
+    def put_many(self, batches: list[dict]) -> list[dict]:
+        """Group commit: store several put batches with ONE WAL fsync; returns one `put`
+        result per batch, only after all of them are durable. Every batch is validated before
+        any reaches the WAL (one bad batch rejects the call); each batch is atomic on its own:
+        a crash before this returns may keep a prefix of the batches (never acknowledged)."""
+        batches = self._validated([self._normalised(b) for b in batches])
+        if not batches:
+            return []
+        first = self.wal_seq + 1
+        if self.store is not None and self.cfg.wal:
+            self.store.append_group([(first + i, b) for i, b in enumerate(batches)])
+        out = []
+        for b in batches:
+            self.wal_seq += 1
+            res = self._apply(b)
+            self.counts["puts"] += 1
+            self.counts["entries_put"] += len(b["keys"])
+            self.counts["evicted"] += len(res.evicted)
+            out.append(
+                {
+                    "stored": res.inserted + res.updated,
+                    "evicted": res.evicted,
+                    "rejected": res.rejected,
+                    "entries": len(self.index),
+                }
+            )
+        self.since_snapshot += len(batches)
+        if self.store is not None and self.since_snapshot >= self.cfg.snapshot_every:
+            self.snapshot()
+        return out
+
+    def _normalised(self, batch: dict) -> dict:
         b = len(batch["keys"])
-        batch = {
+        return {
             "keys": list(batch["keys"]),
             "descriptor": np.atleast_2d(np.asarray(batch["descriptor"], np.float32)),
             "params": np.atleast_2d(np.asarray(batch["params"])).astype(
@@ -84,24 +128,23 @@ class BankService:
             ),
             **{k: np.broadcast_to(np.asarray(batch.get(k, d)), (b,)) for k, d in _META.items()},
         }
-        # validate against the index first: a rejected batch must not reach the WAL
-        self.index.check_batch(batch["keys"], batch["descriptor"], batch["params"])
-        if self.store is not None and self.cfg.wal:
-            self.store.append_wal(self.wal_seq + 1, batch)
-        self.wal_seq += 1
-        res = self._apply(batch)
-        self.counts["puts"] += 1
-        self.counts["entries_put"] += b
-        self.counts["evicted"] += len(res.evicted)
-        self.since_snapshot += 1
-        if self.store is not None and self.since_snapshot >= self.cfg.snapshot_every:
-            self.snapshot()
-        return {
-            "stored": res.inserted + res.updated,
-            "evicted": res.evicted,
-            "rejected": res.rejected,
-            "entries": len(self.index),
-        }
+
+    def _validated(self, batches: list[dict]) -> list[dict]:
+        """Check every batch against the index (and, on an empty bank, against the group's
+        first batch, which will fix the widths): a rejected batch must not reach the WAL."""
+        for b in batches:
+            self.index.check_batch(b["keys"], b["descriptor"], b["params"])
+        if self.index.dim is None and batches:
+            want = (batches[0]["descriptor"].shape[1], batches[0]["params"].shape[1])
+            for b in batches[1:]:
+                got = (b["descriptor"].shape[1], b["params"].shape[1])
+                if got != want:
+                    raise BankError(
+                        f"bank put: descriptor dim {got[0]} / {got[1]} params do not match "
+                        f"the first batch's {want[0]} / {want[1]} in one put_many; use the "
+                        "same model and descriptor for every writer"
+                    )
+        return batches
 
     def snapshot(self, uri: str | None = None) -> str:
         """Write a snapshot (to `uri` for an export); returns its name."""
@@ -120,15 +163,11 @@ class BankService:
         """Upsert every entry of the latest snapshot at `uri` (through the WAL)."""
         r = BankStore(uri, s3_endpoint=self.cfg.s3_endpoint).restore()
         if r.warnings and r.cols is None:
-            from pipeline.errors import BankError
-
             raise BankError("; ".join(r.warnings))
-        n = 0
         batches = ([r.cols] if r.cols and r.cols["keys"] else []) + [rec for _, rec in r.records]
-        for cols in batches:
-            self.put({k: cols[k] for k in ("keys", "descriptor", "params", *_META) if k in cols})
-            n += len(cols["keys"])
-        return n
+        fields = ("keys", "descriptor", "params", *_META)
+        self.put_many([{k: c[k] for k in fields if k in c} for c in batches])  # one fsync
+        return sum(len(c["keys"]) for c in batches)
 
     def clear(self) -> int:
         n = len(self.index)
@@ -191,13 +230,15 @@ class BankService:
     def ping(self) -> bool:
         return True
 
+    def pid(self) -> int:
+        """The serving process (the actor's, under Ray): what a crash test SIGKILLs."""
+        return os.getpid()
+
 
 _META = {"step": 0, "support": 0, "loss": 0.0}
 
 
 def _no_store():
-    from pipeline.errors import BankError
-
     return BankError(
         "this bank has no bank.snapshot_uri: set one (a directory or s3://bucket/prefix) "
         "or pass an export URI"

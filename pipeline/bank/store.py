@@ -5,13 +5,23 @@ Layout under a root (a local directory or `s3://bucket/prefix`):
     snapshots/snap-<seq>/meta.parquet        keys, descriptors, step, support, loss, last_used
     snapshots/snap-<seq>/params.safetensors  one tensor "params" [n, P] (float32 or float16)
     snapshots/snap-<seq>/manifest.json       written LAST: counts, wal_upto, sha256 of each file
-    wal/<seq>.safetensors                    one record per acknowledged `put` batch
+    wal/<first seq>.wal                      WAL segment (format 2): framed put batches
+    wal/<seq>.safetensors                    WAL record (format 1, before group commit; read)
 
-A snapshot without a manifest is incomplete and ignored. Each WAL record is one atomic file
-(local: temp + fsync + rename + fsync dir; S3: one PUT), written before `put` returns, so every
-acknowledged write is either in a snapshot or in a WAL record after that snapshot's `wal_upto`.
-WAL records are kept back to the PREVIOUS snapshot's `wal_upto`, so if the latest snapshot is
-corrupt, the previous one plus the WAL still restores every acknowledged entry.
+A snapshot without a manifest is incomplete and ignored. WAL GROUP COMMIT: a segment is an
+8-byte header (magic + format) and then frames `[u64 length][u64 seq][u32 crc32][safetensors
+batch]`, one per put batch. `append_group` writes every frame of a group of batches in ONE
+write and ONE fdatasync before any of them is acknowledged, so puts cost one fsync per group,
+not one create + fsync + rename + directory fsync each. Each batch stays atomic: its frame is
+whole (CRC) or it is dropped; a crash mid-append can only tear frames that were never
+acknowledged (their fsync had not returned), and recovery drops a torn LAST frame and keeps
+every frame before it. A bad frame with valid bytes after it is damage, not a crash: a
+BankError naming it. A segment of an unknown format is a BankError naming the format; format-1
+records are still read (older metaray does not read format 2: do not downgrade a bank). On
+S3, where nothing appends, each group is its own segment object written by one PUT.
+Every acknowledged write is either in a snapshot or in a WAL record after that snapshot's
+`wal_upto`. WAL files are kept back to the PREVIOUS snapshot's `wal_upto`, so if the latest
+snapshot is corrupt, the previous one plus the WAL still restores every acknowledged entry.
 Nothing here unpickles: JSON, Parquet and safetensors only.
 """
 
@@ -20,8 +30,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +48,11 @@ from pipeline.errors import BankError
 FORMAT = 1
 META_TYPES = {"step": np.int64, "support": np.int32, "loss": np.float32, "last_used": np.int64}
 _SEQ_WIDTH = 12
+WAL_FORMAT = 2  # 1: one `<seq>.safetensors` file per batch (still read); 2: framed segments
+WAL_SUFFIX = ".wal"
+WAL_MAGIC = b"MRBWAL" + struct.pack("<H", WAL_FORMAT)  # 8 bytes opening every segment
+_FRAME = struct.Struct("<QQI")  # payload bytes, seq, crc32 of (length, seq, payload)
+SEGMENT_BYTES = 256 << 20  # roll to a new segment past this (bounds what one restore reads)
 
 
 def filesystem(uri: str, s3_endpoint: str | None = None) -> tuple[pafs.FileSystem, str]:
@@ -57,6 +74,83 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _fsync_dir(path: str) -> None:
+    dfd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _encode_record(batch: dict) -> bytes:
+    tensors = {k: np.ascontiguousarray(batch[k]) for k in ("descriptor", "params")}
+    for k, dt in (("step", np.int64), ("support", np.int32), ("loss", np.float32)):
+        tensors[k] = np.ascontiguousarray(np.asarray(batch[k], dt))
+    meta = {"keys": json.dumps(list(batch["keys"])), "format": str(FORMAT)}
+    return st_save(tensors, meta)
+
+
+def _decode_record(data: bytes | memoryview, label: str) -> dict:
+    try:
+        tensors = st_load(bytes(data))
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(bytes(data[8 : 8 + header_len]))
+        keys = json.loads(header["__metadata__"]["keys"])
+    except Exception as exc:  # any decoding failure means a damaged record
+        raise BankError(
+            f"bank WAL record {label} is corrupt ({exc}); move it aside to restore the "
+            "entries before it"
+        ) from None
+    return {"keys": keys, **tensors}
+
+
+def _crc(length: int, seq: int, payload: bytes | memoryview) -> int:
+    return zlib.crc32(payload, zlib.crc32(struct.pack("<QQ", length, seq)))
+
+
+def encode_frame(seq: int, batch: dict) -> bytes:
+    """One WAL frame: length, seq, CRC, then the batch as safetensors (no pickle)."""
+    payload = _encode_record(batch)
+    return _FRAME.pack(len(payload), seq, _crc(len(payload), seq, payload)) + payload
+
+
+def decode_segment(data: bytes, label: str) -> tuple[list[tuple[int, dict]], int | None]:
+    """(records, torn): `torn` is the byte length of the valid prefix when the segment ends in
+    an incomplete frame (a crash mid-append: that frame was never acknowledged), else None.
+    A bad frame with bytes after it is not a torn append but damage: a BankError naming it."""
+    if len(data) < len(WAL_MAGIC):
+        if WAL_MAGIC.startswith(data):
+            return [], 0  # created, header not yet durable: it never held a record
+        raise BankError(f"bank WAL segment {label} is not a WAL segment (bad header)")
+    if data[:6] != WAL_MAGIC[:6]:
+        raise BankError(f"bank WAL segment {label} is not a WAL segment (bad header)")
+    version = struct.unpack("<H", data[6:8])[0]
+    if version != WAL_FORMAT:
+        raise BankError(
+            f"bank WAL segment {label} has format {version}; this metaray reads formats 1 and "
+            f"{WAL_FORMAT}: restore it with the metaray version that wrote it"
+        )
+    view, off, out = memoryview(data), len(WAL_MAGIC), []
+    while off < len(data):
+        if len(data) - off < _FRAME.size:
+            return out, off
+        length, seq, crc = _FRAME.unpack_from(data, off)
+        end = off + _FRAME.size + length
+        if end > len(data):
+            return out, off
+        payload = view[off + _FRAME.size : end]
+        if _crc(length, seq, payload) != crc:
+            if end == len(data):
+                return out, off  # the last frame, partly written
+            raise BankError(
+                f"bank WAL segment {label} has a corrupt record (seq {seq}, byte {off}) with "
+                "records after it; move the segment aside to restore the entries before it"
+            )
+        out.append((seq, _decode_record(payload, f"{label} (seq {seq})")))
+        off = end
+    return out, None
+
+
 @dataclass
 class Restored:
     cols: dict | None  # index columns from the snapshot (None: no snapshot)
@@ -65,6 +159,7 @@ class Restored:
     clock: int
     records: list[tuple[int, dict]] = field(default_factory=list)  # WAL to replay, in order
     warnings: list[str] = field(default_factory=list)
+    torn: list[tuple[str, int]] = field(default_factory=list)  # (segment, valid bytes)
 
 
 class BankStore:
@@ -75,6 +170,8 @@ class BankStore:
         self.fs, self.root = filesystem(uri, s3_endpoint)
         self.keep = max(2, keep)
         self._local = isinstance(self.fs, pafs.LocalFileSystem)
+        self._seg: int | None = None  # fd of the open local WAL segment
+        self._seg_bytes = 0
         for sub in ("snapshots", "wal"):
             self.fs.create_dir(f"{self.root}/{sub}", recursive=True)
 
@@ -87,11 +184,7 @@ class BankStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            dfd = os.open(os.path.dirname(path), os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            _fsync_dir(os.path.dirname(path))
         else:  # one PUT: the object appears whole or not at all
             with self.fs.open_output_stream(path) as f:
                 f.write(data)
@@ -105,36 +198,88 @@ class BankStore:
         return self.fs.get_file_info(sel)
 
     # ---- write-ahead log ------------------------------------------------------------------
-    def wal_seqs(self) -> list[int]:
+    def wal_files(self) -> list[tuple[int, str]]:
+        """(first seq, base name) of every WAL file, oldest first: v2 segments (`<seq>.wal`)
+        and v1 records (`<seq>.safetensors`, one batch each: banks written before group commit)."""
         out = []
         for info in self._list("wal"):
             name = info.base_name
-            if name.endswith(".safetensors") and ".tmp-" not in name:
-                out.append(int(name.split(".")[0]))
+            if ".tmp-" not in name and name.endswith((WAL_SUFFIX, ".safetensors")):
+                out.append((int(name.split(".")[0]), name))
         return sorted(out)
 
+    def wal_seqs(self) -> list[int]:
+        return [seq for seq, _ in self.wal_files()]
+
     def append_wal(self, seq: int, batch: dict) -> None:
-        """Durably write one put batch before it is acknowledged."""
-        tensors = {k: np.ascontiguousarray(batch[k]) for k in ("descriptor", "params")}
-        for k, dt in (("step", np.int64), ("support", np.int32), ("loss", np.float32)):
-            tensors[k] = np.ascontiguousarray(np.asarray(batch[k], dt))
-        meta = {"keys": json.dumps(list(batch["keys"])), "format": str(FORMAT)}
-        self._write(f"{self.root}/wal/{seq:0{_SEQ_WIDTH}d}.safetensors", st_save(tensors, meta))
+        """Durably write one put batch before it is acknowledged (a group of one)."""
+        self.append_group([(seq, batch)])
+
+    def append_group(self, records: list[tuple[int, dict]]) -> None:
+        """GROUP COMMIT: every record of the group in one write, then ONE fsync, before any of
+        them is acknowledged. Local: appended to the open segment (a new segment, made durable
+        in its directory, after a restart, a snapshot or `SEGMENT_BYTES`); S3: the group is one
+        segment object written by one PUT. Each record is a frame with its own CRC, so a crash
+        mid-append leaves at worst a torn last frame, which recovery drops (never acknowledged:
+        the fsync had not returned)."""
+        data = b"".join(encode_frame(seq, batch) for seq, batch in records)
+        if not self._local:
+            name = f"{self.root}/wal/{records[0][0]:0{_SEQ_WIDTH}d}{WAL_SUFFIX}"
+            with self.fs.open_output_stream(name) as f:
+                f.write(WAL_MAGIC + data)
+            return
+        if self._seg is None or self._seg_bytes >= SEGMENT_BYTES:
+            self._open_segment(records[0][0])
+        os.write(self._seg, data)  # one write: the kernel appends it at the file's end
+        os.fdatasync(self._seg)  # the one fsync of the group (file size included)
+        self._seg_bytes += len(data)
+
+    def _open_segment(self, first_seq: int) -> None:
+        self.roll_wal()
+        path = f"{self.root}/wal/{first_seq:0{_SEQ_WIDTH}d}{WAL_SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        os.write(fd, WAL_MAGIC)
+        os.fsync(fd)
+        _fsync_dir(os.path.dirname(path))  # the segment's name is durable before any ack
+        self._seg, self._seg_bytes = fd, len(WAL_MAGIC)
+
+    def roll_wal(self) -> None:
+        """Close the open segment: the next group starts a new one (so old ones can be
+        collected after a snapshot)."""
+        if self._seg is not None:
+            os.close(self._seg)
+            self._seg = None
+
+    def read_wal_file(self, name: str) -> tuple[list[tuple[int, dict]], int | None]:
+        """(records, valid byte length if the file ends in a torn frame else None)."""
+        data = self._read(f"{self.root}/wal/{name}")
+        label = f"{self.uri}/wal/{name}"
+        if name.endswith(".safetensors"):
+            return [(int(name.split(".")[0]), _decode_record(data, label))], None
+        return decode_segment(data, label)
 
     def read_wal(self, seq: int) -> dict:
-        path = f"{self.root}/wal/{seq:0{_SEQ_WIDTH}d}.safetensors"
-        data = self._read(path)
+        """One v1 record (`<seq>.safetensors`)."""
+        name = f"{seq:0{_SEQ_WIDTH}d}.safetensors"
+        return _decode_record(self._read(f"{self.root}/wal/{name}"), f"{self.uri}/wal/{name}")
+
+    def truncate_torn(self, name: str, valid: int) -> None:
+        """Cut a torn last frame off a local segment (durably; a segment left with no record is
+        removed, freeing its name, its first seq, for the next append). Only the bank that owns
+        the WAL does this (`repair_torn` after its restore), never a restore of an export."""
+        if not self._local:
+            return  # an S3 segment is one PUT: whole or absent, never torn by a crash
+        path = f"{self.root}/wal/{name}"
+        if valid <= len(WAL_MAGIC):
+            os.unlink(path)
+            _fsync_dir(os.path.dirname(path))
+            return
+        os.truncate(path, valid)
+        fd = os.open(path, os.O_RDONLY)
         try:
-            tensors = st_load(data)
-            header_len = int.from_bytes(data[:8], "little")
-            header = json.loads(data[8 : 8 + header_len])
-            keys = json.loads(header["__metadata__"]["keys"])
-        except Exception as exc:  # any decoding failure means a damaged record
-            raise BankError(
-                f"bank WAL record {self.uri}/wal/{seq:0{_SEQ_WIDTH}d}.safetensors is corrupt "
-                f"({exc}); move it aside to restore the entries before it"
-            ) from None
-        return {"keys": keys, **tensors}
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     # ---- snapshots ------------------------------------------------------------------------
     def snapshot_seqs(self) -> list[int]:
@@ -154,6 +299,7 @@ class BankStore:
 
     def write_snapshot(self, cols: dict, *, wal_upto: int, clock: int, dtype: str) -> int:
         """Write a snapshot (manifest last), then drop what no restore can need any more."""
+        self.roll_wal()  # later puts go to a new segment: the ones before can be collected
         seqs = self.snapshot_seqs()
         seq = (seqs[-1] + 1) if seqs else 0
         d = self._snap_dir(seq)
@@ -209,9 +355,11 @@ class BankStore:
             floor = self.manifest(kept[0])["wal_upto"]
         except BankError:
             return  # a damaged kept snapshot: keep every WAL record
-        for w in self.wal_seqs():
-            if w <= floor:
-                self.fs.delete_file(f"{self.root}/wal/{w:0{_SEQ_WIDTH}d}.safetensors")
+        files = self.wal_files()
+        for i, (first, name) in enumerate(files):
+            later = i + 1 < len(files) and files[i + 1][0] <= floor + 1  # all of it <= floor
+            if later or (name.endswith(".safetensors") and first <= floor):
+                self.fs.delete_file(f"{self.root}/wal/{name}")
 
     def manifest(self, seq: int) -> dict:
         path = f"{self._snap_dir(seq)}/manifest.json"
@@ -267,16 +415,46 @@ class BankStore:
                 continue
             out = Restored(cols, seq, int(m["wal_upto"]), int(m["clock"]))
             break
-        wal = [w for w in self.wal_seqs() if w > out.wal_upto]
-        if wal and wal[0] != out.wal_upto + 1 and (out.snapshot_seq >= 0 or wal[0] != 0):
-            warnings.append(
-                f"bank WAL under {self.uri}/wal starts at record {wal[0]} but the restored "
-                f"snapshot covers up to {out.wal_upto}: records in between are lost"
-            )
-        out.records = [(w, self.read_wal(w)) for w in wal]
+        out.records, out.torn = self._read_wal_after(out.wal_upto, warnings)
         out.warnings = warnings
         return out
 
+    def _read_wal_after(
+        self, upto: int, warnings: list[str]
+    ) -> tuple[list[tuple[int, dict]], list[tuple[str, int]]]:
+        """Every WAL record after `upto`, in order; torn tails dropped (with a warning), and a
+        warning when the sequence has a gap (records lost between a snapshot and the WAL)."""
+        files, records, torn = self.wal_files(), [], []
+        for i, (_, name) in enumerate(files):
+            if i + 1 < len(files) and files[i + 1][0] <= upto + 1:
+                continue  # every record of this file is in the snapshot
+            got, valid = self.read_wal_file(name)
+            records.extend((seq, rec) for seq, rec in got if seq > upto)
+            if valid is not None:
+                torn.append((name, valid))
+                warnings.append(
+                    f"bank WAL segment {self.uri}/wal/{name} ends in a torn record (a crash "
+                    f"mid-append, never acknowledged): dropped it, kept the {len(got)} before it"
+                )
+        expect = upto + 1
+        for seq, _ in records:
+            if seq != expect:
+                warnings.append(
+                    f"bank WAL under {self.uri}/wal has record {seq} where {expect} was due "
+                    f"(the restored snapshot covers up to {upto}): records in between are lost"
+                )
+            expect = seq + 1
+        return records, torn
+
+    def repair_torn(self, torn: list[tuple[str, int]]) -> None:
+        """`truncate_torn` each (segment, valid bytes) a restore reported."""
+        for name, valid in torn:
+            self.truncate_torn(name, valid)
+
+    def __del__(self) -> None:
+        self.roll_wal()
+
     def clear(self) -> None:
+        self.roll_wal()  # never append to a segment that is about to be unlinked
         for sub in ("snapshots", "wal"):
             self.fs.delete_dir_contents(f"{self.root}/{sub}", missing_dir_ok=True)

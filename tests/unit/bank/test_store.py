@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,151 @@ def test_query_on_an_empty_bank_is_a_miss_not_an_error():
     out = BankService(BankConfig()).query(np.ones((2, 8), np.float32))
     assert out["keys"] == [[], []] and out["hit"].tolist() == [False, False]
     assert out["params"].shape == (2, 0, 0)
+
+
+# ---- WAL group commit (issue 14 s.3) ---------------------------------------------------------
+def _segments(cfg) -> list[str]:
+    wal = os.path.join(cfg.snapshot_uri, "wal")
+    return sorted(n for n in os.listdir(wal) if n.endswith(".wal"))
+
+
+def test_put_many_is_one_group_in_one_segment_and_restores(tmp_path):
+    cfg = _cfg(tmp_path, snapshot_every=1000)
+    bank = BankService(cfg)
+    batches = [_batch(10 * i, 3) for i in range(8)]
+    res = bank.put_many(batches)
+    assert [r["stored"] for r in res] == [3] * 8 and res[-1]["entries"] == 24
+    bank.put(_batch(100, 2))  # a group of one appends to the same open segment
+    assert _segments(cfg) == ["000000000000.wal"]
+    records, torn = BankStore(cfg.snapshot_uri).read_wal_file("000000000000.wal")
+    assert [s for s, _ in records] == list(range(9)) and torn is None
+    back = BankService(cfg)
+    assert back.restored["wal_records"] == 9 and not back.warnings
+    for b in batches:
+        _assert_has(back, b)
+
+
+def test_group_acknowledged_before_sigkill_survives(tmp_path):
+    """A real crash: a child process acknowledges a put_many group, then SIGKILLs itself
+    (no destructor, no flush, no close runs); a new process restores every batch."""
+    import subprocess
+    import sys
+    import textwrap
+
+    cfg = _cfg(tmp_path, snapshot_every=1000)
+    code = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {os.getcwd()!r})
+        from tests.unit.bank.test_store import _batch, _cfg
+        from pipeline.bank.service import BankService
+        from pathlib import Path
+        bank = BankService(_cfg(Path({str(tmp_path)!r}), snapshot_every=1000))
+        bank.put(_batch(0, 4))
+        bank.put_many([_batch(10 * i, 4) for i in range(1, 6)])
+        print("acked", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -9 and proc.stdout.strip() == "acked", proc.stderr
+    back = BankService(cfg)
+    assert len(back.index) == 24 and back.restored["wal_records"] == 6
+    for i in range(6):
+        _assert_has(back, _batch(10 * i, 4))
+
+
+def test_torn_last_record_is_dropped_and_earlier_records_kept(tmp_path):
+    from pipeline.bank.store import encode_frame
+
+    cfg = _cfg(tmp_path, snapshot_every=1000)
+    bank = BankService(cfg)
+    kept = [_batch(10 * i, 3) for i in range(4)]
+    bank.put_many(kept)
+    seg = os.path.join(cfg.snapshot_uri, "wal", _segments(cfg)[0])
+    whole = os.path.getsize(seg)
+    frame = encode_frame(4, bank._normalised(_batch(90, 3)))
+    with open(seg, "ab") as f:  # the bytes a crash mid-append leaves: half of the next frame
+        f.write(frame[: len(frame) // 2])
+    back = BankService(cfg)
+    assert len(back.index) == 12 and "task-90" not in back.index
+    for b in kept:
+        _assert_has(back, b)
+    assert "torn record" in back.warnings[0] and "kept the 4 before it" in back.warnings[0]
+    assert os.path.getsize(seg) == whole  # the owner cut the torn tail off durably
+    back.put(_batch(50, 2))  # seq 4 again, now in a new segment
+    again = BankService(cfg)
+    assert not again.warnings and len(again.index) == 14 and again.wal_seq == 4
+
+
+def test_torn_first_frame_of_a_fresh_segment_frees_its_name(tmp_path):
+    """A crash during the first group after a snapshot: the new segment holds the header and
+    a few bytes of a frame header only."""
+    from pipeline.bank.store import WAL_MAGIC
+
+    cfg = _cfg(tmp_path, snapshot_every=1000)
+    bank = BankService(cfg)
+    bank.put_many([_batch(0, 3), _batch(10, 3)])
+    bank.snapshot()
+    torn = os.path.join(cfg.snapshot_uri, "wal", "000000000002.wal")
+    with open(torn, "wb") as f:
+        f.write(WAL_MAGIC + b"\x07\x00\x00")
+    back = BankService(cfg)
+    assert len(back.index) == 6 and "torn record" in back.warnings[0]
+    assert not os.path.exists(torn)
+    back.put(_batch(20, 1))
+    assert len(BankService(cfg).index) == 7
+
+
+def test_damaged_middle_record_and_unknown_format_are_named(tmp_path):
+    cfg = _cfg(tmp_path, snapshot_every=1000)
+    BankService(cfg).put_many([_batch(10 * i, 3) for i in range(3)])
+    seg = os.path.join(cfg.snapshot_uri, "wal", "000000000000.wal")
+    good = Path(seg).read_bytes()
+    raw = bytearray(good)
+    raw[40] ^= 0xFF  # inside the first frame, with two whole frames after it
+    Path(seg).write_bytes(bytes(raw))
+    with pytest.raises(BankError, match=r"000000000000.wal has a corrupt record \(seq 0"):
+        BankService(cfg)
+    Path(seg).write_bytes(good[:6] + b"\x09\x00" + good[8:])
+    with pytest.raises(BankError, match="has format 9; this metaray reads formats 1 and 2"):
+        BankService(cfg)
+
+
+def test_format_1_records_from_before_group_commit_still_restore(tmp_path):
+    from pipeline.bank.store import _encode_record
+
+    cfg = _cfg(tmp_path, snapshot_every=1000)
+    store = BankStore(cfg.snapshot_uri)
+    old = [_batch(0, 3), _batch(10, 3)]
+    for seq, b in enumerate(old):  # exactly what the format-1 `append_wal` wrote
+        store._write(f"{store.root}/wal/{seq:012d}.safetensors", _encode_record(b))
+    bank = BankService(cfg)
+    assert bank.restored["wal_records"] == 2
+    bank.put(_batch(20, 3))  # seq 2 goes to a format-2 segment beside them
+    back = BankService(cfg)
+    assert len(back.index) == 9 and back.wal_seq == 2
+    for b in (*old, _batch(20, 3)):
+        _assert_has(back, b)
+
+
+def test_put_many_rejects_the_whole_group_before_the_wal(tmp_path):
+    cfg = _cfg(tmp_path, snapshot_every=1000)
+    bank = BankService(cfg)
+    with pytest.raises(BankError, match="in one put_many"):
+        bank.put_many([_batch(0, 2), _batch(10, 2, dim=4)])
+    with pytest.raises(BankError, match="duplicate task keys"):
+        bank.put_many([_batch(0, 2), {**_batch(10, 2), "keys": ["x", "x"]}])
+    assert len(bank.index) == 0 and BankStore(cfg.snapshot_uri).wal_seqs() == []
+    assert len(BankService(cfg).index) == 0
+
+
+def test_snapshot_rolls_the_segment_and_old_segments_are_collected(tmp_path):
+    cfg = _cfg(tmp_path, snapshot_every=4)
+    bank = BankService(cfg)
+    for i in range(13):  # snapshots after puts 4, 8, 12: each rolls to a new segment
+        bank.put(_batch(10 * i, 2))
+    # kept back to the previous snapshot's wal_upto (7): segments 0 and 4 are collected
+    assert _segments(cfg) == ["000000000008.wal", "000000000012.wal"]
+    back = BankService(cfg)
+    assert len(back.index) == 26 and back.restored["wal_records"] == 1
