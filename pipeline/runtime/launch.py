@@ -52,7 +52,10 @@ def absolute(cfg: config.RunConfig) -> config.RunConfig:
         if (value := getattr(ck, key)) and _local(value)
     }
     ck = ck.model_copy(update=paths)
-    return cfg.model_copy(update={"data": data, "checkpoint": ck})
+    bank = cfg.bank  # the bank actor resolves its snapshots in Ray's working directory
+    if bank.snapshot_uri and _local(bank.snapshot_uri):
+        bank = bank.model_copy(update={"snapshot_uri": str(Path(bank.snapshot_uri).resolve())})
+    return cfg.model_copy(update={"data": data, "checkpoint": ck, "bank": bank})
 
 
 def make_run_config(cfg: config.RunConfig, *, worker_env: dict[str, str] | None = None) -> Any:

@@ -54,9 +54,8 @@ def _readme_commands() -> list[str]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The user's directory, entered before Ray starts: Ray's workers (the bank actor writing
-    `bank.snapshot_uri=bank/mine`) resolve relative paths where the driver started Ray, as an
-    embedded `metaray train` does."""
+    """The user's directory: the README's relative paths (`data/mine`, `runs/mine`,
+    `bank/mine`) are resolved there, as a user's shell would."""
     work = tmp_path_factory.mktemp("own-data")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)

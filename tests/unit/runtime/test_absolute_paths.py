@@ -18,6 +18,7 @@ def test_local_relative_paths_become_absolute_and_uris_stay(tmp_path, monkeypatc
             "checkpoint.storage=runs",
             "checkpoint.init_from=runs/pretrain",
             "checkpoint.resume_from=s3://bucket/runs/old",
+            "bank.snapshot_uri=bank/mine",
         ],
     )
     got = absolute(cfg)
@@ -26,7 +27,9 @@ def test_local_relative_paths_become_absolute_and_uris_stay(tmp_path, monkeypatc
     assert got.checkpoint.init_from == str(tmp_path / "runs/pretrain")
     assert got.checkpoint.resume_from == "s3://bucket/runs/old"  # a URI is left as written
     assert Path(got.checkpoint.init_from).is_absolute()
+    assert got.bank.snapshot_uri == str(tmp_path / "bank/mine")  # the bank actor's cwd is Ray's
 
 
 def test_unset_init_from_stays_unset() -> None:
-    assert absolute(config.load(None, [])).checkpoint.init_from is None
+    got = absolute(config.load(None, []))
+    assert got.checkpoint.init_from is None and got.bank.snapshot_uri is None
