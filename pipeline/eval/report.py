@@ -3,11 +3,13 @@ the terminal table, and PNG plots (matplotlib Agg canvas, atomic writes)."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.episodes import VOCAB
 from pipeline.eval import stats as st
 from pipeline.tracking.redact import dumps  # valid JSON (no NaN), no credentials
 
@@ -94,45 +96,61 @@ def _row(label: str, cells: Sequence[str], width: int) -> str:
     return f"{label:<30}" + "".join(f"{c[: width - 1]:>{width}}" for c in cells)
 
 
-def table(rep: Mapping[str, Any]) -> str:
-    """The terminal table: per shot count, methods x inner steps, paired differences,
-    script groups, and per-task figures at the last step."""
+UNIFORM_BPB = math.log2(VOCAB)  # a uniform guess over the 259 symbols: 8.02 bits per byte
+
+
+def table(rep: Mapping[str, Any], *, full: int | None = None) -> str:
+    """The table: per shot count, methods x inner steps and paired differences; script groups
+    and per-task figures at the last step for the first `full` shot counts (all when None;
+    the console shows one in full, eval_table.txt all of them)."""
     steps = [str(s) for s in rep["steps"]]
-    better = "higher" if rep["higher_is_better"] else "lower"
-    w = 17
     lines: list[str] = []
-    for k in map(str, rep["shots"]):
-        res = rep["results"][k]
-        any_m = next(iter(res.values()))[steps[0]]["overall"]
-        lines += [
-            "",
-            f"K={k} shots · {rep['metric']} ({better} is better) · mean ± 95% CI over "
-            f"{any_m['ci_over']} ({any_m['n_tasks']} tasks, {any_m['n_episodes']} task-episodes)",
-            _row("method \\ inner steps", steps, w),
-        ]
-        for m, per in res.items():
-            label = m + (f" (lr {rep['lrs'][m]:g})" if m in rep.get("lrs", {}) else "")
-            lines.append(_row(label, [st.fmt(per[s]["overall"]) for s in steps], w))
-        for name, per in rep["paired"][k].items():
-            lines.append(_row("Δ " + name, [st.fmt(per[s]["overall"]) for s in steps], w))
-        for g, per_g in rep["by_group"][k].items():
-            lines.append(f"  {g}: {', '.join(rep['groups'][g])}")
-            for name, per in per_g.items():
-                label = ("  Δ " if " - " in name else "  ") + name
-                lines.append(_row(label, [_group_cell(per[s]) for s in steps], w))
-        last = steps[-1]
-        lines.append(f"  per task after {last} steps:")
-        tasks = sorted(next(iter(res.values()))[last]["tasks"])
-        deltas = ["Δ vs " + name.split(" - ", 1)[1] for name in rep["paired"][k]]
-        lines.append(_row("  task", list(res) + deltas, w))
-        for t in tasks:
-            cells = [st.fmt(res[m][last]["tasks"][t]) for m in res]
-            cells += [st.fmt(p[last]["tasks"][t]) for p in rep["paired"][k].values()]
-            lines.append(_row(f"  {t}", cells, w))
+    shots = list(map(str, rep["shots"]))
+    for i, k in enumerate(shots):
+        lines += _shot_block(rep, k, steps, detail=full is None or i < full)
+    if full is not None and len(shots) > full:
+        lines += ["", f"(K={', '.join(shots[full:])}: groups and per-task rows in eval_table.txt)"]
     if rep.get("verdict"):
         lines += ["", "Verdict (paired 95% CIs over held-out tasks, not over episodes):"]
         lines += [f"  {v}" for v in rep["verdict"]]
     return "\n".join(lines).lstrip("\n")
+
+
+def _shot_block(rep: Mapping[str, Any], k: str, steps: list[str], *, detail: bool) -> list[str]:
+    w = 17
+    res = rep["results"][k]
+    any_m = next(iter(res.values()))[steps[0]]["overall"]
+    better = "higher" if rep["higher_is_better"] else "lower"
+    uniform = f"; {UNIFORM_BPB:.2f} = a uniform guess over bytes"
+    scale = uniform if rep["metric"] == "bits per byte" else ""
+    lines = [
+        "",
+        f"K={k} shots · {rep['metric']} ({better} is better{scale}) · mean ± 95% CI over "
+        f"{any_m['ci_over']} ({any_m['n_tasks']} tasks, {any_m['n_episodes']} task-episodes)",
+        _row("method \\ inner steps", steps, w),
+    ]
+    for m, per in res.items():
+        label = m + (f" (lr {rep['lrs'][m]:g})" if m in rep.get("lrs", {}) else "")
+        lines.append(_row(label, [st.fmt(per[s]["overall"]) for s in steps], w))
+    for name, per in rep["paired"][k].items():
+        lines.append(_row("Δ " + name, [st.fmt(per[s]["overall"]) for s in steps], w))
+    if not detail:
+        return lines
+    for g, per_g in rep["by_group"][k].items():
+        lines.append(f"  {g}: {', '.join(rep['groups'][g])}")
+        for name, per in per_g.items():
+            label = ("  Δ " if " - " in name else "  ") + name
+            lines.append(_row(label, [_group_cell(per[s]) for s in steps], w))
+    last = steps[-1]
+    lines.append(f"  per task after {last} steps:")
+    tasks = sorted(next(iter(res.values()))[last]["tasks"])
+    deltas = ["Δ vs " + name.split(" - ", 1)[1] for name in rep["paired"][k]]
+    lines.append(_row("  task", list(res) + deltas, w))
+    for t in tasks:
+        cells = [st.fmt(res[m][last]["tasks"][t]) for m in res]
+        cells += [st.fmt(p[last]["tasks"][t]) for p in rep["paired"][k].values()]
+        lines.append(_row(f"  {t}", cells, w))
+    return lines
 
 
 def _group_cell(stat: Mapping[str, Any]) -> str:
@@ -216,7 +234,7 @@ def publish(
     out = Path(out_dir)
     jpath = Path(json_path) if json_path else out / "eval.json"
     text = table(rep)
-    log(text)
+    log(table(rep, full=1))  # the first shot count in full, the others summarised
     write_json(rep, jpath)
     pngs = plots(rep, out)
     (out / "eval_table.txt").write_text(text + "\n", encoding="utf-8")

@@ -73,3 +73,18 @@ def test_the_eval_json_carries_no_credential_and_no_nan(tmp_path):
     back = json.loads(text)
     assert back["tracking"]["uri"] == "http://***@127.0.0.1:5000"  # the host stays: useful
     assert back["results"]["8"] == [1.5, None]
+
+
+def test_the_console_shows_one_shot_count_in_full_and_summarises_the_others():
+    one = _raw({f"l{i}": -0.3 for i in range(6)})
+    raw = {m: {8: per[8], 32: per[8]} for m, per in one.items()}
+    rep = eval_report.build(
+        raw, kind="lm", metric="bits per byte", higher_is_better=False, info={"family": "wordlang"}
+    )
+    console, full = eval_report.table(rep, full=1), eval_report.table(rep)
+    for text in (console, full):  # both shot counts keep their method and Δ rows
+        assert text.count("method \\ inner steps") == 2
+        assert "(lower is better; 8.02 = a uniform guess over bytes)" in text
+    assert console.count("per task after") == 1 and full.count("per task after") == 2
+    assert "K=32: groups and per-task rows in eval_table.txt" in console
+    assert console.count("l3 ") == 1 and full.count("l3 ") == 2  # one task row per full block
