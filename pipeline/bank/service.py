@@ -126,7 +126,7 @@ class BankService:
             "params": np.atleast_2d(np.asarray(batch["params"])).astype(
                 np.dtype(self.cfg.dtype), copy=False
             ),
-            **{k: np.broadcast_to(np.asarray(batch.get(k, d)), (b,)) for k, d in _META.items()},
+            **{k: _per_entry(batch.get(k, d), b) for k, d in _META.items()},
         }
 
     def _validated(self, batches: list[dict]) -> list[dict]:
@@ -236,6 +236,13 @@ class BankService:
 
 
 _META = {"step": 0, "support": 0, "loss": 0.0}
+
+
+def _per_entry(value: Any, b: int) -> np.ndarray:
+    """A metadata field as one value per entry (a scalar is repeated: `np.full` is several
+    times cheaper than `broadcast_to`, and this runs per put on the group-commit path)."""
+    a = np.asarray(value)
+    return np.full(b, a) if a.ndim == 0 else np.broadcast_to(a, (b,))
 
 
 def _no_store():

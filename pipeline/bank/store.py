@@ -9,12 +9,13 @@ Layout under a root (a local directory or `s3://bucket/prefix`):
     wal/<seq>.safetensors                    WAL record (format 1, before group commit; read)
 
 A snapshot without a manifest is incomplete and ignored. WAL GROUP COMMIT: a segment is an
-8-byte header (magic + format) and then frames `[u64 length][u64 seq][u32 crc32][safetensors
-batch]`, one per put batch. `append_group` writes every frame of a group of batches in ONE
-write and ONE fdatasync before any of them is acknowledged, so puts cost one fsync per group,
-not one create + fsync + rename + directory fsync each. Each batch stays atomic: its frame is
-whole (CRC) or it is dropped; a crash mid-append can only tear frames that were never
-acknowledged (their fsync had not returned), and recovery drops a torn LAST frame and keeps
+8-byte header (magic + format) and then frames `[u64 length][u64 first seq][u32 crc32]
+[safetensors]`, ONE FRAME PER GROUP: the group's batches concatenated (their keys, a JSON list
+per batch, give the split; batch i has seq first + i). `append_group` writes the frame in ONE
+write and ONE fdatasync before any batch of the group is acknowledged, so puts cost one fsync
+(and one encode) per group, not one create + fsync + rename + directory fsync each. A group is
+atomic: its frame is whole (CRC) or dropped. A crash mid-append can only tear a frame that was
+never acknowledged (its fsync had not returned), and recovery drops a torn LAST frame and keeps
 every frame before it. A bad frame with valid bytes after it is damage, not a crash: a
 BankError naming it. A segment of an unknown format is a BankError naming the format; format-1
 records are still read (older metaray does not read format 2: do not downgrade a bank). On
@@ -51,7 +52,7 @@ _SEQ_WIDTH = 12
 WAL_FORMAT = 2  # 1: one `<seq>.safetensors` file per batch (still read); 2: framed segments
 WAL_SUFFIX = ".wal"
 WAL_MAGIC = b"MRBWAL" + struct.pack("<H", WAL_FORMAT)  # 8 bytes opening every segment
-_FRAME = struct.Struct("<QQI")  # payload bytes, seq, crc32 of (length, seq, payload)
+_FRAME = struct.Struct("<QQI")  # payload bytes, first seq, crc32 of (length, seq, payload)
 SEGMENT_BYTES = 256 << 20  # roll to a new segment past this (bounds what one restore reads)
 
 
@@ -82,7 +83,12 @@ def _fsync_dir(path: str) -> None:
         os.close(dfd)
 
 
+_RECORD_KEYS = ("descriptor", "params", "step", "support", "loss")
+
+
 def _encode_record(batch: dict) -> bytes:
+    """A batch as safetensors (format 1's whole record, format 2's frame payload); `keys` may be
+    a list of keys or, for a group, a list of per-batch key lists."""
     tensors = {k: np.ascontiguousarray(batch[k]) for k in ("descriptor", "params")}
     for k, dt in (("step", np.int64), ("support", np.int32), ("loss", np.float32)):
         tensors[k] = np.ascontiguousarray(np.asarray(batch[k], dt))
@@ -108,15 +114,30 @@ def _crc(length: int, seq: int, payload: bytes | memoryview) -> int:
     return zlib.crc32(payload, zlib.crc32(struct.pack("<QQ", length, seq)))
 
 
-def encode_frame(seq: int, batch: dict) -> bytes:
-    """One WAL frame: length, seq, CRC, then the batch as safetensors (no pickle)."""
-    payload = _encode_record(batch)
-    return _FRAME.pack(len(payload), seq, _crc(len(payload), seq, payload)) + payload
+def encode_group(first_seq: int, batches: list[dict]) -> bytes:
+    """One WAL frame for a group of put batches (same widths and dtypes: the service checked):
+    length, first seq, CRC, then the batches concatenated as one safetensors (no pickle)."""
+    cat = {k: np.concatenate([np.atleast_1d(b[k]) for b in batches]) for k in _RECORD_KEYS}
+    payload = _encode_record({**cat, "keys": [list(b["keys"]) for b in batches]})
+    return _FRAME.pack(len(payload), first_seq, _crc(len(payload), first_seq, payload)) + payload
+
+
+def _split_group(first_seq: int, group: dict) -> list[tuple[int, dict]]:
+    """The batches of one group frame, as (seq, batch) with views into the group's arrays."""
+    out, start = [], 0
+    for i, keys in enumerate(group["keys"]):
+        end = start + len(keys)
+        out.append(
+            (first_seq + i, {"keys": keys, **{k: group[k][start:end] for k in _RECORD_KEYS}})
+        )
+        start = end
+    return out
 
 
 def decode_segment(data: bytes, label: str) -> tuple[list[tuple[int, dict]], int | None]:
-    """(records, torn): `torn` is the byte length of the valid prefix when the segment ends in
-    an incomplete frame (a crash mid-append: that frame was never acknowledged), else None.
+    """(records, torn): one (seq, batch) per batch; `torn` is the byte length of the valid prefix
+    when the segment ends in an incomplete frame (a crash mid-append: never acknowledged), else
+    None.
     A bad frame with bytes after it is not a torn append but damage: a BankError naming it."""
     if len(data) < len(WAL_MAGIC):
         if WAL_MAGIC.startswith(data):
@@ -146,7 +167,7 @@ def decode_segment(data: bytes, label: str) -> tuple[list[tuple[int, dict]], int
                 f"bank WAL segment {label} has a corrupt record (seq {seq}, byte {off}) with "
                 "records after it; move the segment aside to restore the entries before it"
             )
-        out.append((seq, _decode_record(payload, f"{label} (seq {seq})")))
+        out.extend(_split_group(seq, _decode_record(payload, f"{label} (seq {seq})")))
         off = end
     return out, None
 
@@ -216,13 +237,13 @@ class BankStore:
         self.append_group([(seq, batch)])
 
     def append_group(self, records: list[tuple[int, dict]]) -> None:
-        """GROUP COMMIT: every record of the group in one write, then ONE fsync, before any of
-        them is acknowledged. Local: appended to the open segment (a new segment, made durable
-        in its directory, after a restart, a snapshot or `SEGMENT_BYTES`); S3: the group is one
-        segment object written by one PUT. Each record is a frame with its own CRC, so a crash
-        mid-append leaves at worst a torn last frame, which recovery drops (never acknowledged:
-        the fsync had not returned)."""
-        data = b"".join(encode_frame(seq, batch) for seq, batch in records)
+        """GROUP COMMIT: the whole group in one frame, one write, then ONE fsync, before any of
+        its batches is acknowledged. Local: appended to the open segment (a new segment, made
+        durable in its directory, after a restart, a snapshot or `SEGMENT_BYTES`); S3: the
+        group is one segment object written by one PUT. The group is one frame with its own
+        CRC, so a crash mid-append leaves at worst a torn last frame, which recovery drops
+        (never acknowledged: the fsync had not returned). `records`: consecutive seqs, in order."""
+        data = encode_group(records[0][0], [batch for _, batch in records])
         if not self._local:
             name = f"{self.root}/wal/{records[0][0]:0{_SEQ_WIDTH}d}{WAL_SUFFIX}"
             with self.fs.open_output_stream(name) as f:
@@ -230,7 +251,9 @@ class BankStore:
             return
         if self._seg is None or self._seg_bytes >= SEGMENT_BYTES:
             self._open_segment(records[0][0])
-        os.write(self._seg, data)  # one write: the kernel appends it at the file's end
+        view = memoryview(data)
+        while view:  # O_APPEND: each write lands at the end; a large one may come back short
+            view = view[os.write(self._seg, view) :]
         os.fdatasync(self._seg)  # the one fsync of the group (file size included)
         self._seg_bytes += len(data)
 

@@ -203,7 +203,7 @@ def test_group_acknowledged_before_sigkill_survives(tmp_path):
 
 
 def test_torn_last_record_is_dropped_and_earlier_records_kept(tmp_path):
-    from pipeline.bank.store import encode_frame
+    from pipeline.bank.store import encode_group
 
     cfg = _cfg(tmp_path, snapshot_every=1000)
     bank = BankService(cfg)
@@ -211,7 +211,7 @@ def test_torn_last_record_is_dropped_and_earlier_records_kept(tmp_path):
     bank.put_many(kept)
     seg = os.path.join(cfg.snapshot_uri, "wal", _segments(cfg)[0])
     whole = os.path.getsize(seg)
-    frame = encode_frame(4, bank._normalised(_batch(90, 3)))
+    frame = encode_group(4, [bank._normalised(_batch(90, 3))])
     with open(seg, "ab") as f:  # the bytes a crash mid-append leaves: half of the next frame
         f.write(frame[: len(frame) // 2])
     back = BankService(cfg)
@@ -246,7 +246,9 @@ def test_torn_first_frame_of_a_fresh_segment_frees_its_name(tmp_path):
 
 def test_damaged_middle_record_and_unknown_format_are_named(tmp_path):
     cfg = _cfg(tmp_path, snapshot_every=1000)
-    BankService(cfg).put_many([_batch(10 * i, 3) for i in range(3)])
+    bank = BankService(cfg)
+    for i in range(3):  # three groups of one: three frames
+        bank.put(_batch(10 * i, 3))
     seg = os.path.join(cfg.snapshot_uri, "wal", "000000000000.wal")
     good = Path(seg).read_bytes()
     raw = bytearray(good)
