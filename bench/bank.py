@@ -4,6 +4,8 @@
     .venv/bin/python bench/bank.py --quick    # smaller sizes, seconds
     .venv/bin/python bench/bank.py --ray      # also put/query through the Ray actor
     .venv/bin/python bench/bank.py --scale 10000,100000,1000000   # JSON lines, HNSW vs exact
+    .venv/bin/python bench/bank.py --wal-puts                     # JSON lines, puts/s with WAL
+    .venv/bin/python bench/bank.py --wal-compare /tmp/before-tree  # same, that tree vs this one
 
 Query latency: one query (k=5, cosine) against N entries; the parameter width does not enter
 the search (only the k returned rows are copied), so the 100k index holds small parameter rows
@@ -21,12 +23,18 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# --wal-compare runs this same script against another tree's `pipeline` (e.g. main before a change)
+sys.path.insert(
+    0,
+    os.environ.get("BANK_BENCH_TREE")
+    or os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+)
 
 from pipeline.bank.index import BankIndex
 from pipeline.bank.service import BankService
 from pipeline.config import BankConfig
 
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL_PARAMS = 104_835  # 259*32 + 3*(32*128 + 128*128 + 2*128) + 128*259 + 259
 
 
@@ -240,6 +248,79 @@ def scale(sizes: list[int], dim: int, queries: int, ann_min: int) -> None:
         del idx, desc
 
 
+WAL_WORKLOADS = (  # (params per entry, entries per put batch, timed entries)
+    (1_024, 1, 4_096),  # small entries, one per put: the per-commit cost dominates
+    (FULL_PARAMS, 1, 256),  # 410 KiB entries: the disk's write bandwidth dominates
+)
+
+
+def wal_puts(group: int) -> None:
+    """One JSON line per (workload, mode): steady-state puts/s (entries/s) with the WAL on, as
+    `put` one batch per call (one commit each) and, where the tree has it, `put_many` of
+    `group` batches per call (one commit per group)."""
+    import json
+
+    import pipeline
+
+    modes = ["put"] + (["put_many"] if hasattr(BankService, "put_many") else [])
+    for p, per_put, n in WAL_WORKLOADS:
+        rng = np.random.default_rng(2)
+        desc = rng.standard_normal((per_put, 128), dtype=np.float32)
+        params = rng.standard_normal((per_put, p), dtype=np.float32)
+        for mode in modes:
+            with tempfile.TemporaryDirectory() as d:
+                cfg = BankConfig(capacity=n, snapshot_uri=d, snapshot_every=10**9)
+                elapsed = _wal_timed(BankService(cfg), n, per_put, desc, params, mode, group)
+            row = {
+                "bench": "wal_puts",
+                "tree": os.path.dirname(os.path.dirname(pipeline.__file__)),
+                "mode": mode,
+                "group": group if mode == "put_many" else 1,
+                "entries_per_put": per_put,
+                "params": p,
+                "entry_bytes": p * 4 + 128 * 4,
+                "entries": n,
+                "puts_per_s": round(n / elapsed, 1),
+                "wal_mb_per_s": round(n * (p * 4 + 512) / elapsed / 2**20, 1),
+                "load_avg_1m": round(os.getloadavg()[0], 2),
+            }
+            print(json.dumps(row), flush=True)
+
+
+def _wal_timed(bank, n: int, per_put: int, desc, params, mode: str, group: int) -> float:
+    def batches(start: int) -> list[dict]:
+        return [
+            {"keys": [f"k{s + i}" for i in range(per_put)], "descriptor": desc, "params": params}
+            for s in range(start, start + n, per_put)
+        ]
+
+    fill = batches(0)  # untimed: fill to capacity, so every timed key evicts one
+    for i in range(0, len(fill), 256):
+        for b in fill[i : i + 256]:
+            bank.put(b)
+    timed = batches(n)
+    t = time.perf_counter()
+    if mode == "put":
+        for b in timed:
+            bank.put(b)
+    else:
+        for i in range(0, len(timed), group):
+            bank.put_many(timed[i : i + group])
+    return time.perf_counter() - t
+
+
+def wal_compare(before: str, reps: int, group: int) -> None:
+    """`wal_puts` of tree `before` and of this tree, alternating, `reps` times each, on the
+    same disk (the system temp dir) in one run: the before/after figure of a WAL change."""
+    import subprocess
+
+    for _ in range(reps):
+        for tree in (before, _HERE):
+            env = dict(os.environ, BANK_BENCH_TREE=tree)
+            cmd = [sys.executable, os.path.abspath(__file__), "--wal-puts", "--group", str(group)]
+            subprocess.run(cmd, env=env, check=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -247,7 +328,17 @@ def main() -> None:
     ap.add_argument("--hook", action="store_true", help="only: trainer step cost of the hook")
     ap.add_argument("--scale", default=None, help="only: JSON lines at these entry counts")
     ap.add_argument("--ann-min", type=int, default=50_000, help="with --scale: HNSW from here")
+    ap.add_argument("--wal-puts", action="store_true", help="only: puts/s with the WAL")
+    ap.add_argument("--wal-compare", default=None, help="only: --wal-puts of TREE vs this tree")
+    ap.add_argument("--group", type=int, default=64, help="put_many batches per call")
+    ap.add_argument("--reps", type=int, default=2, help="with --wal-compare")
     args = ap.parse_args()
+    if args.wal_puts:
+        wal_puts(args.group)
+        return
+    if args.wal_compare:
+        wal_compare(args.wal_compare, args.reps, args.group)
+        return
     if args.scale:
         scale([int(x) for x in args.scale.split(",")], 128, 500, args.ann_min)
         return
