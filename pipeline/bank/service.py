@@ -90,8 +90,8 @@ class BankService:
     def put_many(self, batches: list[dict]) -> list[dict]:
         """Group commit: store several put batches with ONE WAL fsync; returns one `put`
         result per batch, only after all of them are durable. Every batch is validated before
-        any reaches the WAL (one bad batch rejects the call); each batch is atomic on its own:
-        a crash before this returns may keep a prefix of the batches (never acknowledged)."""
+        any reaches the WAL (one bad batch rejects the call). The group is one WAL frame, so a
+        crash before this returns keeps all of it or none (it was never acknowledged)."""
         batches = self._validated([self._normalised(b) for b in batches])
         if not batches:
             return []
@@ -99,23 +99,39 @@ class BankService:
         if self.store is not None and self.cfg.wal:
             self.store.append_group([(first + i, b) for i, b in enumerate(batches)])
         out = []
-        for b in batches:
-            self.wal_seq += 1
-            res = self._apply(b)
-            self.counts["puts"] += 1
-            self.counts["entries_put"] += len(b["keys"])
-            self.counts["evicted"] += len(res.evicted)
-            out.append(
-                {
-                    "stored": res.inserted + res.updated,
-                    "evicted": res.evicted,
-                    "rejected": res.rejected,
-                    "entries": len(self.index),
-                }
-            )
+        for run in _disjoint_runs(batches):
+            out.extend(self._apply_run(run))
+        self.wal_seq += len(batches)
+        self.counts["puts"] += len(batches)
+        self.counts["entries_put"] += sum(len(b["keys"]) for b in batches)
         self.since_snapshot += len(batches)
         if self.store is not None and self.since_snapshot >= self.cfg.snapshot_every:
             self.snapshot()
+        return out
+
+    def _apply_run(self, run: list[dict]) -> list[dict]:
+        """Apply batches with pairwise-distinct keys as ONE index upsert: the same per-entry
+        steps in the same order as one upsert each (what a WAL replay does), so the state is the
+        same, for a fraction of the per-call cost (56 -> 11 us an entry for 1-entry batches,
+        the put_many bottleneck once the fsync is shared). `stored` and `rejected` are per batch;
+        the run's evictions are reported on its last batch (they cannot be told apart)."""
+        res = self._apply(
+            {k: np.concatenate([b[k] for b in run]) for k in ("descriptor", "params", *_META)}
+            | {"keys": [k for b in run for k in b["keys"]]}
+        )
+        self.counts["evicted"] += len(res.evicted)
+        rejected, out = set(res.rejected), []
+        for i, b in enumerate(run):
+            mine = [k for k in b["keys"] if k in rejected]
+            last = i == len(run) - 1
+            out.append(
+                {
+                    "stored": len(b["keys"]) - len(mine),
+                    "evicted": res.evicted if last else [],
+                    "rejected": mine,
+                    "entries": len(self.index),
+                }
+            )
         return out
 
     def _normalised(self, batch: dict) -> dict:
@@ -236,6 +252,19 @@ class BankService:
 
 
 _META = {"step": 0, "support": 0, "loss": 0.0}
+
+
+def _disjoint_runs(batches: list[dict]) -> list[list[dict]]:
+    """Consecutive batches split where a key repeats (one upsert holds each key once)."""
+    runs: list[list[dict]] = []
+    seen: set[str] = set()
+    for b in batches:
+        if not runs or not seen.isdisjoint(b["keys"]):
+            runs.append([])
+            seen = set()
+        runs[-1].append(b)
+        seen.update(b["keys"])
+    return runs
 
 
 def _per_entry(value: Any, b: int) -> np.ndarray:

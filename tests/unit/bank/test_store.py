@@ -298,3 +298,26 @@ def test_snapshot_rolls_the_segment_and_old_segments_are_collected(tmp_path):
     assert _segments(cfg) == ["000000000008.wal", "000000000012.wal"]
     back = BankService(cfg)
     assert len(back.index) == 26 and back.restored["wal_records"] == 1
+
+
+@pytest.mark.parametrize("eviction", ["lru", "worst_loss"])
+def test_put_many_leaves_the_bank_as_puts_one_by_one_and_as_its_replay(tmp_path, eviction):
+    """put_many applies runs of distinct keys as one upsert: the index must end exactly as
+    with one put per batch, and as a restore (which replays batch by batch) rebuilds it."""
+    batches = [_batch(0, 3), _batch(3, 3), _batch(1, 2), _batch(6, 4), _batch(20, 3)]
+    for i, b in enumerate(batches):
+        b["loss"] = np.linspace(0.1, 0.9, len(b["keys"]), dtype=np.float32)[::-1] + i / 10
+    cfg = _cfg(tmp_path, capacity=6, eviction=eviction, snapshot_every=1000)
+    grouped = BankService(cfg)
+    res = grouped.put_many(batches)
+    one_by_one = BankService(BankConfig(capacity=6, eviction=eviction))
+    want = [one_by_one.put(b) for b in batches]
+    assert [r["stored"] for r in res] == [w["stored"] for w in want]
+    assert [r["rejected"] for r in res] == [w["rejected"] for w in want]
+    assert sum(len(r["evicted"]) for r in res) == sum(len(w["evicted"]) for w in want)
+    replayed = BankService(cfg)
+    for other in (one_by_one, replayed):
+        a, b = grouped.index.columns(), other.index.columns()
+        assert a["keys"] == b["keys"]
+        for col in ("descriptor", "params", "step", "loss", "last_used"):
+            np.testing.assert_array_equal(a[col], b[col])
