@@ -21,6 +21,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def smoke_shards(prefix: str) -> tuple[Path, Path]:
+    """A temp dir and the tests' smoke sinusoid shard set built in it (what the timed runs read)."""
+    from pipeline.cli import main as cli
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    shards = tmp / "smoke-sinusoid"
+    build = ["shards", "build", "sinusoid", "--out", str(shards), "--train-tasks", "24"]
+    assert cli([*build, "--val-tasks", "8", "--test-tasks", "4", "--points", "40"]) == 0
+    return tmp, shards
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=2)
@@ -30,13 +41,9 @@ def main() -> None:
     import ray
 
     from pipeline import config
-    from pipeline.cli import main as cli
     from pipeline.runtime import launch
 
-    tmp = Path(tempfile.mkdtemp(prefix="metaray-startup-"))
-    shards = tmp / "smoke-sinusoid"
-    build = ["shards", "build", "sinusoid", "--out", str(shards), "--train-tasks", "24"]
-    assert cli([*build, "--val-tasks", "8", "--test-tasks", "4", "--points", "40"]) == 0
+    tmp, shards = smoke_shards("metaray-startup-")
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     fit_s: list[float] = []
     inner_fit = launch._fit
