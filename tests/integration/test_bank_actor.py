@@ -93,8 +93,12 @@ def test_group_acknowledged_by_put_many_survives_sigkill_of_the_actor(ray_cluste
     assert [len(a) for a in acks] == [6, 6, 6] and acks[-1][-1]["entries"] == 72
     big = [_batch(f"big-{i}", 64, p=wide, seed=1000 + i) for i in range(12)]  # 48 MiB
     pid = ray.get(bank.pid.remote())
+    segment = os.path.join(cfg.snapshot_uri, "wal", "000000000000.wal")
+    acked_bytes = os.path.getsize(segment)
     in_flight = put_many(bank, big)
-    time.sleep(0.3)
+    deadline = time.monotonic() + 30
+    while os.path.getsize(segment) == acked_bytes and time.monotonic() < deadline:
+        pass  # kill as soon as the group's append has begun: most likely mid-write
     os.kill(pid, signal.SIGKILL)
     try:
         ray.get(in_flight)
