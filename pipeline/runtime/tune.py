@@ -139,6 +139,7 @@ def _scheduler(base: RunConfig, sweep: SweepConfig) -> Any:
             time_attr=sweep.pbt.time_attr,
             perturbation_interval=sweep.pbt.perturbation_interval,
             quantile_fraction=sweep.pbt.quantile_fraction,
+            synch=sweep.pbt.synch,
             hyperparam_mutations={"outer.lr": lr},
             require_attrs=False,  # step reports carry no validation metric: not an error
         )

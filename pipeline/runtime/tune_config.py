@@ -44,6 +44,12 @@ class PbtConfig(_Slice):
     time_attr: str = Field("step", description="progress measure for perturbations (meta-steps)")
     perturbation_interval: int = Field(10, gt=0, description="time_attr units between perturbs")
     quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="bottom share that copies top")
+    synch: bool = Field(
+        False,
+        description="perturb only once every trial reached the step (trials that arrive first "
+        "pause and restart from their checkpoint): every boundary compares all trials, even "
+        "when their start-ups differ by more than a perturbation interval",
+    )
 
 
 class SweepConfig(_Slice):

@@ -36,10 +36,13 @@ def test_pbt_exploit_continues_from_the_donors_checkpoint_with_a_perturbed_lr(
             "tune.name=pbt-smoke",
             "tune.scheduler=pbt",
             "tune.num_samples=2",
-            # A smoke step takes ~0.07 s: 200 of them keep both trials stepping at once (a
-            # trial that finishes before the other reports is never compared: no exploit)
+            # Synchronous PBT: at step 50 the trial that arrives first waits for the other, so
+            # they are compared even when one trial's start-up outlasts the other's whole run
+            # (asynchronous PBT saw no exploit in a CI run: one trial reported only at step
+            # 190). 80 steps: step 50 is the one boundary, the last step is none.
+            "tune.pbt.synch=true",
             "tune.pbt.perturbation_interval=50",
-            "outer.steps=200",
+            "outer.steps=80",
             "outer.val_every=10",
             "checkpoint.every=10",
             "cluster.node_wait_s=60",  # a trial that cannot be placed fails, not hangs
