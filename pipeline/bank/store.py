@@ -232,10 +232,6 @@ class BankStore:
     def wal_seqs(self) -> list[int]:
         return [seq for seq, _ in self.wal_files()]
 
-    def append_wal(self, seq: int, batch: dict) -> None:
-        """Durably write one put batch before it is acknowledged (a group of one)."""
-        self.append_group([(seq, batch)])
-
     def append_group(self, records: list[tuple[int, dict]]) -> None:
         """GROUP COMMIT: the whole group in one frame, one write, then ONE fsync, before any of
         its batches is acknowledged. Local: appended to the open segment (a new segment, made
@@ -280,11 +276,6 @@ class BankStore:
         if name.endswith(".safetensors"):
             return [(int(name.split(".")[0]), _decode_record(data, label))], None
         return decode_segment(data, label)
-
-    def read_wal(self, seq: int) -> dict:
-        """One v1 record (`<seq>.safetensors`)."""
-        name = f"{seq:0{_SEQ_WIDTH}d}.safetensors"
-        return _decode_record(self._read(f"{self.root}/wal/{name}"), f"{self.uri}/wal/{name}")
 
     def truncate_torn(self, name: str, valid: int) -> None:
         """Cut a torn last frame off a local segment (durably; a segment left with no record is

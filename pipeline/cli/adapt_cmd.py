@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.data.episodes import UNIFORM_BPB
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("adapt", help="adapt to a support file; write adapted params (safetensors)")
@@ -68,7 +70,7 @@ def _adapt(args: argparse.Namespace) -> int:
     bpb = 1 / math.log(2)  # the loss is nats per byte; metaray reports bits per byte
     print(
         f"support loss {result.before * bpb:.4f} -> {result.after * bpb:.4f} bits per byte "
-        f"after {steps} steps (8.0 = a uniform guess over bytes)"
+        f"after {steps} steps ({UNIFORM_BPB:.2f} = a uniform guess over bytes)"
     )
     print(f"wrote {args.out}")
     return 0

@@ -13,6 +13,7 @@ takes slots `[r*B/W, (r+1)*B/W)`, so the data never depends on how many workers 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # the slice's type only: building episodes needs numpy alone
 
 BOS, EOS, PAD = 256, 257, 258
 VOCAB = 259
+UNIFORM_BPB = math.log2(VOCAB)  # a uniform guess over the 259 symbols: 8.02 bits per byte
 # Validation episodes use their own seed stream (seed + this), fixed across training steps.
 VAL_SEED_OFFSET = 1_000_003
 Rows = dict[str, np.ndarray]

@@ -3,13 +3,12 @@ the terminal table, and PNG plots (matplotlib Agg canvas, atomic writes)."""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.episodes import VOCAB
+from pipeline.data.episodes import UNIFORM_BPB
 from pipeline.eval import stats as st
 from pipeline.tracking.redact import dumps  # valid JSON (no NaN), no credentials
 
@@ -94,9 +93,6 @@ def _group(
 def _row(label: str, cells: Sequence[str], width: int) -> str:
     # Cells are cut to fit their column so that a long method name never merges two columns.
     return f"{label:<30}" + "".join(f"{c[: width - 1]:>{width}}" for c in cells)
-
-
-UNIFORM_BPB = math.log2(VOCAB)  # a uniform guess over the 259 symbols: 8.02 bits per byte
 
 
 def table(rep: Mapping[str, Any], *, full: int | None = None) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline import config
+from pipeline.data.episodes import UNIFORM_BPB
 from pipeline.runtime.console import loss_unit, to_unit
 
 # Validation "has not improved" when its last figure is no better than its first by this much
@@ -70,7 +71,11 @@ def summary(cfg: config.RunConfig, r: Any) -> str:
             f"  meta-train loss after adaptation {u(first.get('loss_post', float('nan')))} "
             f"(step {int(first['step'])}) -> {u(last.get('loss_post', float('nan')))} "
             f"(step {int(last['step'])})"
-            + ("  (bits per byte: 8.0 = a uniform guess over bytes)" if episode == "lm" else "")
+            + (
+                f"  (bits per byte: {UNIFORM_BPB:.2f} = a uniform guess over bytes)"
+                if episode == "lm"
+                else ""
+            )
         )
     if "val_loss_post" in m:
         lines.append(

@@ -14,6 +14,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pipeline.data.episodes import UNIFORM_BPB
+
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
@@ -123,10 +125,10 @@ def eval_figure(rep: Mapping[str, Any], shot: str) -> Figure:
     ax = fig.add_subplot(1, 2 if pairs else 1, 1)
     draw(ax, rep["results"][shot])
     if rep["metric"] == "bits per byte":
-        ax.axhline(8.0, color="grey", ls="--", lw=0.8)
+        ax.axhline(UNIFORM_BPB, color="grey", ls="--", lw=0.8)
         ax.annotate(
-            "8 bits: a uniform guess over bytes",
-            (steps[0], 8.0),
+            f"{UNIFORM_BPB:.2f} bits: a uniform guess over bytes",
+            (steps[0], UNIFORM_BPB),
             xytext=(2, 3),
             textcoords="offset points",
             fontsize="small",

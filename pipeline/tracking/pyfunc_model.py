@@ -9,7 +9,7 @@ learning rates (Meta-SGD), and `config.json` (the resolved run config).
 A DataFrame with a boolean column `support` (True: a support row; the signature requires it):
 - lm: column `text`; returns, per non-support row, `bits_per_byte` after adapting on the
   support rows with the run's inner loop (`pipeline.meta.inner.adapt`) and
-  `bits_per_byte_meta_init` (before adapting): lower is better, 8 = a uniform guess over bytes.
+  `bits_per_byte_meta_init` (before adapting): lower is better, 8.02 = a uniform guess over bytes.
 - regression: columns `x`, `y` (`y` read on support rows only); returns `y_pred` and
   `y_pred_meta_init` per non-support row.
 params: `steps` (inner steps; default the run's `inner.steps`).

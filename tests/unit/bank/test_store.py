@@ -267,7 +267,7 @@ def test_format_1_records_from_before_group_commit_still_restore(tmp_path):
     cfg = _cfg(tmp_path, snapshot_every=1000)
     store = BankStore(cfg.snapshot_uri)
     old = [_batch(0, 3), _batch(10, 3)]
-    for seq, b in enumerate(old):  # exactly what the format-1 `append_wal` wrote
+    for seq, b in enumerate(old):  # exactly what format 1 wrote (one file per batch)
         store._write(f"{store.root}/wal/{seq:012d}.safetensors", _encode_record(b))
     bank = BankService(cfg)
     assert bank.restored["wal_records"] == 2
