@@ -127,7 +127,13 @@ class ClusterConfig(_Slice):
     use_gpu: bool = Field(False, description="one GPU per worker")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
     threads_per_worker: int | None = Field(None, gt=0, description="torch threads; None: from CPUs")
-    episode_actors: int = Field(1, gt=0, description="episode-generator actors")
+    episode_actors: int = Field(
+        1,
+        ge=0,
+        description="episode-generator actors; 0: each Train worker builds its own episodes "
+        "in-process (same batches, no actor processes: for single-node runs and sweeps on small "
+        "data); actors pay off when episode generation is heavy or the data is remote",
+    )
     prefetch: int = Field(2, gt=0, description="episode requests in flight per trainer rank")
     episodes_per_request: int = Field(
         256, gt=0, description="episodes per actor call: cheap steps are fetched several at once"

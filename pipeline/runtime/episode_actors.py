@@ -11,6 +11,8 @@
   keeps `prefetch` chunks in flight ahead of the step it trains on. A chunk is one actor call
   per owner involved; the episodes come back as ObjectRefs through the object store (numpy
   arrays, zero-copy reads), never through a queue actor.
+- `cluster.episode_actors=0`: no pool; `episode_source` gives each rank a `LocalEpisodes`
+  (`episode_local.py`) that builds the same batches in-process.
 - Faults: actors restart (`max_restarts`) and their calls are retried (`max_task_retries`);
   a restarted actor re-reads its tasks. A corrupt or missing shard file raises `ShardError`
   naming the file: application errors are not retried, so the run stops with that message.
@@ -28,6 +30,7 @@ import ray
 
 from pipeline.config import ClusterConfig, DataConfig, OuterConfig
 from pipeline.data import episodes as ep
+from pipeline.runtime.episode_local import LocalEpisodes, val_size
 
 # One actor call: ([(step, slot indices)], ObjectRef of [EpisodeBatch per step]).
 Call = tuple[list[tuple[int, list[int]]], Any]
@@ -177,7 +180,7 @@ class EpisodePool:
 
     def val_size(self, world: int) -> int:
         """`outer.val_tasks` rounded down to a multiple of `world` (equal shares per rank)."""
-        return max(world, self.val_tasks_n - self.val_tasks_n % world)
+        return val_size(self.val_tasks_n, world)
 
     def val_batch(self, rank: int, world: int) -> Any:
         """Rank `rank`'s share of the fixed validation batch (the same at every validation,
@@ -185,6 +188,21 @@ class EpisodePool:
         n, seed = self.val_size(world), self.seed + ep.VAL_SEED_OFFSET
         calls = self.request(self.val_tasks, [0], n, rank, world, seed=seed)
         return self.assemble(calls, ray.get([ref for _, ref in calls]))[0]
+
+
+def episode_source(
+    data_cfg: DataConfig,
+    cluster_cfg: ClusterConfig,
+    outer_cfg: OuterConfig,
+    *,
+    actors: list[Any] | None = None,
+) -> EpisodePool | LocalEpisodes:
+    """Where a trainer rank's episodes come from: `cluster.episode_actors=0` -> built in this
+    process (`LocalEpisodes`, no actor); else the pool of `actors` (the handles the driver
+    started), or a private pool when none were handed over. Same batches either way."""
+    if cluster_cfg.episode_actors == 0:
+        return LocalEpisodes(data_cfg, cluster_cfg, outer_cfg)
+    return EpisodePool(data_cfg, cluster_cfg, outer_cfg, actors=actors or None)
 
 
 def _join(parts: list[tuple[list[int], ep.EpisodeBatch]]) -> ep.EpisodeBatch:

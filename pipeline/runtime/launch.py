@@ -2,7 +2,8 @@
 
 `build_trainer` is shared by `metaray train`, `jobs/train.py` and each Tune trial; it starts
 the run's episode actors (owned by the calling process, so they end with it) and hands their
-handles to the workers. `run_training` connects to Ray, fits, prints a summary, and turns a
+handles to the workers; with `cluster.episode_actors=0` it starts none and the workers build
+their episodes themselves. `run_training` connects to Ray, fits, prints a summary, and turns a
 worker's metaray error (corrupt shard, bad episode) back into that error, without the
 Ray traceback around it.
 """
@@ -103,13 +104,13 @@ def build_trainer(
     healed = checks.heal_run_dir(cfg)
     if healed:
         print(healed)
-    pool = EpisodePool(cfg.data, cfg.cluster, cfg.outer)
     c = cfg.cluster
+    actors = EpisodePool(cfg.data, c, cfg.outer).actors if c.episode_actors else []
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": config.to_dict(cfg),
-            "episode_actors": pool.actors,
+            "episode_actors": actors,
             "tags": source_tags(cfg),  # the driver's command line and git commit, for MLflow
         },
         scaling_config=ScalingConfig(

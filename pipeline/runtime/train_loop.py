@@ -2,7 +2,8 @@
 `pipeline.meta`. No math here: each step is one `outer.train_step` with an all-reduce.
 
 Every rank builds the same initial state from the seed (or the same checkpoint), takes its
-slice of each step's global meta-batch from the episode actors, and applies the mean of all
+slice of each step's global meta-batch from the episode actors (or builds it in-process when
+`cluster.episode_actors=0`: the same batch), and applies the mean of all
 ranks' gradients, so all ranks hold identical parameters and the run's trajectory does not
 depend on the number of workers. Rank 0 writes checkpoints and owns the tracker.
 
@@ -57,7 +58,7 @@ class _Run:
     state: outer.MetaState
     history: list[dict[str, float]]
     start: int
-    stream: Any  # EpisodeStream: (step, numpy batch) of this rank's slices
+    stream: Any  # EpisodeStream / LocalStream: (step, numpy batch) of this rank's slices
     tracker: Any  # rank 0's tracker, a NullTracker elsewhere
     val: Any  # this rank's share of the fixed validation batch (torch), or None
     all_reduce: Callable[[outer.Params], outer.Params]
@@ -120,7 +121,7 @@ def _maybe_fault(step: int, rank: int) -> None:
 def _setup(raw: dict[str, Any]) -> _Run:
     """Config, rank, model, initial or restored state, episode stream, tracker, bank hook."""
     from pipeline.models import build_model
-    from pipeline.runtime.episode_actors import EpisodePool
+    from pipeline.runtime.episode_actors import episode_source
 
     console.quiet()
     cfg_tree = raw.get("config", raw)
@@ -140,7 +141,7 @@ def _setup(raw: dict[str, Any]) -> _Run:
         wr.say(f"{cfg.checkpoint.run_name}: {what}, {cfg.outer.steps} steps, {world} worker(s)")
         if note:
             wr.say(note)
-    pool = EpisodePool(cfg.data, cfg.cluster, cfg.outer, actors=raw.get("episode_actors"))
+    pool = episode_source(cfg.data, cfg.cluster, cfg.outer, actors=raw.get("episode_actors"))
     tracker = wr.start_tracker(cfg, rank, start, raw.get("tags"))
     val = ep.to_torch(pool.val_batch(rank, world), device) if pool.val_tasks else None
     all_reduce = mean_all_reduce(world)
@@ -300,7 +301,8 @@ def _close(run: _Run, status: str) -> None:
 
 def train_loop_per_worker(raw: dict[str, Any]) -> None:
     """`raw`: `{"config": config.to_dict(cfg), "episode_actors": [handles]}` (the actors are
-    optional: without them this rank starts a private pool) or the config dict alone."""
+    optional: without them this rank starts a private pool, or with `cluster.episode_actors=0`
+    builds its episodes itself) or the config dict alone."""
     run = _setup(raw)
     status = "FAILED"
     try:

@@ -44,7 +44,8 @@ def search_space(space: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
 
 
 def trial_resources(base: RunConfig, sweep: SweepConfig) -> dict[str, float]:
-    """What one trial holds: its driver, its workers, its episode actors."""
+    """What one trial holds: its driver, its workers, its episode actors (none with
+    `cluster.episode_actors=0`; by default they hold no CPU: `cluster.episode_actor_cpus`)."""
     c = base.cluster
     cpu = sweep.driver_cpus + c.num_workers * c.cpus_per_worker
     cpu += c.episode_actors * c.episode_actor_cpus
@@ -60,7 +61,8 @@ def concurrency(base: RunConfig, sweep: SweepConfig, cluster: dict[str, float]) 
         raise ConfigError(
             f"one trial needs {need['CPU']:g} CPU(s) (tune.driver_cpus={sweep.driver_cpus:g} + "
             f"cluster.num_workers={c.num_workers} x cluster.cpus_per_worker={c.cpus_per_worker:g}"
-            f" + episode actors) and {need['GPU']:g} GPU(s), but the cluster has "
+            f" + cluster.episode_actors={c.episode_actors} x cluster.episode_actor_cpus="
+            f"{c.episode_actor_cpus:g}) and {need['GPU']:g} GPU(s), but the cluster has "
             f"{cluster.get('CPU', 0):g} CPU(s) and {cluster.get('GPU', 0):g} GPU(s): lower "
             "cluster.cpus_per_worker (fractions are fine) or tune.driver_cpus, or fewer workers"
         )

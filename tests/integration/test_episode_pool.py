@@ -1,6 +1,7 @@
 """Episode actors on a real local Ray: the batch of a step is the same whatever the number of
-actors and ranks; each actor holds only its tasks; a killed actor is restarted and its requests
-retried; a corrupt shard stops the stream with an error naming the file."""
+actors and ranks, and the same as a rank builds itself with `cluster.episode_actors=0`; each
+actor holds only its tasks; a killed actor is restarted and its requests retried; a corrupt
+shard stops the stream with an error naming the file."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def test_same_batches_for_any_actor_and_rank_count(ray_cluster, smoke_shards):
     import ray
 
     from pipeline.runtime.episode_actors import EpisodePool
+    from pipeline.runtime.episode_local import LocalEpisodes
 
     ref = _reference(_cfg(smoke_shards, 1), range(3, 6))
     for actors, world in ((1, 1), (3, 2)):
@@ -74,6 +76,13 @@ def test_same_batches_for_any_actor_and_rank_count(ray_cluster, smoke_shards):
             assert not set(cached[0]) & set(cached[1]) and not set(cached[1]) & set(cached[2])
         val = [pool.val_batch(r, world) for r in range(world)]
         assert sum(v.support.x.shape[0] for v in val) == pool.val_size(world)
+        # cluster.episode_actors=0: each rank builds the very batches the pool served it
+        local = LocalEpisodes(cfg.data, cfg.cluster, cfg.outer)
+        for r in range(world):
+            served = pool.stream(r, world, 3, 6)
+            for (s1, a), (s2, b) in zip(served, local.stream(r, world, 3, 6), strict=True):
+                assert s1 == s2 and _equal(a, b) and a.tasks == b.tasks, (actors, world, r)
+            assert _equal(local.val_batch(r, world), val[r])
 
 
 def test_killed_actor_restarts_and_corrupt_shard_is_named(ray_cluster, smoke_shards, tmp_path):

@@ -5,6 +5,7 @@
   FailureConfig replaces the worker group, which resumes from the checkpoint.
 - `single`: 1 worker, undisturbed, same seed.
 - `extended`: `killed`'s run name and storage again with more steps: resumes where it ended.
+- `in_worker`: as `single` with `cluster.episode_actors=0` (the worker builds its episodes).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ pytestmark = pytest.mark.integration
 STEPS = 6
 
 
-def _cfg(shards, storage, name: str, workers: int, steps: int = STEPS) -> config.RunConfig:
+def _cfg(
+    shards, storage, name: str, workers: int, steps: int = STEPS, *extra: str
+) -> config.RunConfig:
     return config.load(
         "configs/smoke.yaml",
         [
@@ -30,6 +33,7 @@ def _cfg(shards, storage, name: str, workers: int, steps: int = STEPS) -> config
             f"cluster.num_workers={workers}",
             f"outer.steps={steps}",
             "checkpoint.every=2",
+            *extra,
         ],
     )
 
@@ -46,6 +50,8 @@ def runs(ray_cluster, smoke_shards, tmp_path_factory):
     out["killed"] = run_training(_cfg(smoke_shards, storage, "k", 2), worker_env=fault)
     out["single"] = run_training(_cfg(smoke_shards, storage, "s", 1))
     out["extended"] = run_training(_cfg(smoke_shards, storage, "k", 2, steps=STEPS + 2))
+    in_worker = _cfg(smoke_shards, storage, "w", 1, STEPS, "cluster.episode_actors=0")
+    out["in_worker"] = run_training(in_worker)
     return out
 
 
@@ -75,6 +81,16 @@ def test_one_and_two_workers_follow_the_same_loss_trajectory(runs):
     assert two.metrics["val_loss_post"] == pytest.approx(one.metrics["val_loss_post"], rel=1e-4)
     # Something was learned: validation loss improves with one inner step.
     assert one.metrics["val_loss_post"] < one.metrics["val_loss_pre"]
+
+
+def test_in_worker_episodes_give_the_episode_actors_losses(runs):
+    """`cluster.episode_actors=0` builds the same batches in the worker: the same run."""
+    actors, in_worker = runs["single"], runs["in_worker"]  # smoke.yaml: 2 episode actors
+    assert in_worker.steps == STEPS
+    for key in ("loss_pre", "loss_post", "val_loss_post"):
+        got = [h.get(key) for h in in_worker.history]
+        assert got == [h.get(key) for h in actors.history], key  # bit for bit
+    assert 0 <= in_worker.metrics["data_wait_frac"] < 1
 
 
 def test_same_name_and_storage_resumes_with_its_checkpointed_config(runs, smoke_shards):

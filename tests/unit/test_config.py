@@ -30,6 +30,16 @@ def test_negative_learning_rate_names_key_value_and_rule():
         config.load(None, ["inner.lr=-0.1"])
 
 
+def test_zero_episode_actors_means_in_worker_episodes_and_negative_is_refused():
+    assert config.load(None, ["cluster.episode_actors=0"]).cluster.episode_actors == 0
+    with pytest.raises(
+        ConfigError, match=r"cluster.episode_actors=-1: Input should be greater than or equal to 0"
+    ):
+        config.load(None, ["cluster.episode_actors=-1"])
+    why = config.ClusterConfig.model_fields["episode_actors"].description
+    assert "0: each Train worker builds its own episodes" in why
+
+
 def test_zero_tasks_rejected():
     with pytest.raises(ConfigError, match=r"outer.meta_batch=0"):
         config.load(None, ["outer.meta_batch=0"])

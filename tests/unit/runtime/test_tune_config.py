@@ -9,7 +9,7 @@ import pytest
 from pipeline import config
 from pipeline.cli import main
 from pipeline.config import ConfigError
-from pipeline.runtime.tune import concurrency, search_space, trial_config
+from pipeline.runtime.tune import concurrency, search_space, trial_config, trial_resources
 from pipeline.runtime.tune_config import load_sweep
 from pipeline.runtime.tune_report import TrialRow, format_table, write_best
 
@@ -107,6 +107,17 @@ def test_concurrency_fits_the_cluster() -> None:
     base, sweep = load_sweep(ROOT / "configs/tune_inner_lr.yaml")
     with pytest.raises(ConfigError, match=r"one trial needs 2 CPU\(s\).*has 1 CPU"):
         concurrency(base, sweep, {"CPU": 1.0})
+
+
+def test_in_worker_episodes_hold_no_cpu_and_actors_hold_theirs() -> None:
+    base, sweep = load_sweep(ROOT / "configs/tune_smoke.yaml", ["cluster.episode_actor_cpus=0.5"])
+    assert trial_resources(base, sweep)["CPU"] == 1.0 + base.cluster.episode_actors * 0.5
+    none, _ = load_sweep(
+        ROOT / "configs/tune_smoke.yaml",
+        ["cluster.episode_actor_cpus=0.5", "cluster.episode_actors=0"],
+    )
+    assert trial_resources(none, sweep)["CPU"] == 1.0  # 0.5 driver + 1 worker x 0.5
+    assert concurrency(none, sweep, {"CPU": 2.0}) == 2
 
 
 def test_trial_config_applies_values_and_nests_under_the_sweep() -> None:
