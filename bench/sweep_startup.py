@@ -11,6 +11,7 @@ per sweep:
 on a sweep whose trials train >= 30 s each (and reported on the smoke sweep too).
 
     .venv/bin/python bench/sweep_startup.py --steps 6,3000
+    .venv/bin/python bench/sweep_startup.py --steps 6 --episode-actors 0   # in-worker episodes
 """
 
 from __future__ import annotations
@@ -39,7 +40,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", default="6,3000", help="comma-separated outer.steps, one sweep each")
     ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument(
+        "--episode-actors", type=int, help="cluster.episode_actors (0: in-worker episodes)"
+    )
     args = ap.parse_args()
+    actors = (
+        [] if args.episode_actors is None else [f"cluster.episode_actors={args.episode_actors}"]
+    )
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # as the tests
     from train_startup import smoke_shards  # bench/ is the script's sys.path[0]
 
@@ -62,6 +69,7 @@ def main() -> None:
                 f"outer.steps={steps}",
                 f"outer.val_every={max(2, steps // 10)}",
                 f"checkpoint.every={max(2, steps // 10)}",
+                *actors,
             ],
         )
         t = time.perf_counter()
@@ -71,6 +79,7 @@ def main() -> None:
         outside = 1 - sum(train) / (wall * max(result.concurrency, 1))
         row = {
             "steps": steps,
+            "episode_actors": base.cluster.episode_actors,
             "trials": len(result.rows),
             "concurrency": result.concurrency,
             "wall_s": round(wall, 1),

@@ -7,6 +7,7 @@ takes ~0.07 s, so with `--steps 2` nearly all of it is start-up and teardown). R
 controller log (session `logs/train/ray-train-sys-controller-*.log`) breaks `fit()` down.
 
     .venv/bin/python bench/train_startup.py --runs 2 --steps 2
+    .venv/bin/python bench/train_startup.py --runs 2 --steps 2 --episode-actors 0
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument(
+        "--episode-actors", type=int, help="cluster.episode_actors (0: in-worker episodes)"
+    )
     args = ap.parse_args()
+    actors = (
+        [] if args.episode_actors is None else [f"cluster.episode_actors={args.episode_actors}"]
+    )
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # as the tests
     import ray
 
@@ -66,6 +73,7 @@ def main() -> None:
                 f"outer.steps={args.steps}",
                 "cluster.num_workers=1",
                 "tracking.enabled=false",
+                *actors,
             ],
         )
         t = time.perf_counter()
@@ -75,6 +83,7 @@ def main() -> None:
             json.dumps(
                 {
                     "run": i,
+                    "episode_actors": cfg.cluster.episode_actors,
                     "steps": result.steps,
                     "run_training_s": round(wall, 2),
                     "fit_s": round(fit_s[-1], 2),
