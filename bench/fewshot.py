@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fewshot_eval as fe
+import fewshot_external as fx
 import fewshot_render
 from fewshot_data import Fold, episodes_for, load_words, make_folds
 from fewshot_train import Spec, pretrain_steps, train_method
@@ -104,7 +105,10 @@ def _mean1(raw_k) -> float:
     return float(sum(sum(v) for v in raw_k[1].values()) / sum(len(v) for v in raw_k[1].values()))
 
 
-def run_fold(fold, words, cfg, model, specs, args, seed, log):
+def run_fold(fold, words, cfg, model, specs, args, seed, log, ext_words=None):
+    """Train `specs` on the fold, test them on its test languages and, with `ext_words`,
+    on the external languages too (same trained models, same validation-chosen lrs).
+    Returns (raw, raw_external, info)."""
     read = lambda t: words[t]["all"]  # noqa: E731
     val_train = episodes_for(
         words,
@@ -166,6 +170,7 @@ def run_fold(fold, words, cfg, model, specs, args, seed, log):
         rand = baselines.random_init(model, cfg, seed=seed + 1)
         methods.append(Method("random init", rand, 0.1))
     raw: dict[str, dict[int, dict]] = {}
+    raw_ext: dict[str, dict[int, dict]] = {}
     for k in args.shots:
         val_eps = episodes_for(
             words,
@@ -187,16 +192,32 @@ def run_fold(fold, words, cfg, model, specs, args, seed, log):
             n=args.episodes,
             seed=args.eval_seed,
         )
+        sets = [test_eps]
+        if ext_words:
+            sets.append(
+                episodes_for(
+                    ext_words,
+                    sorted(ext_words),
+                    cfg.data,
+                    part="B",
+                    shot=k,
+                    k_query=args.k_query,
+                    n=args.episodes,
+                    seed=args.eval_seed,
+                    slot=fx.slot,
+                )
+            )
+        outs = [raw, raw_ext][: len(sets)]
         for m in methods:
-            r, chosen = fe.evaluate_method(model, m, val_eps, test_eps, STEPS)
-            raw.setdefault(m.name, {})[k] = r
+            rs, chosen = fe.evaluate_method(model, m, val_eps, sets, STEPS)
+            for out, r in zip(outs, rs, strict=True):
+                out.setdefault(m.name, {})[k] = r
             info.setdefault(m.name, {}).setdefault("chosen_lr", {})[k] = chosen
         if not args.refs:
             continue
-        raw.setdefault("uniform", {})[k] = fe.constant_raw(fe.uniform_values(test_eps), STEPS)
-        raw.setdefault("n-gram (support)", {})[k] = fe.constant_raw(
-            fe.ngram_values(test_eps), STEPS
-        )
+        for out, eps in zip(outs, sets, strict=True):
+            out.setdefault("uniform", {})[k] = fe.constant_raw(fe.uniform_values(eps), STEPS)
+            out.setdefault("n-gram (support)", {})[k] = fe.constant_raw(fe.ngram_values(eps), STEPS)
         if args.oracle_steps:
             if "oracle" not in info:
                 info["oracle"] = {
@@ -223,7 +244,7 @@ def run_fold(fold, words, cfg, model, specs, args, seed, log):
         info.setdefault(name, {}).update(val=t.val, best_step=t.best_step, seconds=t.seconds)
         if isinstance(t.lrs, dict) and all(v.dim() == 0 for v in t.lrs.values()):
             info[name]["learned_lrs"] = {k: float(v) for k, v in t.lrs.items()}
-    return raw, info
+    return raw, raw_ext, info
 
 
 def main() -> None:
@@ -262,6 +283,12 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--refs", type=int, default=1, help="0: no reference rows (merge runs)")
     ap.add_argument("--merge", nargs="+", help="combine per-fold result JSONs into --out")
+    ap.add_argument(
+        "--external",
+        type=int,
+        default=0,
+        help="1: also test on 24 languages wordfreq lacks (CLDR text via babel; fewshot_external)",
+    )
     args = ap.parse_args()
     if args.merge:
         merge_files(args.merge, args.out or "bench/results/fewshot.json")
@@ -283,12 +310,17 @@ def main() -> None:
     folds = make_folds(langs, args.folds, 4, seed=0)
     run = [int(x) for x in args.run_folds.split(",")] if args.run_folds else range(args.folds)
     words = load_words(langs, args.top_n)
+    ext_words = None
+    if args.external:
+        seen_words = {w for lang in words.values() for w in lang["all"]["text"]}
+        ext_words = fx.load_external(fx.EXTERNAL, exclude=seen_words)
     cfg = run_config(args)
     model = build_model(cfg.model, cfg.data)
     main_specs = [SPECS[n] for n in args.methods.split(",") if n]
     main_specs += [parse_variant(v) for v in args.variant]
     other = [SPECS[n] for n in args.other.split(",") if n]
     raw: dict = {}
+    raw_ext: dict = {}
     infos: dict = {}
     load0 = os.getloadavg()
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -299,18 +331,19 @@ def main() -> None:
                 f"seed {seed} fold {fi}: test {fold.test} val {fold.val} "
                 f"({len(fold.train)} train); methods {[s.name for s in specs]}"
             )
-            r, info = run_fold(fold, words, cfg, model, specs, args, seed, log)
+            r, rx, info = run_fold(fold, words, cfg, model, specs, args, seed, log, ext_words)
             infos[f"seed{seed}/fold{fi}"] = info
-            for m, per_k in r.items():
-                for k, rk in per_k.items():
-                    fe.merge(raw.setdefault(m, {}).setdefault(k, {}), rk)
+            for into, part in ((raw, r), (raw_ext, rx)):
+                for m, per_k in part.items():
+                    for k, rk in per_k.items():
+                        fe.merge(into.setdefault(m, {}).setdefault(k, {}), rk)
             done = sorted({int(x.split("fold")[1]) for x in infos})
             part = argparse.Namespace(**{**vars(args), "out": args.out + ".partial"})
             write(
                 part,
                 folds,
                 done,
-                raw,
+                (raw, raw_ext),
                 infos,
                 main_specs + other,
                 time.perf_counter() - t0,
@@ -321,7 +354,7 @@ def main() -> None:
         args,
         folds,
         list(run),
-        raw,
+        (raw, raw_ext),
         infos,
         main_specs + other,
         time.perf_counter() - t0,
@@ -329,7 +362,8 @@ def main() -> None:
     )
 
 
-def write(args, folds, run, raw, infos, specs, wall_s, loads, quiet=False) -> None:
+def write(args, folds, run, raws, infos, specs, wall_s, loads, quiet=False) -> None:
+    raw, raw_ext = raws
     tested = [lang for fi in run for lang in folds[fi].test]
     seen = {lang for fi in run for lang in folds[fi].test if folds[fi].seen_script(lang)}
     groups = {"seen script": seen, "unseen script": set(tested) - seen}
@@ -345,6 +379,14 @@ def write(args, folds, run, raw, infos, specs, wall_s, loads, quiet=False) -> No
         "wall_s": wall_s,
         "load": loads,
     }
+    if raw_ext:
+        ext_groups = fx.groups()
+        report["external"] = {
+            "source": "CLDR display names (babel), words in no wordfreq top-N list removed",
+            "groups": {g: sorted(v) for g, v in ext_groups.items()},
+            "summary": fe.summary(raw_ext, REF, ext_groups, STEPS, args.shots),
+            "raw": raw_ext,
+        }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
@@ -359,15 +401,19 @@ def merge_files(paths: list[str], out: str) -> None:
     """One report from per-fold runs (`--run-folds i` each, e.g. to hold the machine's heavy
     lock one fold at a time): raw values, infos and wall times combined, statistics redone."""
     raw: dict = {}
+    raw_ext: dict = {}
     infos, specs, run, wall, loads = {}, {}, [], 0.0, []
     for path in paths:
         with open(path) as f:
             rep = json.load(f)
-        for m, per_k in rep["raw"].items():
-            for k, rk in per_k.items():
-                fe.merge(
-                    raw.setdefault(m, {}).setdefault(int(k), {}), {int(s): v for s, v in rk.items()}
-                )
+        parts = ((raw, rep["raw"]), (raw_ext, rep.get("external", {}).get("raw", {})))
+        for into, part in parts:
+            for m, per_k in part.items():
+                for k, rk in per_k.items():
+                    fe.merge(
+                        into.setdefault(m, {}).setdefault(int(k), {}),
+                        {int(s): v for s, v in rk.items()},
+                    )
         infos.update(rep["info"])
         specs.update(rep["specs"])
         run += [int(x) for x in str(rep["args"]["run_folds"]).split(",")]
@@ -382,7 +428,7 @@ def merge_files(paths: list[str], out: str) -> None:
         args,
         folds,
         sorted(set(run)),
-        raw,
+        (raw, raw_ext),
         infos,
         [Spec(**{**v, "inner_steps": tuple(v["inner_steps"])}) for v in specs.values()],
         wall,

@@ -10,7 +10,7 @@ list), so the oracle never sees an evaluation word.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,14 +86,24 @@ def load_words(langs: Sequence[str], top_n: int) -> dict[str, dict[str, dict[str
 
 
 def episodes_for(
-    words, langs: Sequence[str], data_cfg, *, part: str, shot: int, k_query: int, n: int, seed: int
+    words,
+    langs: Sequence[str],
+    data_cfg,
+    *,
+    part: str,
+    shot: int,
+    k_query: int,
+    n: int,
+    seed: int,
+    slot: Callable[[str], int] | None = None,
 ) -> list[Episode]:
     """`n` seeded episodes per language: deterministic in (seed, shot, language, index), so
-    every method sees the very same support and query words."""
+    every method sees the very same support and query words. `slot`: the language's seed
+    slot (default: its index among the wordfreq languages)."""
     cfg = data_cfg.model_copy(update={"k_support": shot, "k_query": k_query})
     out = []
     for lang in langs:
-        li = sorted(LANGUAGES).index(lang)
+        li = slot(lang) if slot else sorted(LANGUAGES).index(lang)
         for e in range(n):
             rng = ep.slot_rng(seed, shot, li * 100_003 + e)
             batch = ep.make_episode("lm", lambda t: words[t][part], (lang,), cfg, rng)

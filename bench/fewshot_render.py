@@ -83,14 +83,35 @@ def targets(rep: dict, method: str = "recipe") -> list[tuple[str, bool, str]]:
 
 
 def render(rep: dict) -> str:
-    summ, lines = rep["summary"], []
     a = rep["args"]
-    lines.append(
+    lines = [
         f"budget {a['steps']} outer steps x {a['meta_batch']} tasks x "
         f"{a['train_k']}+{a['train_q']} words; GRU {a['hidden']}; folds "
         f"{a.get('run_folds') or 'all'}; seeds {a['seeds']}; {a['episodes']} test "
         f"episodes/language; wall {rep.get('wall_s', 0) / 60:.1f} min"
-    )
+    ]
+    lines += _tables(rep["summary"])
+    lines += _per_language(rep)
+    if "recipe" in next(iter(rep["summary"].values())):
+        lines += _targets_table(rep, "**Targets (recipe)**")
+    ext = rep.get("external")
+    if ext:
+        lines += ["", f"## External languages: {ext['source']}"]
+        lines += _tables(ext["summary"])
+        lines += _targets_table(ext, "**Targets (recipe) on the external languages**")
+    return "\n".join(lines)
+
+
+def _targets_table(rep: dict, title: str) -> list[str]:
+    lines = ["", title, "", "| target | met | figures |", "|---|---|---|"]
+    for t, ok, fig in targets(rep):
+        lines.append(f"| {t} | {'yes' if ok else 'NO'} | {fig} |")
+    return lines
+
+
+def _tables(summ: dict) -> list[str]:
+    """Per shot count: mean bpb per method, then paired differences against multitask."""
+    lines: list[str] = []
     for k, res in summ.items():
         n = next(iter(res.values()))["mean"]["0"]["n_tasks"]
         lines += [
@@ -116,12 +137,7 @@ def render(rep: dict) -> str:
                 cells = [_ci((r["delta"].get(s) or {}).get(g, {}).get("overall")) for s in STEPS]
                 nl = ((r["delta"].get("1") or {}).get(g, {}).get("overall") or {}).get("n")
                 lines.append(f"| {m} | {g} ({nl}) | " + " | ".join(cells) + " |")
-    lines += _per_language(rep)
-    if "recipe" in next(iter(summ.values())):
-        lines += ["", "**Targets (recipe)**", "", "| target | met | figures |", "|---|---|---|"]
-        for t, ok, fig in targets(rep):
-            lines.append(f"| {t} | {'yes' if ok else 'NO'} | {fig} |")
-    return "\n".join(lines)
+    return lines
 
 
 def _per_language(rep: dict, method: str = "recipe") -> list[str]:
