@@ -8,6 +8,7 @@ process, no Ray needed; without it the command attaches to the running bank acto
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pipeline.tracking.redact import dumps
 
@@ -185,13 +186,20 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _here(path: str) -> str:
+    """A local path made absolute in the user's directory: a running bank actor resolves
+    relative paths in its own working directory (Ray's session folder on a cluster)."""
+    return path if "://" in path else str(Path(path).resolve())
+
+
 def _export(args: argparse.Namespace) -> int:
-    print(f"wrote {_target(args)[0].call('snapshot', args.dest)}")
+    print(f"wrote {_target(args)[0].call('snapshot', _here(args.dest))}")
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
-    print(f"imported {_target(args)[0].call('import_snapshot', args.src)} entries from {args.src}")
+    src = _here(args.src)
+    print(f"imported {_target(args)[0].call('import_snapshot', src)} entries from {src}")
     return 0
 
 
