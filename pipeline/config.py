@@ -237,7 +237,18 @@ class BankConfig(_Slice):
         "on training languages, and never worse than the meta-init, which is always probed)",
     )
     snapshot_uri: str | None = Field(None, description="directory or s3:// prefix for snapshots")
-    dtype: Literal["float32", "float16"] = Field("float32", description="stored parameter dtype")
+    dtype: Literal["float32", "float16"] = Field(
+        "float16",
+        description="stored parameters: float16 deltas from the bank's base (the meta-init of "
+        "its first put; half the bytes, exact up to the delta's float16 rounding) or float32 "
+        "values (bit-exact)",
+    )
+    param_cache_mb: float = Field(
+        256,
+        ge=0,
+        description="bytes (MiB) of parameter rows a bank with a snapshot_uri keeps in memory "
+        "(LRU; the rest stay on disk, read on a hit); 256 MiB = ~1,280 float16 meta-RNN entries",
+    )
     s3_endpoint: str | None = Field(
         None, description="endpoint override for an s3:// snapshot_uri (else AWS_ENDPOINT_URL)"
     )

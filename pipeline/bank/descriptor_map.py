@@ -145,7 +145,7 @@ def bank_entries(
     """(key, descriptor) of up to `limit` stored entries through the bank's public calls
     (`call(name, *args)`: a `BankService` method or the actor's)."""
     keys = list(call("keys"))[:limit]
-    return [(k, np.asarray(call("get", k)["descriptor"], np.float32)) for k in keys]
+    return [(k, np.asarray(call("get", k, False)["descriptor"], np.float32)) for k in keys]
 
 
 def evaluation_map(model, meta_params, service, episodes, descriptor: str, path) -> Path:

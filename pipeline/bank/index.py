@@ -2,8 +2,11 @@
 
 Storage is a set of preallocated, growable numpy arrays (one row per entry), not a list of
 dicts, so an entry costs its parameter bytes + its descriptor + a small constant (metadata
-columns and the key string). Rows are kept dense (`[0, n)`): search is one matrix-vector
-product over a contiguous block, and deletion/eviction moves the last row into the hole.
+columns and the key string). The parameter column is the entry's payload: its stored rows
+(float32 or float16), or with dtype "locator" one int64 per entry saying where the rows are
+on disk (`pipeline/bank/params.py`; the index never reads them). Rows are kept dense
+(`[0, n)`): search is one matrix-vector product over a contiguous block, and
+deletion/eviction moves the last row into the hole.
 
 Approximate search: from `ann_min_entries` entries on, queries go to an HNSW index
 (usearch, float16 vectors, cosine) kept beside the dense block; below that size exact
@@ -25,7 +28,7 @@ from pipeline.bank.ann import Hnsw
 from pipeline.errors import BankError
 
 Eviction = Literal["lru", "worst_loss"]
-_DTYPES = {"float32": np.float32, "float16": np.float16}
+_DTYPES = {"float32": np.float32, "float16": np.float16, "locator": np.int64}
 _INITIAL_ROWS = 256
 
 
@@ -81,7 +84,8 @@ class BankIndex:
         if eviction not in ("lru", "worst_loss"):
             raise BankError(f"bank eviction={eviction!r}: use 'lru' or 'worst_loss'")
         if dtype not in _DTYPES:
-            raise BankError(f"bank dtype={dtype!r}: use 'float32' or 'float16'")
+            raise BankError(f"bank dtype={dtype!r}: use 'float32' or 'float16'")  # or 'locator'
+
         self.capacity, self.eviction, self.dtype = capacity, eviction, dtype
         self.dim, self.n_params = dim, n_params
         self._n = 0
@@ -304,11 +308,21 @@ class BankIndex:
         return slots, np.take_along_axis(part_sims, order, axis=1)
 
     def params_of(self, slots: np.ndarray | Sequence[int]) -> np.ndarray:
-        """Flat float32 parameters of the given rows (float16 storage is widened)."""
+        """Flat float32 parameters of the given rows (float16 storage is widened); with dtype
+        "locator" the int64 locators, as stored."""
         slots = np.asarray(slots, np.int64)
         if self.dim is None:  # never written: no rows to give
             return np.zeros((len(slots), 0), np.float32)
-        return self._params[slots].astype(np.float32)
+        rows = self._params[slots]
+        return rows if self.dtype == "locator" else rows.astype(np.float32)
+
+    def meta_of(self, slots: np.ndarray | Sequence[int], name: str) -> np.ndarray:
+        """One metadata column (`META`) at the given rows."""
+        if name not in self.META:
+            raise BankError(f"bank metadata {name!r}: use one of {self.META}")
+        if self.dim is None:
+            return np.zeros(len(np.asarray(slots)), np.int64)
+        return getattr(self, f"_{name}")[np.asarray(slots, np.int64)].copy()
 
     def get(self, key: str) -> dict:
         slot = self._slot.get(key)
@@ -317,7 +331,7 @@ class BankIndex:
         return {
             "key": key,
             "descriptor": self._desc[slot].copy(),
-            "params": self._params[slot].astype(np.float32),
+            "params": self.params_of([slot])[0],
             **{m: getattr(self, f"_{m}")[slot].item() for m in self.META},
         }
 
@@ -333,6 +347,10 @@ class BankIndex:
             "params": self._params[:n],
             **{m: getattr(self, f"_{m}")[:n] for m in self.META},
         }
+
+    def replace_params(self, rows: np.ndarray) -> None:
+        """New payloads for every live entry, in `columns()` order (a snapshot moved them)."""
+        self._params[: self._n] = np.asarray(rows).reshape(self._n, -1)
 
     def load_columns(self, cols: dict, *, clock: int | None = None) -> None:
         """Replace the contents with `columns()`-shaped data (a restored snapshot)."""

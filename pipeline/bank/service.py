@@ -16,6 +16,11 @@ batches in one call (as `import_snapshot` does, and `actor.put_many` for any cli
 `wal=False` the documented bound is: entries put since the last snapshot (at most
 `snapshot_every` batches) can be lost. Without `snapshot_uri` the bank lives in memory only.
 LRU recency from queries is not logged, so after a restore LRU order reflects writes only.
+
+Parameters (`params.py`): stored as float16 deltas from the bank's base (`bank.dtype=float32`:
+the values, exact). With a `snapshot_uri` the heap holds no parameter rows: the index keeps one
+int64 locator per entry into the WAL frame the put wrote (or, after a snapshot, the snapshot's
+params file), and a hit reads the row through an LRU cache of `bank.param_cache_mb`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.bank.index import BankIndex
+from pipeline.bank.params import ParamRows, Source
 from pipeline.bank.store import BankStore
 from pipeline.config import BankConfig
 from pipeline.errors import BankError
@@ -37,11 +43,19 @@ log = logging.getLogger(__name__)
 class BankService:
     def __init__(self, cfg: dict | BankConfig) -> None:
         self.cfg = cfg if isinstance(cfg, BankConfig) else BankConfig.model_validate(cfg)
-        self.index = BankIndex.from_config(self.cfg)
         self.store = (
             BankStore(self.cfg.snapshot_uri, s3_endpoint=self.cfg.s3_endpoint)
             if self.cfg.snapshot_uri
             else None
+        )
+        cache = int(self.cfg.param_cache_mb * 2**20)
+        self.params = ParamRows(self.cfg.dtype, cache, self.store)
+        payload = "locator" if self.store is not None else self.cfg.dtype
+        self.index = BankIndex(
+            self.cfg.capacity,
+            self.cfg.eviction,
+            payload,
+            ann_min_entries=self.cfg.ann_min_entries,
         )
         self.wal_seq = -1  # last WAL record written (or replayed)
         self.since_snapshot = 0
@@ -57,10 +71,16 @@ class BankService:
         self.warnings.extend(r.warnings)
         for w in r.warnings:
             log.warning("%s", w)
-        if r.cols is not None:
-            self.index.load_columns(r.cols, clock=r.clock)
+        if r.base is not None:
+            self.params.set_base(r.base, write=self.store.read_base() is None)
+        if r.cols is not None and r.cols["keys"]:
+            name = self.store.snapshot_name(r.snapshot_seq)
+            codes = self._located(r.cols["param_loc"], len(r.cols["keys"]), name)
+            cols = dict(r.cols, params=codes)
+            self.index.load_columns(cols, clock=r.clock)
         self.wal_seq = r.wal_upto
         for seq, rec in r.records:
+            rec["params"] = self._located(rec["param_loc"], len(rec["keys"]), f"WAL record {seq}")
             self._apply(rec)
             self.wal_seq = seq
         self.since_snapshot = len(r.records)
@@ -70,6 +90,18 @@ class BankService:
             "wal_records": len(r.records),
             "entries": len(self.index),
         }
+
+    def _located(self, loc: dict, n: int, what: str) -> np.ndarray:
+        """Locator codes `[n, 1]` for `n` consecutive rows at `loc` (a restored file)."""
+        if loc["delta"] and loc["base"] != self.params.digest:
+            have = (self.params.digest or "none")[:12]
+            raise BankError(
+                f"bank {what} under {self.cfg.snapshot_uri} holds float16 deltas from base "
+                f"{str(loc['base'])[:12]} but the bank's base.safetensors is {have}: put back the "
+                "bank's own base.safetensors (each snapshot directory holds a copy)"
+            )
+        src = Source(loc["path"], loc["dtype"], loc["delta"], loc["width"])
+        return self.params.codes(src, loc["start"] + np.arange(n) * src.row_bytes)[:, None]
 
     def _apply(self, batch: dict) -> Any:
         return self.index.upsert(
@@ -95,9 +127,25 @@ class BankService:
         batches = self._validated([self._normalised(b) for b in batches])
         if not batches:
             return []
+        first_put = batches[0]
+        self.params.ensure_base(
+            first_put["params"].shape[1], first_put["base"], first_put["params"][0]
+        )
+        for b in batches:
+            self.params.check_base(b["base"], len(b["keys"]))
+        batches = [dict(b, params=self.params.encode(b["params"])) for b in batches]
         first = self.wal_seq + 1
         if self.store is not None and self.cfg.wal:
-            self.store.append_group([(first + i, b) for i, b in enumerate(batches)])
+            records = [(first + i, b) for i, b in enumerate(batches)]
+            path, at = self.store.append_group(records, self._encoding())
+            rows = np.concatenate([b["params"] for b in batches])
+            src = Source(path, self.cfg.dtype, self.params.delta, rows.shape[1])
+            codes = self.params.codes(src, at + np.arange(len(rows)) * src.row_bytes)
+            self.params.remember(codes, rows)  # write-through: a fresh entry is a likely hit
+            batches = self._with_payload(batches, codes)
+        elif self.store is not None:  # no WAL: held in memory until the next snapshot
+            codes = self.params.hold(np.concatenate([b["params"] for b in batches]))
+            batches = self._with_payload(batches, codes)
         out = []
         for run in _disjoint_runs(batches):
             out.extend(self._apply_run(run))
@@ -107,6 +155,20 @@ class BankService:
         self.since_snapshot += len(batches)
         if self.store is not None and self.since_snapshot >= self.cfg.snapshot_every:
             self.snapshot()
+        return out
+
+    def _encoding(self) -> dict:
+        if self.params.delta:
+            return {"params": "delta", "base": self.params.digest}
+        return {"params": "absolute"}
+
+    @staticmethod
+    def _with_payload(batches: list[dict], codes: np.ndarray) -> list[dict]:
+        out, at = [], 0
+        for b in batches:
+            n = len(b["keys"])
+            out.append(dict(b, params=codes[at : at + n, None]))
+            at += n
         return out
 
     def _apply_run(self, run: list[dict]) -> list[dict]:
@@ -136,20 +198,35 @@ class BankService:
 
     def _normalised(self, batch: dict) -> dict:
         b = len(batch["keys"])
+        base = batch.get("base")
         return {
             "keys": list(batch["keys"]),
             "descriptor": np.atleast_2d(np.asarray(batch["descriptor"], np.float32)),
-            "params": np.atleast_2d(np.asarray(batch["params"])).astype(
-                np.dtype(self.cfg.dtype), copy=False
-            ),
+            "params": np.atleast_2d(np.asarray(batch["params"], np.float32)),
+            "base": None if base is None else np.asarray(base, np.float32).reshape(-1),
             **{k: _per_entry(batch.get(k, d), b) for k, d in _META.items()},
         }
 
     def _validated(self, batches: list[dict]) -> list[dict]:
         """Check every batch against the index (and, on an empty bank, against the group's
         first batch, which will fix the widths): a rejected batch must not reach the WAL."""
+        located = self.index.dtype == "locator"
+        width = self.params.width
         for b in batches:
-            self.index.check_batch(b["keys"], b["descriptor"], b["params"])
+            p = b["params"]
+            # a locator index holds one code per entry: the widths are checked here
+            self.index.check_batch(b["keys"], b["descriptor"], p[:, :1] if located else p)
+            if width is not None and self.index.dim is not None and p.shape[1] != width:
+                raise BankError(
+                    f"bank put: descriptor dim {b['descriptor'].shape[1]} / {p.shape[1]} params "
+                    f"do not match the bank's {self.index.dim} / {width}; use the same model and "
+                    "descriptor for every writer, or a separate bank (bank.name)"
+                )
+            if b["base"] is not None and b["base"].shape[0] != p.shape[1]:
+                raise BankError(
+                    f"bank put: base has {b['base'].shape[0]} values but the parameter rows "
+                    f"{p.shape[1]}; send the flat meta-init the rows were adapted from"
+                )
         if self.index.dim is None and batches:
             want = (batches[0]["descriptor"].shape[1], batches[0]["params"].shape[1])
             for b in batches[1:]:
@@ -168,26 +245,68 @@ class BankService:
         if store is None:
             raise _no_store()
         cols = self.index.columns()
-        seq = store.write_snapshot(
-            cols, wal_upto=self.wal_seq, clock=self.index._clock, dtype=self.cfg.dtype
+        n = len(cols["keys"])
+        payload = cols.get("params")
+        if n == 0:
+            rows = ()
+        elif self.index.dtype == "locator":
+            rows = self.params.encoded(payload[:, 0])
+        else:
+            rows = (payload[a : a + 256] for a in range(0, n, 256))
+        width = self.params.width or 0
+        if n and self.params.delta:
+            self.params.ensure_base(width)  # a bank from before deltas: zeros
+        seq, path, start = store.write_snapshot(
+            {k: v for k, v in cols.items() if k != "params"},
+            wal_upto=self.wal_seq,
+            clock=self.index._clock,
+            dtype=self.cfg.dtype,
+            rows=rows,
+            width=width,
+            base=self.params.base if self.params.delta else None,
         )
         if store is self.store:
             self.since_snapshot = 0
+            if n:  # every entry now reads from this snapshot (older files may be collected)
+                src = Source(path, self.cfg.dtype, self.params.delta, width)
+                self.index.replace_params(self.params.relocate(payload[:, 0], src, start))
         return store.snapshot_name(seq)
 
-    def import_snapshot(self, uri: str) -> int:
-        """Upsert every entry of the latest snapshot at `uri` (through the WAL)."""
-        r = BankStore(uri, s3_endpoint=self.cfg.s3_endpoint).restore()
+    def import_snapshot(self, uri: str, chunk: int = 256) -> int:
+        """Upsert every entry of the latest snapshot at `uri` (and its WAL) through this bank's
+        WAL, `chunk` entries per group commit (so no more than that is decoded at once)."""
+        store = BankStore(uri, s3_endpoint=self.cfg.s3_endpoint)
+        r = store.restore()
         if r.warnings and r.cols is None:
             raise BankError("; ".join(r.warnings))
+        theirs = ParamRows("float32", 0, store)
+        if r.base is not None:
+            theirs.set_base(r.base, write=False)
         batches = ([r.cols] if r.cols and r.cols["keys"] else []) + [rec for _, rec in r.records]
-        fields = ("keys", "descriptor", "params", *_META)
-        self.put_many([{k: c[k] for k in fields if k in c} for c in batches])  # one fsync
-        return sum(len(c["keys"]) for c in batches)
+        group, held, total = [], 0, 0
+        for c in batches:
+            loc = c["param_loc"]
+            src = Source(loc["path"], loc["dtype"], loc["delta"], loc["width"])
+            for a in range(0, len(c["keys"]), chunk):
+                keys = c["keys"][a : a + chunk]
+                offsets = loc["start"] + np.arange(a, a + len(keys)) * src.row_bytes
+                codes = theirs.codes(src, offsets)
+                part = {k: c[k][a : a + chunk] for k in ("descriptor", *_META) if k in c}
+                group.append({**part, "keys": keys, "params": theirs.fetch(codes), "base": r.base})
+                held += len(keys)
+                if held >= chunk:
+                    self.put_many(group)
+                    total, group, held = total + held, [], 0
+        if group:
+            self.put_many(group)
+            total += held
+        store.close_readers()
+        return total
 
     def clear(self) -> int:
         n = len(self.index)
         self.index.clear()
+        self.params.reset()
         if self.store is not None:
             self.store.clear()
             self.snapshot()  # an empty snapshot marks the cleared state durably
@@ -203,11 +322,21 @@ class BankService:
         self.counts["queries"] += len(hit)
         self.counts["hits"] += int(hit.sum())
         out = {"keys": hits.keys, "sims": hits.sims, "hit": hit}
+        b, kk = hits.slots.shape
+        out["support"] = self.index.meta_of(hits.slots.ravel(), "support").reshape(b, kk)
         if with_params:
-            b, kk = hits.slots.shape
-            flat = self.index.params_of(hits.slots.ravel())
+            flat = self._params_at(hits.slots.ravel())
             out["params"] = flat.reshape(b, kk, flat.shape[1])
         return out
+
+    def _params_at(self, slots: np.ndarray) -> np.ndarray:
+        """Absolute float32 parameters `[len(slots), P]` of index rows."""
+        if len(slots) == 0 or self.index.dim is None:
+            return np.zeros((len(slots), self.params.width or 0), np.float32)
+        payload = self.index.params_of(slots)
+        if self.index.dtype == "locator":
+            return self.params.fetch(payload[:, 0])
+        return self.params.decode(payload)
 
     def neighbours(self, key: str, k: int = 5) -> dict:
         """Nearest stored tasks to a stored task (itself excluded)."""
@@ -218,8 +347,14 @@ class BankService:
         ]
         return {"key": key, "neighbours": pairs[:k]}
 
-    def get(self, key: str) -> dict:
-        return self.index.get(key)
+    def get(self, key: str, with_params: bool = True) -> dict:
+        """One entry: key, descriptor, metadata and (`with_params`) its float32 parameters."""
+        e = self.index.get(key)
+        if with_params:
+            e["params"] = self._params_at(np.array([self.index._slot[key]]))[0]
+        else:
+            del e["params"]
+        return e
 
     def keys(self) -> list[str]:
         return self.index.keys()
@@ -231,9 +366,10 @@ class BankService:
             "capacity": self.cfg.capacity,
             "eviction": self.cfg.eviction,
             "dim": self.index.dim,
-            "n_params": self.index.n_params,
+            "n_params": self.params.width,
             "dtype": self.cfg.dtype,
-            "bytes": self.index.nbytes(),
+            "bytes": self.index.nbytes() + self.params.cache.bytes,
+            "params": self.params.stats(),
             "hit_rate": (self.counts["hits"] / q) if q else None,
             "threshold": self.cfg.threshold,
             **self.counts,

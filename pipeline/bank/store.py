@@ -3,10 +3,20 @@
 Layout under a root (a local directory or `s3://bucket/prefix`):
 
     snapshots/snap-<seq>/meta.parquet        keys, descriptors, step, support, loss, last_used
-    snapshots/snap-<seq>/params.safetensors  one tensor "params" [n, P] (float32 or float16)
+    snapshots/snap-<seq>/params.safetensors  one tensor "params" [n, P]: float16 deltas from the
+                                             base, or float32 values (`bank.dtype`; params.py)
+    snapshots/snap-<seq>/base.safetensors    the bank's base (float16 deltas only)
     snapshots/snap-<seq>/manifest.json       written LAST: counts, wal_upto, sha256 of each file
-    wal/<first seq>.wal                      WAL segment (format 2): framed put batches
+    base.safetensors                         the bank's base, written before the first record
+                                             that needs it (format 3 WAL, format 2 snapshots)
+    wal/<first seq>.wal                      WAL segment (format 3; format 2 still read)
     wal/<seq>.safetensors                    WAL record (format 1, before group commit; read)
+
+PARAMETERS STAY ON DISK: reading a snapshot or a WAL record loads keys, descriptors and metadata
+and returns, for the parameter rows, only where they are (`param_loc`: file, byte offset of the
+first row, dtype, width, delta or not, base digest); the bank reads a row when a query hits it
+(`read_at`, through `params.ParamRows`' cache). A snapshot streams its params file row chunk by
+row chunk, so neither writing nor verifying it holds all rows in memory.
 
 A snapshot without a manifest is incomplete and ignored. WAL GROUP COMMIT: a segment is an
 8-byte header (magic + format) and then frames `[u64 length][u64 first seq][u32 crc32]
@@ -46,10 +56,11 @@ from safetensors.numpy import save as st_save
 
 from pipeline.errors import BankError
 
-FORMAT = 1
+FORMAT = 2  # snapshot / record metadata: 2 adds the params encoding and the base digest
 META_TYPES = {"step": np.int64, "support": np.int32, "loss": np.float32, "last_used": np.int64}
 _SEQ_WIDTH = 12
-WAL_FORMAT = 2  # 1: one `<seq>.safetensors` file per batch (still read); 2: framed segments
+WAL_FORMAT = 3  # 1: a file per batch; 2: framed segments; 3: 2 with float16 delta rows
+WAL_READ = (2, 3)  # segment formats read (format-1 files are recognised by their suffix)
 WAL_SUFFIX = ".wal"
 WAL_MAGIC = b"MRBWAL" + struct.pack("<H", WAL_FORMAT)  # 8 bytes opening every segment
 _FRAME = struct.Struct("<QQI")  # payload bytes, first seq, crc32 of (length, seq, payload)
@@ -84,57 +95,96 @@ def _fsync_dir(path: str) -> None:
 
 
 _RECORD_KEYS = ("descriptor", "params", "step", "support", "loss")
+_ST_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64", "I32": "int32"}
 
 
-def _encode_record(batch: dict) -> bytes:
-    """A batch as safetensors (format 1's whole record, format 2's frame payload); `keys` may be
-    a list of keys or, for a group, a list of per-batch key lists."""
+def _encode_record(batch: dict, meta: dict | None = None) -> bytes:
+    """A batch as safetensors (format 1's whole record, format 2/3's frame payload); `keys` may
+    be a list of keys or, for a group, a list of per-batch key lists. `meta`: the params
+    encoding ({"params": "delta", "base": sha256} for float16 deltas)."""
     tensors = {k: np.ascontiguousarray(batch[k]) for k in ("descriptor", "params")}
     for k, dt in (("step", np.int64), ("support", np.int32), ("loss", np.float32)):
         tensors[k] = np.ascontiguousarray(np.asarray(batch[k], dt))
-    meta = {"keys": json.dumps(list(batch["keys"])), "format": str(FORMAT)}
-    return st_save(tensors, meta)
+    header = {"keys": json.dumps(list(batch["keys"])), "format": str(FORMAT), **(meta or {})}
+    return st_save(tensors, header)
 
 
-def _decode_record(data: bytes | memoryview, label: str) -> dict:
+def _st_header(data: bytes | memoryview) -> tuple[dict, dict, int]:
+    """(tensor entries, metadata, byte offset of the data) of a safetensors blob's header."""
+    n = int.from_bytes(bytes(data[:8]), "little")
+    header = json.loads(bytes(data[8 : 8 + n]))
+    return header, header.pop("__metadata__", None) or {}, 8 + n
+
+
+def _decode_record(data: bytes | memoryview, label: str, *, path: str = "", at: int = 0) -> dict:
+    """A record's keys, descriptors and metadata; its parameter rows stay where they are:
+    `param_loc` = file `path`, byte offset of the first row (`at` = the payload's offset in the
+    file), dtype, width, whether they are deltas and from which base."""
     try:
-        tensors = st_load(bytes(data))
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(bytes(data[8 : 8 + header_len]))
-        keys = json.loads(header["__metadata__"]["keys"])
+        view = memoryview(data)
+        tensors, meta, body = _st_header(view)
+        out = {"keys": json.loads(meta["keys"])}
+        for name, t in tensors.items():
+            a, b = t["data_offsets"]
+            if body + b > len(view):
+                raise ValueError(f"tensor {name} runs past the end")
+            dt = np.dtype(_ST_DTYPES[t["dtype"]])
+            if name == "params":
+                out["param_loc"] = {
+                    "path": path,
+                    "start": at + body + a,
+                    "dtype": dt.name,
+                    "width": int(t["shape"][-1]),
+                    "delta": meta.get("params") == "delta",
+                    "base": meta.get("base"),
+                }
+            else:
+                out[name] = np.frombuffer(view[body + a : body + b], dt).reshape(t["shape"]).copy()
     except Exception as exc:  # any decoding failure means a damaged record
         raise BankError(
             f"bank WAL record {label} is corrupt ({exc}); move it aside to restore the "
             "entries before it"
         ) from None
-    return {"keys": keys, **tensors}
+    return out
 
 
 def _crc(length: int, seq: int, payload: bytes | memoryview) -> int:
     return zlib.crc32(payload, zlib.crc32(struct.pack("<QQ", length, seq)))
 
 
-def encode_group(first_seq: int, batches: list[dict]) -> bytes:
+def encode_group(first_seq: int, batches: list[dict], meta: dict | None = None) -> bytes:
     """One WAL frame for a group of put batches (same widths and dtypes: the service checked):
     length, first seq, CRC, then the batches concatenated as one safetensors (no pickle)."""
     cat = {k: np.concatenate([np.atleast_1d(b[k]) for b in batches]) for k in _RECORD_KEYS}
-    payload = _encode_record({**cat, "keys": [list(b["keys"]) for b in batches]})
+    payload = _encode_record({**cat, "keys": [list(b["keys"]) for b in batches]}, meta)
     return _FRAME.pack(len(payload), first_seq, _crc(len(payload), first_seq, payload)) + payload
 
 
+def frame_params_offset(frame: bytes) -> int:
+    """Byte offset, inside a frame from `encode_group`, of its first parameter row."""
+    tensors, _, body = _st_header(memoryview(frame)[_FRAME.size :])
+    return _FRAME.size + body + tensors["params"]["data_offsets"][0]
+
+
 def _split_group(first_seq: int, group: dict) -> list[tuple[int, dict]]:
-    """The batches of one group frame, as (seq, batch) with views into the group's arrays."""
+    """The batches of one group frame, as (seq, batch) with views into the group's arrays; each
+    batch's `param_loc` starts at its own first row."""
     out, start = [], 0
+    loc = group.get("param_loc")
+    row = 0 if loc is None else loc["width"] * np.dtype(loc["dtype"]).itemsize
     for i, keys in enumerate(group["keys"]):
         end = start + len(keys)
-        out.append(
-            (first_seq + i, {"keys": keys, **{k: group[k][start:end] for k in _RECORD_KEYS}})
-        )
+        batch = {"keys": keys, **{k: group[k][start:end] for k in _RECORD_KEYS if k in group}}
+        if loc is not None:
+            batch["param_loc"] = {**loc, "start": loc["start"] + start * row}
+        out.append((first_seq + i, batch))
         start = end
     return out
 
 
-def decode_segment(data: bytes, label: str) -> tuple[list[tuple[int, dict]], int | None]:
+def decode_segment(
+    data: bytes, label: str, path: str = ""
+) -> tuple[list[tuple[int, dict]], int | None]:
     """(records, torn): one (seq, batch) per batch; `torn` is the byte length of the valid prefix
     when the segment ends in an incomplete frame (a crash mid-append: never acknowledged), else
     None.
@@ -146,10 +196,10 @@ def decode_segment(data: bytes, label: str) -> tuple[list[tuple[int, dict]], int
     if data[:6] != WAL_MAGIC[:6]:
         raise BankError(f"bank WAL segment {label} is not a WAL segment (bad header)")
     version = struct.unpack("<H", data[6:8])[0]
-    if version != WAL_FORMAT:
+    if version not in WAL_READ:
         raise BankError(
-            f"bank WAL segment {label} has format {version}; this metaray reads formats 1 and "
-            f"{WAL_FORMAT}: restore it with the metaray version that wrote it"
+            f"bank WAL segment {label} has format {version}; this metaray reads formats 1, 2 "
+            f"and {WAL_FORMAT}: restore it with the metaray version that wrote it"
         )
     view, off, out = memoryview(data), len(WAL_MAGIC), []
     while off < len(data):
@@ -167,20 +217,22 @@ def decode_segment(data: bytes, label: str) -> tuple[list[tuple[int, dict]], int
                 f"bank WAL segment {label} has a corrupt record (seq {seq}, byte {off}) with "
                 "records after it; move the segment aside to restore the entries before it"
             )
-        out.extend(_split_group(seq, _decode_record(payload, f"{label} (seq {seq})")))
+        rec = _decode_record(payload, f"{label} (seq {seq})", path=path, at=off + _FRAME.size)
+        out.extend(_split_group(seq, rec))
         off = end
     return out, None
 
 
 @dataclass
 class Restored:
-    cols: dict | None  # index columns from the snapshot (None: no snapshot)
+    cols: dict | None  # index columns from the snapshot (None: no snapshot); its rows: param_loc
     snapshot_seq: int  # -1: none
     wal_upto: int  # WAL records <= this are in the snapshot
     clock: int
     records: list[tuple[int, dict]] = field(default_factory=list)  # WAL to replay, in order
     warnings: list[str] = field(default_factory=list)
     torn: list[tuple[str, int]] = field(default_factory=list)  # (segment, valid bytes)
+    base: np.ndarray | None = None  # the bank's base (root file, else the snapshot's copy)
 
 
 class BankStore:
@@ -193,6 +245,7 @@ class BankStore:
         self._local = isinstance(self.fs, pafs.LocalFileSystem)
         self._seg: int | None = None  # fd of the open local WAL segment
         self._seg_bytes = 0
+        self._readers: dict = {}  # path -> open fd (local) or random-access file (S3)
         for sub in ("snapshots", "wal"):
             self.fs.create_dir(f"{self.root}/{sub}", recursive=True)
 
@@ -214,6 +267,43 @@ class BankStore:
         with self.fs.open_input_stream(path) as f:
             return f.read()
 
+    def read_at(self, path: str, offset: int, n: int) -> bytes:
+        """`n` bytes at `offset` of `path` (a parameter row): pread / an S3 range read, with the
+        file kept open for the next hit."""
+        f = self._readers.get(path)
+        try:
+            if f is None:
+                f = os.open(path, os.O_RDONLY) if self._local else self.fs.open_input_file(path)
+                self._readers[path] = f
+            data = os.pread(f, n, offset) if self._local else f.read_at(n, offset)
+        except (OSError, FileNotFoundError) as exc:
+            raise BankError(
+                f"bank parameter file {path} cannot be read ({exc}); restore the bank from its "
+                "snapshot_uri (restart the bank) or re-import an export"
+            ) from None
+        if len(data) != n:
+            raise BankError(
+                f"bank parameter file {path} ends before byte {offset + n} (an entry's row); it "
+                "was truncated after the bank wrote it: restore the bank (restart it)"
+            )
+        return bytes(data)
+
+    def close_readers(self, keep: set[str] = frozenset()) -> None:
+        for path in [p for p in self._readers if p not in keep]:
+            f = self._readers.pop(path)
+            os.close(f) if self._local else f.close()
+
+    # ---- the base --------------------------------------------------------------------------
+    def write_base(self, base: np.ndarray, digest: str) -> None:
+        """The bank's base, durably, before any record that is a delta from it."""
+        self._write(f"{self.root}/base.safetensors", _base_bytes(base, digest))
+
+    def read_base(self) -> np.ndarray | None:
+        path = f"{self.root}/base.safetensors"
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        return _load_base(self._read(path), f"{self.uri}/base.safetensors")
+
     def _list(self, sub: str) -> list[pafs.FileInfo]:
         sel = pafs.FileSelector(f"{self.root}/{sub}", allow_not_found=True)
         return self.fs.get_file_info(sel)
@@ -232,26 +322,32 @@ class BankStore:
     def wal_seqs(self) -> list[int]:
         return [seq for seq, _ in self.wal_files()]
 
-    def append_group(self, records: list[tuple[int, dict]]) -> None:
+    def append_group(
+        self, records: list[tuple[int, dict]], meta: dict | None = None
+    ) -> tuple[str, int]:
         """GROUP COMMIT: the whole group in one frame, one write, then ONE fsync, before any of
         its batches is acknowledged. Local: appended to the open segment (a new segment, made
         durable in its directory, after a restart, a snapshot or `SEGMENT_BYTES`); S3: the
         group is one segment object written by one PUT. The group is one frame with its own
         CRC, so a crash mid-append leaves at worst a torn last frame, which recovery drops
-        (never acknowledged: the fsync had not returned). `records`: consecutive seqs, in order."""
-        data = encode_group(records[0][0], [batch for _, batch in records])
+        (never acknowledged: the fsync had not returned). `records`: consecutive seqs, in order.
+        Returns (file, byte offset of the group's first parameter row): the rows' locators."""
+        data = encode_group(records[0][0], [batch for _, batch in records], meta)
+        rows_at = frame_params_offset(data)
         if not self._local:
             name = f"{self.root}/wal/{records[0][0]:0{_SEQ_WIDTH}d}{WAL_SUFFIX}"
             with self.fs.open_output_stream(name) as f:
                 f.write(WAL_MAGIC + data)
-            return
+            return name, len(WAL_MAGIC) + rows_at
         if self._seg is None or self._seg_bytes >= SEGMENT_BYTES:
             self._open_segment(records[0][0])
+        at = self._seg_bytes + rows_at
         view = memoryview(data)
         while view:  # O_APPEND: each write lands at the end; a large one may come back short
             view = view[os.write(self._seg, view) :]
         os.fdatasync(self._seg)  # the one fsync of the group (file size included)
         self._seg_bytes += len(data)
+        return self._seg_path, at
 
     def _open_segment(self, first_seq: int) -> None:
         self.roll_wal()
@@ -260,7 +356,7 @@ class BankStore:
         os.write(fd, WAL_MAGIC)
         os.fsync(fd)
         _fsync_dir(os.path.dirname(path))  # the segment's name is durable before any ack
-        self._seg, self._seg_bytes = fd, len(WAL_MAGIC)
+        self._seg, self._seg_bytes, self._seg_path = fd, len(WAL_MAGIC), path
 
     def roll_wal(self) -> None:
         """Close the open segment: the next group starts a new one (so old ones can be
@@ -271,11 +367,12 @@ class BankStore:
 
     def read_wal_file(self, name: str) -> tuple[list[tuple[int, dict]], int | None]:
         """(records, valid byte length if the file ends in a torn frame else None)."""
-        data = self._read(f"{self.root}/wal/{name}")
+        path = f"{self.root}/wal/{name}"
+        data = self._read(path)
         label = f"{self.uri}/wal/{name}"
         if name.endswith(".safetensors"):
-            return [(int(name.split(".")[0]), _decode_record(data, label))], None
-        return decode_segment(data, label)
+            return [(int(name.split(".")[0]), _decode_record(data, label, path=path))], None
+        return decode_segment(data, label, path)
 
     def truncate_torn(self, name: str, valid: int) -> None:
         """Cut a torn last frame off a local segment (durably; a segment left with no record is
@@ -311,8 +408,21 @@ class BankStore:
     def snapshot_name(self, seq: int) -> str:
         return f"{self.uri}/snapshots/snap-{seq:0{_SEQ_WIDTH}d}"
 
-    def write_snapshot(self, cols: dict, *, wal_upto: int, clock: int, dtype: str) -> int:
-        """Write a snapshot (manifest last), then drop what no restore can need any more."""
+    def write_snapshot(
+        self,
+        cols: dict,
+        *,
+        wal_upto: int,
+        clock: int,
+        dtype: str,
+        rows=(),
+        width: int = 0,
+        base: np.ndarray | None = None,
+    ) -> tuple[int, str, int]:
+        """Write a snapshot (manifest last), then drop what no restore can need any more.
+        `rows`: the entries' parameter rows in `dtype`, an iterable of `[m, width]` chunks in
+        key order (streamed to params.safetensors); `base`: given when they are float16 deltas.
+        Returns (seq, params file, byte offset of its first row): the entries' new locators."""
         self.roll_wal()  # later puts go to a new segment: the ones before can be collected
         seqs = self.snapshot_seqs()
         seq = (seqs[-1] + 1) if seqs else 0
@@ -338,26 +448,63 @@ class BankStore:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         meta_bytes = sink.getvalue().to_pybytes()
-        params = np.ascontiguousarray(cols["params"]) if n else np.zeros((0, 0), np.float32)
-        param_bytes = st_save({"params": params}, {"format": str(FORMAT)})
-        files = {"meta.parquet": meta_bytes, "params.safetensors": param_bytes}
-        for name, data in files.items():
-            self._write(f"{d}/{name}", data)
+        width = width if n else 0
+        delta = base is not None
+        encoding = {"params": "delta" if delta else "absolute", "format": str(FORMAT)}
+        if delta:
+            encoding["base"] = _digest(base)
+        head = _st_head({"params": (dtype, [n, width])}, encoding)
+        files = {"meta.parquet": _described(meta_bytes)}
+        files["params.safetensors"] = self._write_stream(
+            f"{d}/params.safetensors", head, rows if n else (), n * width * np.dtype(dtype).itemsize
+        )
+        if delta:
+            files["base.safetensors"] = _described(_base_bytes(base, _digest(base)))
+        self._write(f"{d}/meta.parquet", meta_bytes)
+        if delta:
+            self._write(f"{d}/base.safetensors", _base_bytes(base, _digest(base)))
         manifest = {
             "format": FORMAT,
             "seq": seq,
             "count": n,
             "dim": dim,
-            "n_params": int(params.shape[1]) if n else 0,
+            "n_params": width,
             "dtype": dtype,
+            "params": encoding["params"],
+            "base_sha256": encoding.get("base"),
             "wal_upto": wal_upto,
             "clock": clock,
             "created_unix": time.time(),
-            "files": {k: {"bytes": len(v), "sha256": _sha256(v)} for k, v in files.items()},
+            "files": files,
         }
         self._write(f"{d}/manifest.json", json.dumps(manifest, indent=1).encode())
         self._collect(seq)
-        return seq
+        return seq, f"{d}/params.safetensors", len(head)
+
+    def _write_stream(self, path: str, head: bytes, chunks, body_bytes: int) -> dict:
+        """`head` then each chunk's bytes, durably (local: temp file, fsync, rename; S3: one
+        streamed upload); returns {bytes, sha256}. The chunks must add up to `body_bytes`."""
+        h, total = hashlib.sha256(head), len(head)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if self._local else path
+        with open(tmp, "wb") if self._local else self.fs.open_output_stream(path) as f:
+            f.write(head)
+            for chunk in chunks:
+                data = np.ascontiguousarray(chunk).tobytes()
+                h.update(data)
+                f.write(data)
+                total += len(data)
+            if total != len(head) + body_bytes:
+                raise BankError(
+                    f"bank snapshot {path}: {total - len(head)} row bytes written, {body_bytes} "
+                    "expected (entries changed during the snapshot)"
+                )
+            if self._local:
+                f.flush()
+                os.fsync(f.fileno())
+        if self._local:
+            os.replace(tmp, path)
+            _fsync_dir(os.path.dirname(path))
+        return {"bytes": total, "sha256": h.hexdigest()}
 
     def _collect(self, newest: int) -> None:
         """Keep `keep` snapshots and the WAL after the oldest kept snapshot's wal_upto."""
@@ -388,33 +535,61 @@ class BankStore:
         return m
 
     def load_snapshot(self, seq: int) -> tuple[dict, dict]:
-        """(index columns, manifest); a truncated or corrupt file is a BankError naming it."""
+        """(index columns, manifest); a truncated or corrupt file is a BankError naming it.
+        The parameter rows are checked (streamed through sha256) but not loaded: the columns
+        carry `param_loc` (their file and first row's offset) and, for deltas, `base`."""
         m = self.manifest(seq)
         blobs = {}
         for name, want in m["files"].items():
             label = f"{self.snapshot_name(seq)}/{name}"
+            path = f"{self._snap_dir(seq)}/{name}"
             try:
-                data = self._read(f"{self._snap_dir(seq)}/{name}")
+                if name == "params.safetensors":
+                    got, head = self._hash_file(path)
+                else:
+                    data = self._read(path)
+                    got, head = _described(data), data
             except (OSError, FileNotFoundError) as exc:
                 raise BankError(f"bank snapshot file {label} is missing ({exc})") from None
-            if len(data) != want["bytes"] or _sha256(data) != want["sha256"]:
+            if got != {"bytes": want["bytes"], "sha256": want["sha256"]}:
                 raise BankError(
-                    f"bank snapshot file {label} is truncated or corrupt ({len(data)} bytes, "
+                    f"bank snapshot file {label} is truncated or corrupt ({got['bytes']} bytes, "
                     f"manifest says {want['bytes']}; sha256 differs); the previous snapshot is "
                     "untouched: delete this snapshot directory to fall back to it"
                 )
-            blobs[name] = data
+            blobs[name] = head
         table = pq.read_table(pa.BufferReader(blobs["meta.parquet"]))
-        params = st_load(blobs["params.safetensors"])["params"]
+        tensors, meta, body = _st_header(blobs["params.safetensors"])
+        t = tensors["params"]
         n = table.num_rows
         cols = {"keys": table.column("key").to_pylist()}
+        if "base.safetensors" in blobs:
+            cols["base"] = _load_base(blobs["base.safetensors"], f"{self.snapshot_name(seq)}")
         if n:
             flat = table.column("descriptor").combine_chunks().values.to_numpy()
             cols["descriptor"] = flat.reshape(n, -1).astype(np.float32)
-            cols["params"] = params
+            cols["param_loc"] = {
+                "path": f"{self._snap_dir(seq)}/params.safetensors",
+                "start": body + t["data_offsets"][0],
+                "dtype": _ST_DTYPES[t["dtype"]],
+                "width": int(t["shape"][1]),
+                "delta": meta.get("params") == "delta",
+                "base": meta.get("base"),
+            }
             for c in ("step", "support", "loss", "last_used"):
                 cols[c] = table.column(c).to_numpy()
         return cols, m
+
+    def _hash_file(self, path: str) -> tuple[dict, bytes]:
+        """({bytes, sha256}, the first 1 MiB) of a file, read in chunks."""
+        h, total, head = hashlib.sha256(), 0, b""
+        with self.fs.open_input_stream(path) as f:
+            while chunk := f.read(16 << 20):
+                if not head:
+                    head = chunk[: 1 << 20]
+                h.update(chunk)
+                total += len(chunk)
+        return {"bytes": total, "sha256": h.hexdigest()}, head
 
     def restore(self) -> Restored:
         """Latest readable snapshot + every later WAL record; damaged snapshots are skipped
@@ -431,6 +606,9 @@ class BankStore:
             break
         out.records, out.torn = self._read_wal_after(out.wal_upto, warnings)
         out.warnings = warnings
+        out.base = self.read_base()
+        if out.base is None and out.cols is not None:
+            out.base = out.cols.get("base")  # an export: its snapshot carries the base
         return out
 
     def _read_wal_after(
@@ -467,8 +645,54 @@ class BankStore:
 
     def __del__(self) -> None:
         self.roll_wal()
+        self.close_readers()
 
     def clear(self) -> None:
         self.roll_wal()  # never append to a segment that is about to be unlinked
+        self.close_readers()
         for sub in ("snapshots", "wal"):
             self.fs.delete_dir_contents(f"{self.root}/{sub}", missing_dir_ok=True)
+        base = f"{self.root}/base.safetensors"
+        if self.fs.get_file_info(base).type == pafs.FileType.File:
+            self.fs.delete_file(base)  # a cleared bank takes the base of its next first put
+
+
+def _digest(base: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(base, np.float32).tobytes()).hexdigest()
+
+
+def _described(data: bytes) -> dict:
+    return {"bytes": len(data), "sha256": _sha256(data)}
+
+
+def _base_bytes(base: np.ndarray, digest: str) -> bytes:
+    return st_save({"base": np.ascontiguousarray(base, np.float32)}, {"sha256": digest})
+
+
+def _load_base(data: bytes, label: str) -> np.ndarray:
+    """The base vector of a base.safetensors; its bytes must match the digest it was saved
+    under (a base that changed would silently shift every delta stored against it)."""
+    try:
+        base = st_load(data)["base"]
+        want = _st_header(data)[1]["sha256"]
+    except Exception as exc:
+        raise BankError(f"bank base {label}/base.safetensors is unreadable ({exc})") from None
+    if _digest(base) != want:
+        raise BankError(
+            f"bank base {label}/base.safetensors does not match its sha256 {want[:12]}: every "
+            "float16 entry is a delta from it; restore the file from an export of this bank"
+        )
+    return base
+
+
+def _st_head(tensors: dict[str, tuple[str, list[int]]], meta: dict) -> bytes:
+    """A safetensors header for tensors whose bytes follow in order (written by streaming)."""
+    codes = {v: k for k, v in _ST_DTYPES.items()}
+    entries, at = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        entries[name] = {"dtype": codes[dtype], "shape": shape, "data_offsets": [at, at + nbytes]}
+        at += nbytes
+    raw = json.dumps({"__metadata__": meta, **entries}, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    return struct.pack("<Q", len(raw)) + raw

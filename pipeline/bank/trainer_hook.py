@@ -41,7 +41,7 @@ class BankHook:
         adapted params `[T, ...]` from `meta_params` (`outer.train_step(return_adapted=True)`)."""
         if not self.due(step):
             return False
-        from pipeline.bank.warm_start import flatten_batched
+        from pipeline.bank.warm_start import flatten, flatten_batched
         from pipeline.meta.descriptor import describe
         from pipeline.meta.losses import model_loss
 
@@ -56,6 +56,7 @@ class BankHook:
                 "keys": [keys[i] for i in last],
                 "descriptor": desc[last],
                 "params": flatten_batched(adapted, list(params))[last],
+                "base": flatten(params),  # the meta-init they were adapted from (params.py)
                 "step": np.full(len(last), step + 1),
                 "support": np.full(len(last), int(batch.support.x.shape[1])),
                 "loss": loss[last].astype(np.float32),

@@ -102,9 +102,9 @@ def with_entry_support(service) -> BankQuery:
 
     def query(descriptors: np.ndarray, k: int) -> dict:
         hits = service.query(descriptors, k)
-        hits["support"] = np.array(
-            [[int(service.get(key).get("support", 0) or 0) for key in row] for row in hits["keys"]]
-        )
+        if "support" not in hits:  # a bank from before query answered it
+            got = [[int(service.get(k).get("support", 0) or 0) for k in r] for r in hits["keys"]]
+            hits["support"] = np.array(got)
         return hits
 
     return query

@@ -148,7 +148,7 @@ def _inspect(args: argparse.Namespace) -> int:
         keys = bank.call("keys")[: args.list]
         out["entries"] = [
             {m: e[m] for m in ("key", "step", "support", "loss")}
-            for e in (bank.call("get", k) for k in keys)
+            for e in (bank.call("get", k, False) for k in keys)
         ]
     if args.plot:
         out["plot"] = _plot(bank, cfg, args.plot, stats)

@@ -7,8 +7,12 @@ from pipeline.bank.service import BankService
 from pipeline.bank.store import BankStore
 from pipeline.config import BankConfig
 from pipeline.errors import BankError
+from tests.unit.bank.test_store import assert_within_delta_rounding
 
 pytestmark = pytest.mark.integration
+
+
+BASE = np.random.default_rng(999).standard_normal(32).astype(np.float32)  # the meta-init
 
 
 def _batch(start: int, n: int) -> dict:
@@ -16,7 +20,8 @@ def _batch(start: int, n: int) -> dict:
     return {
         "keys": [f"lang-{i}" for i in range(start, start + n)],
         "descriptor": rng.standard_normal((n, 8)).astype(np.float32),
-        "params": rng.standard_normal((n, 32)).astype(np.float32),
+        "params": BASE + 0.05 * rng.standard_normal((n, 32)).astype(np.float32),
+        "base": BASE,
         "loss": rng.random(n).astype(np.float32),
     }
 
@@ -35,8 +40,11 @@ def test_s3_snapshots_and_wal_restore_every_acknowledged_entry(s3_server):
     back = BankService(cfg)
     assert len(back.index) == 25 and back.restored["wal_records"] == 1
     for b in batches:
-        got = back.get(b["keys"][2])
-        np.testing.assert_array_equal(got["params"], b["params"][2])
+        got = back.get(b["keys"][2])  # read from the S3 snapshot / WAL object on the hit
+        assert_within_delta_rounding(got["params"], b["params"][2], BASE)
+    assert back.params.stats()["where"] == "disk" and any(
+        s.path.endswith("params.safetensors") for s in back.params.sources[1:]
+    )
 
 
 def test_s3_truncated_snapshot_is_named_and_the_previous_one_still_restores(s3_server):

@@ -13,16 +13,31 @@ from pipeline.config import BankConfig
 from pipeline.errors import BankError
 
 
+def _base(p: int = 16) -> np.ndarray:
+    """The meta-init every test batch was "adapted" from."""
+    return np.random.default_rng(999).standard_normal(p).astype(np.float32)
+
+
 def _batch(start: int, n: int, dim: int = 8, p: int = 16) -> dict:
     rng = np.random.default_rng(start)
     return {
         "keys": [f"task-{i}" for i in range(start, start + n)],
         "descriptor": rng.standard_normal((n, dim)).astype(np.float32),
-        "params": rng.standard_normal((n, p)).astype(np.float32),
+        "params": _base(p) + 0.05 * rng.standard_normal((n, p)).astype(np.float32),
+        "base": _base(p),
         "step": np.full(n, 3),
         "support": np.full(n, 16),
         "loss": rng.random(n).astype(np.float32),
     }
+
+
+def assert_within_delta_rounding(got, want, base) -> None:
+    """`got` equals `want` up to the float16 rounding of the delta `want - base` (relative
+    2**-11; 2**-25 absolute below float16's normal range) and float32's rounding of the sum."""
+    got, want, base = (np.asarray(a, np.float64) for a in (got, want, base))
+    bound = np.abs(want - base) * 2.0**-11 + 2.0**-25 + np.abs(want) * 2.0**-23
+    err = np.abs(got - want)
+    assert (err <= bound).all(), float((err - bound).max())
 
 
 def _cfg(tmp_path, **kw) -> BankConfig:
@@ -32,7 +47,7 @@ def _cfg(tmp_path, **kw) -> BankConfig:
 def _assert_has(bank: BankService, batch: dict) -> None:
     for i, key in enumerate(batch["keys"]):
         e = bank.get(key)
-        np.testing.assert_array_equal(e["params"], batch["params"][i])
+        assert_within_delta_rounding(e["params"], batch["params"][i], batch["base"])
         assert e["loss"] == pytest.approx(float(batch["loss"][i]))
 
 
@@ -94,12 +109,14 @@ def test_snapshot_is_parquet_and_safetensors_with_checksums(tmp_path):
     bank.put(_batch(0, 5))
     name = bank.snapshot()
     d = os.path.join(cfg.snapshot_uri, "snapshots", name.rsplit("/", 1)[1])
-    assert sorted(os.listdir(d)) == ["manifest.json", "meta.parquet", "params.safetensors"]
+    files = ["base.safetensors", "manifest.json", "meta.parquet", "params.safetensors"]
+    assert sorted(os.listdir(d)) == files
     table = pq.read_table(os.path.join(d, "meta.parquet"))
     assert table.column("key").to_pylist() == [f"task-{i}" for i in range(5)]
     with open(os.path.join(d, "manifest.json")) as f:
         m = json.load(f)
-    assert m["count"] == 5 and m["dtype"] == "float16" and len(m["files"]) == 2
+    assert m["count"] == 5 and m["dtype"] == "float16" and len(m["files"]) == 3
+    assert m["params"] == "delta" and m["base_sha256"] == bank.params.digest
 
 
 def test_without_wal_the_loss_is_bounded_by_snapshot_every(tmp_path):
@@ -130,7 +147,7 @@ def test_query_reports_hits_against_threshold_and_returns_params(tmp_path):
     bank.put(b)
     out = bank.query(np.stack([b["descriptor"][1], -b["descriptor"][1]]))
     assert out["keys"][0][0] == "task-1" and out["hit"].tolist() == [True, False]
-    np.testing.assert_array_equal(out["params"][0, 0], b["params"][1])
+    assert_within_delta_rounding(out["params"][0, 0], b["params"][1], b["base"])
     assert bank.stats()["hit_rate"] == 0.5
 
 
@@ -257,7 +274,7 @@ def test_damaged_middle_record_and_unknown_format_are_named(tmp_path):
     with pytest.raises(BankError, match=r"000000000000.wal has a corrupt record \(seq 0"):
         BankService(cfg)
     Path(seg).write_bytes(good[:6] + b"\x09\x00" + good[8:])
-    with pytest.raises(BankError, match="has format 9; this metaray reads formats 1 and 2"):
+    with pytest.raises(BankError, match="has format 9; this metaray reads formats 1, 2 and 3"):
         BankService(cfg)
 
 
@@ -319,5 +336,7 @@ def test_put_many_leaves_the_bank_as_puts_one_by_one_and_as_its_replay(tmp_path,
     for other in (one_by_one, replayed):
         a, b = grouped.index.columns(), other.index.columns()
         assert a["keys"] == b["keys"]
-        for col in ("descriptor", "params", "step", "loss", "last_used"):
+        for col in ("descriptor", "step", "loss", "last_used"):
             np.testing.assert_array_equal(a[col], b[col])
+        for key in a["keys"]:  # the same stored rows (one bank on disk, one in memory)
+            np.testing.assert_array_equal(grouped.get(key)["params"], other.get(key)["params"])

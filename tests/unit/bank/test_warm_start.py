@@ -74,15 +74,31 @@ def test_empty_or_distant_bank_falls_back_to_meta_init_exactly():
             torch.testing.assert_close(got[k], want[k].detach())
 
 
-def test_close_task_starts_from_its_stored_adapted_params():
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_close_task_starts_from_its_stored_adapted_params(tmp_path, on_disk):
+    """The warm start is what was put, up to the float16 rounding of its delta from the base
+    (the meta-init the put sent), whether the row is in memory or read back from disk."""
+    from tests.unit.bank.test_store import assert_within_delta_rounding
+
     model, params = _model()
-    bank = _bank(threshold=0.9)
-    stored = flatten(params) + 0.5
+    kw = {"snapshot_uri": str(tmp_path / "bank"), "param_cache_mb": 0} if on_disk else {}
+    bank = _bank(threshold=0.9, **kw)
+    base = flatten(params)
+    rng = np.random.default_rng(0)
+    stored = base + (0.05 * rng.standard_normal(base.shape)).astype(np.float32)
     d = describe(model, params, _support(EN), kind="ngram")
-    bank.put({"keys": ["en"], "descriptor": d, "params": stored[None]})
+    bank.put({"keys": ["en"], "descriptor": d, "params": stored[None], "base": base})
     start, info = warm_start(model, params, _support(EN), cfg=bank.cfg, query=bank.query)
     assert info.sources == ["bank:en"] and info.best_sims[0] == pytest.approx(1.0, abs=1e-5)
-    np.testing.assert_allclose(flatten_batched(start)[0], stored, rtol=1e-6)
+    got = flatten_batched(start)[0]
+    assert_within_delta_rounding(got, stored, base)
+    assert not np.array_equal(got, stored)  # float16 really was used
+    if on_disk:
+        kw["snapshot_uri"] = str(tmp_path / "exact")
+    exact = _bank(threshold=0.9, dtype="float32", **kw)  # the float32 bank: bit for bit
+    exact.put({"keys": ["en"], "descriptor": d, "params": stored[None], "base": base})
+    start, _ = warm_start(model, params, _support(EN), cfg=exact.cfg, query=exact.query)
+    np.testing.assert_array_equal(flatten_batched(start)[0], stored)
 
 
 def test_weighted_blend_mixes_hits_above_threshold_by_similarity():
@@ -96,6 +112,7 @@ def test_weighted_blend_mixes_hits_above_threshold_by_similarity():
             "keys": ["a", "b"],
             "descriptor": np.concatenate([q, other]),
             "params": np.stack([base + 1.0, base - 1.0]),
+            "base": base,  # the deltas +-1 are exact in float16
         }
     )
     start, info = warm_start(model, params, _support(EN), cfg=bank.cfg, query=bank.query)
