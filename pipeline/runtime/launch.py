@@ -100,6 +100,7 @@ def build_trainer(
     from pipeline.tracking import pin_uri
     from pipeline.tracking.describe import source_tags
 
+    fast_report_poll()  # here too: a Tune trial's fit() runs in a trial actor, not the driver
     cfg = pin_uri(absolute(cfg))
     healed = checks.heal_run_dir(cfg)
     if healed:
@@ -137,10 +138,12 @@ REPORT_POLL_S = "0.5"
 def fast_report_poll() -> None:
     """Train's controller drains each worker's one-slot report queue when it polls (every
     2 s by default), so a step that reports waits for the poll. Ray Train V2 hands this
-    variable from the driver to its controller and workers at `fit()` (ENV_VARS_TO_PROPAGATE),
-    so setting it here covers embedded Ray, `ray job submit`, launcher and KubeRay clusters
-    alike (they all start `metaray train`, whose driver calls `connect`). A value the user
-    set is kept."""
+    variable from the process that calls `fit()` to its controller and workers
+    (ENV_VARS_TO_PROPAGATE, read from that process's environment at `fit()`), so setting it
+    in that process covers embedded Ray, `ray job submit`, launcher and KubeRay clusters alike
+    without any node's environment: `connect` sets it on the driver, `build_trainer` again in
+    whatever process builds the trainer (a Tune trial's fit() runs in its trial actor, a
+    worker process of the cluster that never ran `connect`). A value the user set is kept."""
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
 
 
