@@ -428,26 +428,8 @@ class BankStore:
         seq = (seqs[-1] + 1) if seqs else 0
         d = self._snap_dir(seq)
         self.fs.create_dir(d, recursive=True)
-        keys = list(cols["keys"])
-        n = len(keys)
-        desc = np.asarray(cols.get("descriptor", np.zeros((0, 0), np.float32)), np.float32)
-        dim = desc.shape[1] if n else 0
-        if n:
-            descriptor = pa.FixedSizeListArray.from_arrays(pa.array(desc.reshape(-1)), dim)
-        else:
-            descriptor = pa.array([], pa.list_(pa.float32()))
-        table = pa.table(
-            {
-                "key": pa.array(keys, pa.string()),
-                "descriptor": descriptor,
-                **{
-                    m: pa.array(np.asarray(cols.get(m, []), dt)[:n]) for m, dt in META_TYPES.items()
-                },
-            }
-        )
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        meta_bytes = sink.getvalue().to_pybytes()
+        n = len(cols["keys"])
+        meta_bytes, dim = _meta_parquet(cols)
         width = width if n else 0
         delta = base is not None
         encoding = {"params": "delta" if delta else "absolute", "format": str(FORMAT)}
@@ -655,6 +637,28 @@ class BankStore:
         base = f"{self.root}/base.safetensors"
         if self.fs.get_file_info(base).type == pafs.FileType.File:
             self.fs.delete_file(base)  # a cleared bank takes the base of its next first put
+
+
+def _meta_parquet(cols: dict) -> tuple[bytes, int]:
+    """(meta.parquet bytes, descriptor dim): keys, descriptors and metadata columns."""
+    keys = list(cols["keys"])
+    n = len(keys)
+    desc = np.asarray(cols.get("descriptor", np.zeros((0, 0), np.float32)), np.float32)
+    dim = desc.shape[1] if n else 0
+    if n:
+        descriptor = pa.FixedSizeListArray.from_arrays(pa.array(desc.reshape(-1)), dim)
+    else:
+        descriptor = pa.array([], pa.list_(pa.float32()))
+    table = pa.table(
+        {
+            "key": pa.array(keys, pa.string()),
+            "descriptor": descriptor,
+            **{m: pa.array(np.asarray(cols.get(m, []), dt)[:n]) for m, dt in META_TYPES.items()},
+        }
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes(), dim
 
 
 def _digest(base: np.ndarray) -> str:
