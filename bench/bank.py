@@ -6,6 +6,8 @@
     .venv/bin/python bench/bank.py --scale 10000,100000,1000000   # JSON lines, HNSW vs exact
     .venv/bin/python bench/bank.py --wal-puts                     # JSON lines, puts/s with WAL
     .venv/bin/python bench/bank.py --wal-compare /tmp/before-tree  # same, that tree vs this one
+    .venv/bin/python bench/bank.py --params-rss 2000,20000        # JSON lines, RSS per full entry
+    .venv/bin/python bench/bank.py --params-compare /tmp/before-tree  # same, that tree vs this one
 
 Query latency: one query (k=5, cosine) against N entries; the parameter width does not enter
 the search (only the k returned rows are copied), so the 100k index holds small parameter rows
@@ -252,6 +254,7 @@ def scale(sizes: list[int], dim: int, queries: int, ann_min: int) -> None:
 WAL_WORKLOADS = (  # (params per entry, entries per put batch, timed entries)
     (1_024, 1, 4_096),  # small entries, one per put: the per-commit cost dominates
     (FULL_PARAMS, 1, 256),  # 410 KiB entries: the disk's write bandwidth dominates
+    (FULL_PARAMS, 16, 512),  # 16 full entries a put: the trainer hook's batch (meta-batch 16)
 )
 
 
@@ -264,34 +267,47 @@ def wal_puts(group: int) -> None:
     import pipeline
 
     modes = ["put"] + (["put_many"] if hasattr(BankService, "put_many") else [])
+    default = BankConfig().dtype  # float32 before issue 14's float16 deltas, float16 after
     for p, per_put, n in WAL_WORKLOADS:
         rng = np.random.default_rng(2)
         desc = rng.standard_normal((per_put, 128), dtype=np.float32)
-        params = rng.standard_normal((per_put, p), dtype=np.float32)
-        for mode in modes:
-            with tempfile.TemporaryDirectory() as d:
-                cfg = BankConfig(capacity=n, snapshot_uri=d, snapshot_every=10**9)
-                elapsed = _wal_timed(BankService(cfg), n, per_put, desc, params, mode, group)
-            row = {
-                "bench": "wal_puts",
-                "tree": os.path.dirname(os.path.dirname(pipeline.__file__)),
-                "mode": mode,
-                "group": group if mode == "put_many" else 1,
-                "entries_per_put": per_put,
-                "params": p,
-                "entry_bytes": p * 4 + 128 * 4,
-                "entries": n,
-                "puts_per_s": round(n / elapsed, 1),
-                "wal_mb_per_s": round(n * (p * 4 + 512) / elapsed / 2**20, 1),
-                "load_avg_1m": round(os.getloadavg()[0], 2),
-            }
-            print(json.dumps(row), flush=True)
+        base = rng.standard_normal(p, dtype=np.float32)  # the meta-init the entries come from
+        params = base + 0.05 * rng.standard_normal((per_put, p), dtype=np.float32)
+        for dtype in dict.fromkeys((default, "float32")):
+            for mode in modes:
+                if per_put > 1 and mode == "put_many" and group * per_put * p > 2**26:
+                    continue  # groups of 64 x 16 full entries: 430 MB a call, not a trainer's
+                with tempfile.TemporaryDirectory() as d:
+                    cfg = BankConfig(capacity=n, snapshot_uri=d, snapshot_every=10**9, dtype=dtype)
+                    bank = BankService(cfg)
+                    elapsed = _wal_timed(bank, n, per_put, desc, params, mode, group, base)
+                width = 2 if dtype == "float16" else 4
+                row = {
+                    "bench": "wal_puts",
+                    "tree": os.path.dirname(os.path.dirname(pipeline.__file__)),
+                    "dtype": dtype,
+                    "mode": mode,
+                    "group": group if mode == "put_many" else 1,
+                    "entries_per_put": per_put,
+                    "params": p,
+                    "entry_bytes": p * width + 128 * 4,
+                    "entries": n,
+                    "puts_per_s": round(n / elapsed, 1),
+                    "wal_mb_per_s": round(n * (p * width + 512) / elapsed / 2**20, 1),
+                    "load_avg_1m": round(os.getloadavg()[0], 2),
+                }
+                print(json.dumps(row), flush=True)
 
 
-def _wal_timed(bank, n: int, per_put: int, desc, params, mode: str, group: int) -> float:
+def _wal_timed(bank, n: int, per_put: int, desc, params, mode: str, group: int, base) -> float:
     def batches(start: int) -> list[dict]:
         return [
-            {"keys": [f"k{s + i}" for i in range(per_put)], "descriptor": desc, "params": params}
+            {
+                "keys": [f"k{s + i}" for i in range(per_put)],
+                "descriptor": desc,
+                "params": params,
+                "base": base,  # ignored by a tree from before the float16 deltas
+            }
             for s in range(start, start + n, per_put)
         ]
 
@@ -320,6 +336,97 @@ def wal_compare(before: str, reps: int, group: int) -> None:
             subprocess.run(cmd, env=env, check=True)
 
 
+def params_rss(sizes: list[int], cache_mb: float, per_put: int = 16) -> None:
+    """One JSON line per size: a bank with a snapshot_uri (WAL on) filled with `n` REAL
+    meta-RNN-sized entries (104,835 float32 params, descriptor 128) in puts of `per_put` (the
+    trainer hook's batch), each size in a fresh bank: resident memory grown per entry, in all
+    and beyond the parameter cache, the fill's puts/s, and single-query latency with the
+    parameters of the top 3 (read from disk on a cache miss)."""
+    import json
+
+    import pipeline
+
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(FULL_PARAMS, dtype=np.float32)
+    noise = 0.05 * rng.standard_normal((per_put, FULL_PARAMS), dtype=np.float32)
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as d:
+            cfg = BankConfig(capacity=n, snapshot_uri=d, snapshot_every=10**9)
+            if "param_cache_mb" in BankConfig.model_fields:
+                cfg = cfg.model_copy(update={"param_cache_mb": cache_mb})
+            start = _rss()
+            import torch  # noqa: F401  (the bank's float16 cast imports it: a fixed cost, apart)
+
+            before = _rss()
+            bank = BankService(cfg)
+            t0 = time.perf_counter()
+            for s in range(0, n, per_put):
+                m = min(per_put, n - s)
+                bank.put(
+                    {
+                        "keys": [f"t{s + i}" for i in range(m)],
+                        "descriptor": rng.standard_normal((m, 128), dtype=np.float32),
+                        "params": base + noise[:m],
+                        "base": base,
+                    }
+                )
+            puts = n / (time.perf_counter() - t0)
+            grown = _rss() - before
+            params = getattr(bank, "params", None)
+            cache = _cache_bytes(bank)
+            times = []
+            for q in rng.standard_normal((200, 128), dtype=np.float32):
+                t = time.perf_counter()
+                bank.query(q, 3)
+                times.append((time.perf_counter() - t) * 1e3)
+            p50, p99 = np.percentile(times, [50, 99])
+            row = {
+                "bench": "params_rss",
+                "tree": os.path.dirname(os.path.dirname(pipeline.__file__)),
+                "entries": n,
+                "dim": 128,
+                "params": FULL_PARAMS,
+                "dtype": cfg.dtype,
+                "param_cache_mb": cache_mb if params is not None else None,
+                "rss_bytes_per_entry_all": round(grown / n, 1),
+                "cache_bytes": cache,
+                "rss_bytes_per_entry": round((grown - cache) / n, 1),
+                "index_bytes_per_entry": round(bank.index.nbytes() / n, 1),
+                "torch_import_rss_mb": round((before - start) / 2**20, 1),
+                "puts_per_s": round(puts, 1),
+                "puts_note": f"WAL on, fsync before ack, {per_put} entries a put, filling",
+                "query_p50_ms": round(float(p50), 3),
+                "query_p99_ms": round(float(p99), 3),
+                "query_note": "top 3 with their parameters (disk reads on cache misses)",
+                "cache_hits": params.cache.hits if params is not None else None,
+                "cache_misses": params.cache.misses if params is not None else None,
+                "load_avg_1m": round(os.getloadavg()[0], 2),
+            }
+            print(json.dumps(row), flush=True)
+            del bank
+
+
+def _cache_bytes(bank) -> int:
+    params = getattr(bank, "params", None)  # a tree from before has no parameter cache
+    return params.cache.bytes if params is not None else 0
+
+
+def params_compare(before: str, sizes: str, cache_mb: float, reps: int) -> None:
+    """`--params-rss` of tree `before` (its sizes capped at what fits in RAM) and of this tree,
+    alternating, one process per (tree, size) so each starts from the same RSS."""
+    import subprocess
+
+    for _ in range(reps):
+        for tree in (before, _HERE):
+            for n in sizes.split(","):
+                if tree == before and int(n) > 4_000:
+                    continue  # 410 KiB a resident entry: 20k entries would be 8 GB of heap
+                env = dict(os.environ, BANK_BENCH_TREE=tree)
+                cmd = [sys.executable, os.path.abspath(__file__), "--params-rss", n]
+                cmd += ["--cache-mb", str(cache_mb)]
+                subprocess.run(cmd, env=env, check=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -330,8 +437,18 @@ def main() -> None:
     ap.add_argument("--wal-puts", action="store_true", help="only: puts/s with the WAL")
     ap.add_argument("--wal-compare", default=None, help="only: --wal-puts of TREE vs this tree")
     ap.add_argument("--group", type=int, default=64, help="put_many batches per call")
-    ap.add_argument("--reps", type=int, default=2, help="with --wal-compare")
+    ap.add_argument("--reps", type=int, default=2, help="with --wal-compare / --params-compare")
+    ap.add_argument("--params-rss", default=None, help="only: RSS per full entry at these sizes")
+    ap.add_argument("--params-compare", default=None, help="only: --params-rss, TREE vs this")
+    ap.add_argument("--sizes", default="2000,20000", help="with --params-compare")
+    ap.add_argument("--cache-mb", type=float, default=256, help="bank.param_cache_mb")
     args = ap.parse_args()
+    if args.params_rss:
+        params_rss([int(x) for x in args.params_rss.split(",")], args.cache_mb)
+        return
+    if args.params_compare:
+        params_compare(args.params_compare, args.sizes, args.cache_mb, args.reps)
+        return
     if args.wal_puts:
         wal_puts(args.group)
         return

@@ -155,9 +155,19 @@ def _crc(length: int, seq: int, payload: bytes | memoryview) -> int:
 def encode_group(first_seq: int, batches: list[dict], meta: dict | None = None) -> bytes:
     """One WAL frame for a group of put batches (same widths and dtypes: the service checked):
     length, first seq, CRC, then the batches concatenated as one safetensors (no pickle)."""
-    cat = {k: np.concatenate([np.atleast_1d(b[k]) for b in batches]) for k in _RECORD_KEYS}
+    head, payload = _frame_parts(first_seq, batches, meta)
+    return head + payload
+
+
+def _frame_parts(first_seq: int, batches: list[dict], meta: dict | None) -> tuple[bytes, bytes]:
+    """(frame header, payload) of `encode_group`, apart: written with one writev, no copy that
+    joins them (nor a concatenation for a group of one batch)."""
+    if len(batches) == 1:
+        cat = {k: np.atleast_1d(batches[0][k]) for k in _RECORD_KEYS}
+    else:
+        cat = {k: np.concatenate([np.atleast_1d(b[k]) for b in batches]) for k in _RECORD_KEYS}
     payload = _encode_record({**cat, "keys": [list(b["keys"]) for b in batches]}, meta)
-    return _FRAME.pack(len(payload), first_seq, _crc(len(payload), first_seq, payload)) + payload
+    return _FRAME.pack(len(payload), first_seq, _crc(len(payload), first_seq, payload)), payload
 
 
 def frame_params_offset(frame: bytes) -> int:
@@ -332,21 +342,26 @@ class BankStore:
         CRC, so a crash mid-append leaves at worst a torn last frame, which recovery drops
         (never acknowledged: the fsync had not returned). `records`: consecutive seqs, in order.
         Returns (file, byte offset of the group's first parameter row): the rows' locators."""
-        data = encode_group(records[0][0], [batch for _, batch in records], meta)
-        rows_at = frame_params_offset(data)
+        head, payload = _frame_parts(records[0][0], [batch for _, batch in records], meta)
+        tensors, _, body = _st_header(payload)
+        rows_at = _FRAME.size + body + tensors["params"]["data_offsets"][0]
+        size = len(head) + len(payload)
         if not self._local:
             name = f"{self.root}/wal/{records[0][0]:0{_SEQ_WIDTH}d}{WAL_SUFFIX}"
             with self.fs.open_output_stream(name) as f:
-                f.write(WAL_MAGIC + data)
+                f.write(WAL_MAGIC + head)
+                f.write(payload)  # one stream: one PUT, whole or absent
             return name, len(WAL_MAGIC) + rows_at
         if self._seg is None or self._seg_bytes >= SEGMENT_BYTES:
             self._open_segment(records[0][0])
         at = self._seg_bytes + rows_at
-        view = memoryview(data)
-        while view:  # O_APPEND: each write lands at the end; a large one may come back short
-            view = view[os.write(self._seg, view) :]
+        done = os.writev(self._seg, [head, payload])
+        if done < size:  # O_APPEND: each write lands at the end; a large one may come back short
+            view = memoryview(head + payload)[done:]
+            while view:
+                view = view[os.write(self._seg, view) :]
         os.fdatasync(self._seg)  # the one fsync of the group (file size included)
-        self._seg_bytes += len(data)
+        self._seg_bytes += size
         return self._seg_path, at
 
     def _open_segment(self, first_seq: int) -> None:
