@@ -31,6 +31,7 @@ encoded rows in the index itself (there is no disk). No ray, no pickle.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -77,7 +78,13 @@ def _cast(x: np.ndarray, dtype) -> np.ndarray:
         with np.errstate(over="ignore"):  # an overflow is the caller's error
             return x.astype(dtype)
     out = np.empty(x.shape, dtype)
-    src, dst = torch.from_numpy(x).view(-1), torch.from_numpy(out).view(-1)
+    if not x.flags.writeable:  # rows read from disk (np.frombuffer): only read here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            src = torch.from_numpy(x).view(-1)
+    else:
+        src = torch.from_numpy(x).view(-1)
+    dst = torch.from_numpy(out).view(-1)
     for a in range(0, src.numel(), _GRAIN):
         dst[a : a + _GRAIN].copy_(src[a : a + _GRAIN])
     return out
@@ -275,24 +282,46 @@ class ParamRows:
             out[i] = self.decode(row, self.delta if src is None else src.delta)
         return out
 
+    def read_rows(self, codes: np.ndarray) -> list[tuple[np.ndarray, Source | None]]:
+        """(stored row, its source) per code, uncached; rows at consecutive offsets of one file
+        are read with ONE read (a snapshot's rows are mostly in order: one S3 range read per run,
+        not one per row)."""
+        codes = np.asarray(codes, np.int64).ravel().tolist()
+        out: list = [None] * len(codes)
+        i = 0
+        while i < len(codes):
+            sid, off = codes[i] >> SHIFT, codes[i] & _OFFSET
+            if sid == MEMORY:
+                out[i] = (self.memory[codes[i]], None)
+                i += 1
+                continue
+            src = self.sources[sid]
+            j = i + 1
+            while j < len(codes) and codes[j] == codes[j - 1] + src.row_bytes:
+                j += 1  # same source (high bits equal), next row
+            data = self.store.read_at(src.path, off, (j - i) * src.row_bytes)
+            rows = np.frombuffer(data, np.dtype(src.dtype)).reshape(j - i, src.width)
+            for k in range(i, j):
+                out[k] = (rows[k - i], src)
+            i = j
+        return out
+
     def encoded(self, codes: np.ndarray, chunk: int = 256):
         """Yield the rows of `codes` in this bank's encoding, `chunk` rows at a time (a snapshot
-        streams them to its params file); misses are not cached (a snapshot reads every row)."""
+        streams them to its params file); read in runs, not cached (a snapshot reads them all)."""
         codes = np.asarray(codes, np.int64).ravel()
         for a in range(0, len(codes), chunk):
-            rows = []
-            for code in codes[a : a + chunk].tolist():
-                sid = code >> SHIFT
-                if sid == MEMORY:
-                    rows.append(self.memory[code])
-                    continue
-                src = self.sources[sid]
-                row = self.cache._rows.get(code)
-                if row is None:
-                    data = self.store.read_at(src.path, code & _OFFSET, src.row_bytes)
-                    row = np.frombuffer(data, np.dtype(src.dtype))
-                rows.append(self.transcode(row[None], src)[0])
+            got = self.read_rows(codes[a : a + chunk])
+            rows = [self.transcode(r[None], src)[0] for r, src in got]
             yield np.stack(rows).astype(self.dtype, copy=False)
+
+    def decoded(self, codes: np.ndarray) -> np.ndarray:
+        """Absolute float32 rows of `codes`, read in runs and not cached (an import)."""
+        got = self.read_rows(codes)
+        out = np.empty((len(got), self.width or 0), np.float32)
+        for i, (row, src) in enumerate(got):
+            out[i] = self.decode(row, self.delta if src is None else src.delta)
+        return out
 
     def relocate(self, old: np.ndarray, src: Source, start: int) -> np.ndarray:
         """Every live entry now lives in `src` (a new snapshot), row i at `start + i * row`:

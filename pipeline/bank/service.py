@@ -292,7 +292,8 @@ class BankService:
                 offsets = loc["start"] + np.arange(a, a + len(keys)) * src.row_bytes
                 codes = theirs.codes(src, offsets)
                 part = {k: c[k][a : a + chunk] for k in ("descriptor", *_META) if k in c}
-                group.append({**part, "keys": keys, "params": theirs.fetch(codes), "base": r.base})
+                rows = theirs.decoded(codes)
+                group.append({**part, "keys": keys, "params": rows, "base": r.base})
                 held += len(keys)
                 if held >= chunk:
                     self.put_many(group)

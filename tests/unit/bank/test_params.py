@@ -123,3 +123,16 @@ def test_byte_lru_is_bounded_and_rekeys_moved_rows():
     assert lru.bytes == 2400 and lru.get(0) is None and lru.get(4) is not None
     lru.rekey(np.array([4, 3, 2, 9]), np.array([40, 30, 20, 90]))
     assert lru.get(40)[0] == 4 and lru.get(20)[0] == 2 and lru.get(4) is None
+
+
+def test_a_snapshot_reads_rows_in_runs_not_one_read_per_row(tmp_path):
+    bank = BankService(_cfg(tmp_path, param_cache_mb=0))
+    bank.put_many([_batch(10 * i, 10, p=P) for i in range(4)])  # one frame: 40 rows in a run
+    calls = []
+    read_at = bank.store.read_at
+    bank.store.read_at = lambda *a: calls.append(a) or read_at(*a)
+    bank.snapshot()
+    assert len(calls) == 1 and calls[0][2] == 40 * P * 2
+    calls.clear()
+    bank.snapshot()  # now from the first snapshot's params file: again one run
+    assert len(calls) == 1
