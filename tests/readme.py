@@ -19,12 +19,20 @@ README = ROOT / "README.md"
 def command_lines(text: str | None = None) -> list[str]:
     """Every command line of every ```bash block, in README order (repeats kept)."""
     text = README.read_text(encoding="utf-8") if text is None else text
+    return [ln for block in re.findall(r"```bash\n(.*?)```", text, re.S) for ln in _lines(block)]
+
+
+def script_lines(path: Path) -> list[str]:
+    """A shell script's command lines, read as the README's (e.g. scripts/quickstart.sh)."""
+    return _lines(path.read_text(encoding="utf-8"))
+
+
+def _lines(shell: str) -> list[str]:
     out = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        for raw in block.replace("\\\n", " ").splitlines():
-            line = " ".join(raw.split(" # ", 1)[0].split())
-            if line and not line.startswith("#"):
-                out.append(line)
+    for raw in shell.replace("\\\n", " ").splitlines():
+        line = " ".join(raw.split(" # ", 1)[0].split())
+        if line and not line.startswith("#"):
+            out.append(line)
     return out
 
 

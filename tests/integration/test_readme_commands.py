@@ -273,3 +273,32 @@ def test_the_readme_bank_lines_store_warm_start_export_and_restore(
     assert "bank warm start" in rep["methods"], ev
     res = rep["results"]["8"]["bank warm start"]["1"]["overall"]
     assert np.isfinite(res["mean"]) and 0 < res["mean"] < 16
+
+
+def test_the_quickstart_script_runs_as_written(
+    checkout: Path, ray_local, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's first command: scripts/quickstart.sh's metaray lines in order (setup.sh is
+    what CI runs first), with the size overrides appended and no extra `"$@"` arguments."""
+    from pipeline.checkpoint import BEST_PREFIX
+    from pipeline.eval.report import BASELINE, REFERENCE
+
+    lines = [ln for ln in readme.script_lines(ROOT / "scripts" / "quickstart.sh") if "$M " in ln]
+    assert [ln.split()[1] for ln in lines] == ["shards", "shards", "train", "train", "evaluate"]
+    build, inspect, pretrain, meta, evaluate = (ln.replace(' "$@"', "") for ln in lines)
+    # the README shows stage 2 and the evaluation as lines of their own: the script's
+    assert meta == readme.line("$M train --config configs/quickstart.yaml")
+    assert evaluate.startswith(readme.line("$M evaluate --checkpoint runs/quickstart --shards"))
+    run(build, capsys)
+    (shown,) = run(inspect, capsys)
+    assert re.search(r"^val\s+4\s", shown, re.M) and re.search(r"^test\s+10\s", shown, re.M), shown
+    (stage1,) = run(pretrain, capsys)
+    assert "run 'quickstart-pretrain' finished: 3/3 steps" in stage1, stage1
+    (stage2,) = run(meta, capsys)  # stage 2 starts from stage 1's best-on-validation model
+    pretrained = checkout / "runs" / "quickstart-pretrain"
+    assert f"parameters from {pretrained}/{BEST_PREFIX}" in stage2, stage2
+    assert "run 'quickstart' finished: 3/3 steps" in stage2, stage2
+    (ev,) = run(evaluate, capsys)
+    rep = json.loads((checkout / "runs" / "quickstart-eval" / "eval.json").read_text())
+    assert {REFERENCE, BASELINE, "random init"} <= set(rep["methods"]), rep["methods"]
+    assert "Verdict (paired 95% CIs over held-out tasks" in ev and "8.02 = a uniform" in ev, ev

@@ -19,6 +19,7 @@ SHARDS = CMDS + "test_the_readme_shards_lines_build_what_they_say"
 TRAIN = CMDS + "test_the_readme_training_lines_train_what_they_say"
 SWEEPS = CMDS + "test_the_readme_optuna_sweep_runs_and_writes_a_trainable_best_config"
 BUDGET = "not run as written, to keep the suite under 15 min (each Ray run costs 12-20 s): "
+QUICK = CMDS + "test_the_quickstart_script_runs_as_written"
 BANK = CMDS + "test_the_readme_bank_lines_store_warm_start_export_and_restore"
 FIXTURE_HEAD = "not run as written: the ray_head fixture (tests/fixtures/ray_cluster.py) does it"
 NO_GPU = "not run: needs a GPU machine (CI and this machine have none)"
@@ -26,8 +27,7 @@ NO_GPU = "not run: needs a GPU machine (CI and this machine have none)"
 # README command line -> the test (path::name) or script that runs it, or "not run: why"
 RUN_BY = {
     # top: the two entry points
-    "scripts/quickstart.sh": "not run: minutes (two trainings and the full evaluation); "
-    "its steps are its commands, tested below, and 'What you will see' is its captured output",
+    "scripts/quickstart.sh": QUICK,  # its metaray lines; setup.sh is what CI runs first
     "scripts/test.sh": ".ci/run",
     # GPU install
     'python3 -m venv .venv && .venv/bin/pip install "torch==2.13.0"': NO_GPU,
@@ -57,9 +57,7 @@ RUN_BY = {
     "$M adapt --checkpoint runs/mine-bank --support support.txt --out a.safetensors "
     "--bank-uri bank/mine": OWN,
     # Training
-    "$M train --config configs/quickstart.yaml": "not run: stage 2 of scripts/quickstart.sh, "
-    "starts from its stage 1 (runs/quickstart-pretrain, minutes); " + JOB + " trains this "
-    "config (stage 2 alone) as a Ray job",
+    "$M train --config configs/quickstart.yaml": QUICK,
     "$M shards build sinusoid --out data/sinusoid && $M train --config "
     "configs/sinusoid.yaml": TRAIN,
     "$M shards build wordlang --out data/wordlang --top-n 5000 && $M train --config "
@@ -103,7 +101,7 @@ RUN_BY = {
     "the same tracker; one more training run here would cost ~15 s of the suite",
     # Evaluation
     "$M evaluate --checkpoint runs/quickstart --shards data/quickstart-wordlang "
-    "--out runs/quickstart-eval": "scripts/quickstart.sh",
+    "--out runs/quickstart-eval": QUICK,
     "$M evaluate --checkpoint s3://B/runs/NAME --shards s3://B/shards/wordlang --bank "
     "s3://B/bank/NAME --shots 16,64,256 --steps 0,1,2,5,10 --episodes 10 --json eval.json": (
         "infra/local/e2e.sh"
