@@ -11,7 +11,8 @@ per sweep:
 on a sweep whose trials train >= 30 s each (and reported on the smoke sweep too).
 
     .venv/bin/python bench/sweep_startup.py --steps 6,3000
-    .venv/bin/python bench/sweep_startup.py --steps 6 --episode-actors 0   # in-worker episodes
+    .venv/bin/python bench/sweep_startup.py --steps 6 --episode-actors 1   # episode actors
+    .venv/bin/python bench/sweep_startup.py --steps 6 --trial-runs train   # a Train run per trial
 """
 
 from __future__ import annotations
@@ -43,14 +44,21 @@ def main() -> None:
     ap.add_argument(
         "--episode-actors", type=int, help="cluster.episode_actors (0: in-worker episodes)"
     )
+    ap.add_argument(
+        "--trial-runs",
+        choices=["auto", "train", "in_trial"],
+        help="tune.trial_runs (train: a Ray Train run per trial; in_trial: the trial's process)",
+    )
     args = ap.parse_args()
     actors = (
         [] if args.episode_actors is None else [f"cluster.episode_actors={args.episode_actors}"]
     )
+    if args.trial_runs:
+        actors.append(f"tune.trial_runs={args.trial_runs}")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # as the tests
     from train_startup import smoke_shards  # bench/ is the script's sys.path[0]
 
-    from pipeline.runtime.tune import run_sweep
+    from pipeline.runtime.tune import in_trial, run_sweep
     from pipeline.runtime.tune_config import load_sweep
 
     tmp, shards = smoke_shards("metaray-sweep-startup-")
@@ -80,6 +88,7 @@ def main() -> None:
         row = {
             "steps": steps,
             "episode_actors": base.cluster.episode_actors,
+            "trial_runs": "in_trial" if in_trial(base, sweep) else "train",
             "trials": len(result.rows),
             "concurrency": result.concurrency,
             "wall_s": round(wall, 1),

@@ -94,26 +94,15 @@ def build_trainer(
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.runtime.episode_actors import EpisodePool
     from pipeline.runtime.process_group import LoopbackTorchConfig
     from pipeline.runtime.train_loop import train_loop_per_worker
-    from pipeline.tracking import pin_uri
-    from pipeline.tracking.describe import source_tags
 
     fast_report_poll()  # here too: a Tune trial's fit() runs in a trial actor, not the driver
-    cfg = pin_uri(absolute(cfg))
-    healed = checks.heal_run_dir(cfg)
-    if healed:
-        print(healed)
+    cfg, loop = loop_config(cfg)
     c = cfg.cluster
-    actors = EpisodePool(cfg.data, c, cfg.outer).actors if c.episode_actors else []
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "config": config.to_dict(cfg),
-            "episode_actors": actors,
-            "tags": source_tags(cfg),  # the driver's command line and git commit, for MLflow
-        },
+        train_loop_config=loop,
         scaling_config=ScalingConfig(
             num_workers=c.num_workers,
             use_gpu=c.use_gpu,
@@ -122,6 +111,27 @@ def build_trainer(
         torch_config=LoopbackTorchConfig(backend="nccl" if c.use_gpu else "gloo"),
         run_config=run_config or make_run_config(cfg, worker_env=worker_env),
     )
+
+
+def loop_config(
+    cfg: config.RunConfig, *, actors: list[Any] | None = None
+) -> tuple[config.RunConfig, dict[str, Any]]:
+    """The run's config with its paths absolute and its tracking URI pinned, and what its
+    training loop is given: that config, the episode actors (started here unless `actors`
+    is given; none with `cluster.episode_actors=0`) and the driver's command line and git
+    commit (MLflow tags). A run directory an interruption left half-written is healed first."""
+    from pipeline.runtime.episode_actors import EpisodePool
+    from pipeline.tracking import pin_uri
+    from pipeline.tracking.describe import source_tags
+
+    cfg = pin_uri(absolute(cfg))
+    healed = checks.heal_run_dir(cfg)
+    if healed:
+        print(healed)
+    if actors is None:
+        c = cfg.cluster
+        actors = EpisodePool(cfg.data, c, cfg.outer).actors if c.episode_actors else []
+    return cfg, {"config": config.to_dict(cfg), "episode_actors": actors, "tags": source_tags(cfg)}
 
 
 def release(trainer: Any) -> None:

@@ -34,20 +34,34 @@ def write_best(
 ) -> str:
     """Save the run's new best-on-validation checkpoint as `<run>/best-stepNNNNNNNN` (meta.json
     last, so it is complete or absent), then delete the older best-* ones. Local or s3://."""
-    from pipeline.data.storage import resolve
-
-    loc = resolve(run_uri, s3_endpoint=s3_endpoint)
     name = f"{ckpt.BEST_PREFIX}{int(state.step):08d}"
     with tempfile.TemporaryDirectory(prefix="metaray-best-") as tmp:
         ckpt.save(tmp, state, config=config, history=history, extra={"best_val": best_val})
-        if not loc.is_s3:
-            loc.fs.create_dir(loc.path(name), recursive=True)
-        for f in (ckpt.TENSORS, ckpt.META):
-            loc.write_bytes(f"{name}/{f}", (Path(tmp) / f).read_bytes())
-    for old in ckpt._candidates(loc):
-        base = old.rsplit("/", 1)[-1]
-        if base.startswith(ckpt.BEST_PREFIX) and base != name:
-            loc.fs.delete_dir(old)
+        return copy_checkpoint(
+            run_uri, name, tmp, prefix=ckpt.BEST_PREFIX, keep=1, s3_endpoint=s3_endpoint
+        )
+
+
+def copy_checkpoint(
+    run_uri: str, name: str, src: str, *, prefix: str, keep: int, s3_endpoint: str | None = None
+) -> str:
+    """Copy the checkpoint folder `src` to `<run_uri>/<name>` (meta.json last: `checkpoint.find`
+    ignores a copy cut short), then delete the run's other `prefix*` folders but the newest
+    `keep - 1` (names are zero-padded steps: their order is the steps'). Local or s3://."""
+    from pipeline.data.storage import resolve
+
+    loc = resolve(run_uri, s3_endpoint=s3_endpoint)
+    if not loc.is_s3:
+        loc.fs.create_dir(loc.path(name), recursive=True)
+    for f in (ckpt.TENSORS, ckpt.META):
+        loc.write_bytes(f"{name}/{f}", (Path(src) / f).read_bytes())
+    others = sorted(
+        d
+        for d in ckpt._candidates(loc)
+        if (base := d.rsplit("/", 1)[-1]).startswith(prefix) and base != name
+    )
+    for old in others[: max(len(others) - (keep - 1), 0)]:
+        loc.fs.delete_dir(old)
     return loc.display(name)
 
 
@@ -117,10 +131,8 @@ class Restored(NamedTuple):
     extra: dict[str, Any]
 
 
-def restore(cfg: config.RunConfig, state: MetaState) -> Restored:
-    import ray.train
-
-    handed = ray.train.get_checkpoint()
+def restore(cfg: config.RunConfig, state: MetaState, handed: Any = None) -> Restored:
+    """`handed`: the `ray.train.Checkpoint` the attempt was handed (`LoopHost.handed`)."""
     run = run_uri(cfg)
     if handed is not None and not handed.path.startswith(run.removeprefix("s3://")):
         with handed.as_directory() as d:

@@ -8,9 +8,10 @@ ranks' gradients, so all ranks hold identical parameters and the run's trajector
 depend on the number of workers. Rank 0 writes checkpoints and owns the tracker.
 
 The loop reads as a recipe: `_setup` -> per step `_train_step`, `_validate`, `_report_step`
--> `_finish` -> `_close`. The Ray touch points are `_rank_world` (ray.train.get_context),
-`_restore` (ray.train.get_checkpoint), `_device` (ray.train.torch) and the two
-`ray.train.report` calls in `pipeline.runtime.worker_report`.
+-> `_finish` -> `_close`. The Ray touch points are `_device` (ray.train.torch) and the
+`LoopHost` (`pipeline.runtime.loop_host`): rank and world, the handed checkpoint, the reports.
+A Ray Train worker runs `train_loop_per_worker`; a Tune trial with one CPU rank runs the same
+loop in its own process with `run_in_trial` (`tune.trial_runs`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pipeline.meta import outer
 from pipeline.runtime import console, selection
 from pipeline.runtime import worker_report as wr
 from pipeline.runtime.collective import mean_all_reduce, mean_metrics
+from pipeline.runtime.loop_host import LoopHost, TrainWorker, TuneTrial
 
 FAULT_ENV = "METARAY_FAULT_KILL"  # "step:rank:marker": SIGKILL that rank once (tests)
 
@@ -51,6 +53,7 @@ class _Run:
 
     cfg: config.RunConfig
     cfg_tree: dict[str, Any]  # the config as the driver sent it (saved in checkpoints)
+    host: LoopHost  # a Ray Train worker or a Tune trial: rank, handed checkpoint, reports
     rank: int
     world: int
     device: torch.device
@@ -87,13 +90,6 @@ def _device(cluster: config.ClusterConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def _rank_world() -> tuple[int, int]:
-    import ray.train  # Ray: which rank of how many this worker is
-
-    ctx = ray.train.get_context()
-    return ctx.get_world_rank(), ctx.get_world_size()
-
-
 def _to(state: outer.MetaState, device: torch.device) -> outer.MetaState:
     def move(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(device) for k, v in d.items()}
@@ -101,10 +97,11 @@ def _to(state: outer.MetaState, device: torch.device) -> outer.MetaState:
     return outer.MetaState(move(state.params), move(state.lrs), move(state.opt), state.step)
 
 
-def _restore(cfg: config.RunConfig, state: outer.MetaState) -> selection.Restored:
-    """The newest intact checkpoint of the run (Ray's, or one Ray never registered), else
-    `checkpoint.resume_from`, else `checkpoint.init_from`'s parameters, else `state`."""
-    return selection.restore(cfg, state)  # Ray: ray.train.get_checkpoint() inside
+def _restore(cfg: config.RunConfig, state: outer.MetaState, host: LoopHost) -> selection.Restored:
+    """The checkpoint handed over from outside the run, else the newest intact one of the
+    run (Ray's, or one Ray never registered), else `checkpoint.resume_from`, else
+    `checkpoint.init_from`'s parameters, else `state`."""
+    return selection.restore(cfg, state, host.handed())
 
 
 def _maybe_fault(step: int, rank: int) -> None:
@@ -118,7 +115,7 @@ def _maybe_fault(step: int, rank: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _setup(raw: dict[str, Any]) -> _Run:
+def _setup(raw: dict[str, Any], host: LoopHost) -> _Run:
     """Config, rank, model, initial or restored state, episode stream, tracker, bank hook."""
     from pipeline.models import build_model
     from pipeline.runtime.episode_actors import episode_source
@@ -126,12 +123,12 @@ def _setup(raw: dict[str, Any]) -> _Run:
     console.quiet()
     cfg_tree = raw.get("config", raw)
     cfg = config.from_dict(cfg_tree, "train_loop_config")
-    rank, world = _rank_world()
+    rank, world = host.rank_world()
     torch.set_num_threads(_threads(cfg.cluster))
     device = _device(cfg.cluster)
     model = build_model(cfg.model, cfg.data).to(device)
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=cfg.outer.seed)
-    state, history, resumed, note, extra = _restore(cfg, state)
+    state, history, resumed, note, extra = _restore(cfg, state, host)
     best = selection.BestVal.from_extra(extra)
     state = _to(state, device)
     start = state.step
@@ -154,6 +151,7 @@ def _setup(raw: dict[str, Any]) -> _Run:
     return _Run(
         cfg=cfg,
         cfg_tree=cfg_tree,
+        host=host,
         rank=rank,
         world=world,
         device=device,
@@ -257,6 +255,7 @@ def _report_step(
     if run.rank == 0:  # the driver draws it (console.follow_workers)
         console.emit(console.step_event(metrics, run.total, run.start, episode))
     wr.report(
+        run.host,
         metrics,
         run.state,
         run.cfg_tree,
@@ -276,7 +275,7 @@ def _report_step(
 def _finish(run: _Run) -> None:
     """A run with nothing left to train reports its last metrics; else rank 0 logs the model."""
     if run.start >= run.end:
-        wr.report_done(run.start, run.history)
+        wr.report_done(run.host, run.start, run.history)
     elif run.rank == 0:  # the run's model: its best on validation (checkpoint.select) or last
         params, which = selection.final_params(run.cfg, run.state, run.best)
         wr.say(which)
@@ -303,7 +302,18 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
     """`raw`: `{"config": config.to_dict(cfg), "episode_actors": [handles]}` (the actors are
     optional: without them this rank starts a private pool, or with `cluster.episode_actors=0`
     builds its episodes itself) or the config dict alone."""
-    run = _setup(raw)
+    _loop(raw, TrainWorker())
+
+
+def run_in_trial(raw: dict[str, Any]) -> None:
+    """The loop in a Tune trial's own process (`raw` as above; one rank, on the CPU): results
+    to `ray.tune.report`, checkpoints into the run directory (`loop_host.TuneTrial`)."""
+    cfg = config.from_dict(raw.get("config", raw), "train_loop_config")
+    _loop(raw, TuneTrial(selection.run_uri(cfg), cfg.data.s3_endpoint))
+
+
+def _loop(raw: dict[str, Any], host: LoopHost) -> None:
+    run = _setup(raw, host)
     status = "FAILED"
     try:
         for step, batch in run.stream:
@@ -314,5 +324,8 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
                 break
         _finish(run)
         status = "FINISHED"
+    except SystemExit:  # Tune ends a trial its scheduler stopped this way, in its report call
+        status = "KILLED"
+        raise
     finally:
         _close(run, status)

@@ -27,6 +27,7 @@ from pipeline.runtime import tune_state
 from pipeline.runtime.tune_config import SweepConfig, apply_overrides
 from pipeline.runtime.tune_report import SweepResult, summarize, write_best
 
+REUSE_WAIT_S = "120"  # how long a reused trial process may take to end the previous trial
 STATE_FILE = "metaray_sweep.json"  # beside Tune's state: the MLflow parent run id, for resume
 
 
@@ -50,6 +51,29 @@ def trial_resources(base: RunConfig, sweep: SweepConfig) -> dict[str, float]:
     cpu = sweep.driver_cpus + c.num_workers * c.cpus_per_worker
     cpu += c.episode_actors * c.episode_actor_cpus
     return {"CPU": cpu, "GPU": float(c.num_workers if c.use_gpu else 0)}
+
+
+def in_trial(base: RunConfig, sweep: SweepConfig) -> bool:
+    """Whether each trial trains in its own process (`tune.trial_runs`); an explicit
+    `in_trial` the sweep cannot run that way is an error naming what stands in the way."""
+    c = base.cluster
+    against = [
+        why
+        for bad, why in (
+            (c.num_workers != 1, f"cluster.num_workers={c.num_workers} (needs 1)"),
+            (c.use_gpu, "cluster.use_gpu=true (needs false)"),
+            (c.episode_actors != 0, f"cluster.episode_actors={c.episode_actors} (needs 0)"),
+            (any(k.startswith("cluster.") for k in sweep.space), "a cluster.* key in tune.space"),
+            (sweep.scheduler == "pbt", "tune.scheduler=pbt (exploits through Train's runs)"),
+        )
+        if bad
+    ]
+    if sweep.trial_runs == "in_trial" and against:
+        raise ConfigError(
+            f"tune.trial_runs=in_trial: a trial cannot train in its own process with "
+            f"{'; '.join(against)}: change those, or set tune.trial_runs=train"
+        )
+    return sweep.trial_runs != "train" and not against
 
 
 def concurrency(base: RunConfig, sweep: SweepConfig, cluster: dict[str, float]) -> int:
@@ -94,10 +118,12 @@ def _trial(
     sweep_dir: str,
     parent_run_id: str | None,
     with_checkpoints: bool = False,
+    own_process: bool = False,
 ) -> None:
     """The Tune trainable: one full training run, reporting to Tune through the callback
     (metrics and the checkpoint's path), or with `with_checkpoints` (PBT, which exploits
-    through Tune's checkpoints) reporting each checkpoint to Tune as a checkpoint."""
+    through Tune's checkpoints) reporting each checkpoint to Tune as a checkpoint, or with
+    `own_process` (`in_trial`) trained right here, reporting the same results to Tune."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -107,6 +133,16 @@ def _trial(
     cfg = trial_config(
         base_tree, values, trial_id=trial_id, sweep_dir=sweep_dir, parent_run_id=parent_run_id
     )
+    if own_process:
+        from pipeline.runtime.launch import loop_config
+        from pipeline.runtime.train_loop import run_in_trial
+
+        # Tune hands this process to the next trial once this one's thread has ended, and
+        # errors that trial when it waits longer than this (2 s by default): a trial the
+        # scheduler stopped still ends its MLflow run and draws its plots, which takes longer
+        os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", REUSE_WAIT_S)
+        run_in_trial(loop_config(cfg, actors=[])[1])
+        return
     if not with_checkpoints:
         run_config = dataclasses.replace(make_run_config(cfg), callbacks=[TuneReportCallback()])
         trainer = build_trainer(cfg, run_config=run_config)
@@ -236,17 +272,21 @@ def run_sweep(
 
 
 def _trainable(base: RunConfig, sweep: SweepConfig, sweep_dir: str, parent_id: str) -> Any:
-    """`_trial` with the sweep's fixed arguments and each trial's driver CPUs."""
+    """`_trial` with the sweep's fixed arguments and each trial's driver CPUs (a trial that
+    trains in its own process holds its whole share: `trial_resources`)."""
     from ray import tune
 
+    own = in_trial(base, sweep)
     fixed = tune.with_parameters(
         _trial,
         base_tree=config.to_dict(base),
         sweep_dir=sweep_dir,
         parent_run_id=parent_id,
         with_checkpoints=sweep.scheduler == "pbt",
+        own_process=own,
     )
-    return tune.with_resources(fixed, {"CPU": sweep.driver_cpus})
+    need = trial_resources(base, sweep) if own else {"CPU": sweep.driver_cpus}
+    return tune.with_resources(fixed, {k: v for k, v in need.items() if v})
 
 
 def _sign(sweep_dir: str) -> None:
@@ -289,6 +329,8 @@ def _tuner(
             scheduler=_scheduler(base, sweep),
             search_alg=_search(sweep),
             max_concurrent_trials=limit,
+            # in_trial: the next trial reuses a finished one's process (torch imported once)
+            reuse_actors=in_trial(base, sweep),
         ),
         # Tune keeps every checkpoint a PBT trial hands it (tune_pbt): an exploit may restore
         # one its donor has since superseded, so none may be deleted under it

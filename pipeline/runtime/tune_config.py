@@ -71,6 +71,14 @@ class SweepConfig(_Slice):
         None, gt=0, description="None: as many as the cluster's CPUs/GPUs fit"
     )
     driver_cpus: float = Field(1.0, ge=0, description="CPUs each trial's driver holds")
+    trial_runs: Literal["auto", "train", "in_trial"] = Field(
+        "auto",
+        description="train: each trial fits a Ray Train run (a controller and worker processes "
+        "per trial); in_trial: a 1-worker CPU trial with in-worker episodes trains in the "
+        "trial's own process, reused by the next trial (no per-trial start-up); auto: "
+        "in_trial where it applies (cluster.num_workers=1, cluster.use_gpu=false, "
+        "cluster.episode_actors=0, no cluster.* key in the space, scheduler asha or fifo)",
+    )
     seed: int | None = Field(None, description="seed of the search algorithm")
     asha: AshaConfig = AshaConfig()
     pbt: PbtConfig = PbtConfig()

@@ -1,5 +1,6 @@
-"""SHELL: what a Ray Train worker says about its run: `ray.train.report` (with rank 0's
-checkpoint), the console line, rank 0's tracker. Called from `pipeline.runtime.train_loop`."""
+"""SHELL: what a training loop says about its run: its reports (with rank 0's checkpoint) to
+its `LoopHost` (a Ray Train worker's `ray.train.report`, or a Tune trial's), the console line,
+rank 0's tracker. Called from `pipeline.runtime.train_loop`."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from pipeline import checkpoint as ckpt
 from pipeline import config
 from pipeline.meta import outer
 from pipeline.runtime import console
+from pipeline.runtime.loop_host import LoopHost
 
 
 def report(
+    host: LoopHost,
     metrics: dict[str, float],
     state: outer.MetaState,
     cfg_tree: dict,
@@ -24,12 +27,10 @@ def report(
     tracker: Any = None,
     extra: dict | None = None,
 ) -> None:
-    """`ray.train.report`; with a checkpoint on rank 0. `tracker` (the final report only) also
+    """`host.report`; with a checkpoint on rank 0. `tracker` (the final report only) also
     gets the checkpoint as an MLflow artifact: it copies the directory before it is deleted."""
-    import ray.train  # Ray: metrics (and the checkpoint) to the controller
-
     if not with_checkpoint:
-        ray.train.report(metrics)
+        host.report(metrics, None, "")
         return
     with tempfile.TemporaryDirectory(prefix="metaray-ckpt-") as d:
         ckpt.save(d, state, config=cfg_tree, history=history, extra=extra)
@@ -40,18 +41,13 @@ def report(
                 # MLflow gets the same checkpoint with its config's credentials redacted
                 ckpt.save(shared, state, config=redact_tree(cfg_tree), history=history)
                 tracker.log_artifact(shared, "checkpoint")
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(d),
-            checkpoint_dir_name=f"checkpoint_{int(metrics['step']):06d}",  # named by its step
-        )
+        host.report(metrics, d, f"checkpoint_{int(metrics['step']):06d}")  # named by its step
 
 
-def report_done(step: int, history: list[dict[str, float]]) -> None:
-    """A resumed run that was already finished: report its last metrics, train nothing."""
-    import ray.train  # Ray: the controller needs one report per attempt
-
-    ray.train.report({"step": step, **(history[-1] if history else {})})
+def report_done(host: LoopHost, step: int, history: list[dict[str, float]]) -> None:
+    """A resumed run that was already finished: report its last metrics, train nothing (the
+    controller, or Tune, needs one report per attempt)."""
+    host.report({"step": step, **(history[-1] if history else {})}, None, "")
 
 
 def peak_rss_mb() -> float:

@@ -1,8 +1,9 @@
 """A 3-trial ASHA sweep on a real local Ray cluster, tracked in a real `mlflow server`.
 
-One sweep (each trial a full Ray Train run) serves every assertion: the parent MLflow run
-has the 3 trials as children with their sampled params, and records the best one; the best
-config YAML loads with `pipeline.config.load` and trains; rerunning the sweep resumes it
+One sweep (each trial trains in its own Tune process: `tune.trial_runs=auto`) serves every
+assertion: the parent MLflow run has the 3 trials as children with their sampled params, and
+records the best one; the best config YAML loads with `pipeline.config.load` and trains as a
+Ray Train run with the best trial's very losses; rerunning the sweep resumes it
 (`Tuner.restore`) instead of starting new trials.
 """
 
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config
+from pipeline import checkpoint, config
 from pipeline.runtime.launch import run_training
-from pipeline.runtime.tune import run_sweep
+from pipeline.runtime.tune import in_trial, run_sweep
 from pipeline.runtime.tune_config import load_sweep
 
 pytestmark = pytest.mark.integration
@@ -77,6 +78,13 @@ def test_asha_sweep_parent_children_best_config_and_resume(
     assert best_cfg.tracking.parent_run_id is None
     trained = run_training(best_cfg, quiet=True)
     assert trained.steps == best_cfg.outer.steps
+    # the trials trained in their own processes (tune.trial_runs=auto: 1 worker, in-worker
+    # episodes); the same config as a Ray Train run takes the very same steps
+    assert in_trial(base, sweep)
+    run_dir = Path(best_cfg.checkpoint.storage) / best_cfg.checkpoint.run_name
+    as_train = checkpoint.load(checkpoint.find(str(run_dir), select="last").path).history
+    as_trial = checkpoint.load(best.checkpoint).history
+    assert [h["loss_post"] for h in as_trial] == [h["loss_post"] for h in as_train]
 
     # rerun: Tuner.restore finds the finished sweep, no new trials, same parent run
     again = run_sweep(base, sweep, quiet=True)

@@ -47,6 +47,19 @@ def test_best_on_validation_is_the_default_and_last_on_request(tmp_path):
     assert checkpoint.find(str(run), select="last").why == "latest intact (step 6)"
 
 
+def test_a_copied_checkpoint_keeps_the_newest_two_and_resumes(tmp_path):
+    run = tmp_path / "runs" / "trial"
+    for step in (2, 4, 6):  # as a Tune trial that trains in its own process writes them
+        src = checkpoint.save(tmp_path / f"src{step}", _state(step, step), config={})
+        where = selection.copy_checkpoint(
+            str(run), f"checkpoint_{step:06d}", str(src), prefix="checkpoint_", keep=2
+        )
+        assert where == str(run / f"checkpoint_{step:06d}")
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_000004", "checkpoint_000006"]
+    loaded, note = selection.resume(str(run))
+    assert loaded is not None and loaded.state.step == 6 and "latest intact (step 6)" in note
+
+
 def test_corrupt_newest_is_skipped_and_named_and_resume_says_so(tmp_path):
     run = _run(tmp_path)
     newest = run / "checkpoint_2026-12-01_00-00-06" / "state.safetensors"

@@ -9,7 +9,13 @@ import pytest
 from pipeline import config
 from pipeline.cli import main
 from pipeline.config import ConfigError
-from pipeline.runtime.tune import concurrency, search_space, trial_config, trial_resources
+from pipeline.runtime.tune import (
+    concurrency,
+    in_trial,
+    search_space,
+    trial_config,
+    trial_resources,
+)
 from pipeline.runtime.tune_config import load_sweep
 from pipeline.runtime.tune_report import TrialRow, format_table, write_best
 
@@ -118,6 +124,18 @@ def test_in_worker_episodes_hold_no_cpu_and_actors_hold_theirs() -> None:
     )
     assert trial_resources(none, sweep)["CPU"] == 1.0  # 0.5 driver + 1 worker x 0.5
     assert concurrency(none, sweep, {"CPU": 2.0}) == 2
+
+
+def test_trials_train_in_their_own_process_where_that_applies_and_say_why_not() -> None:
+    smoke = ROOT / "configs/tune_smoke.yaml"
+    assert in_trial(*load_sweep(smoke))  # 1 worker, CPU, in-worker episodes, ASHA
+    assert not in_trial(*load_sweep(smoke, ["tune.trial_runs=train"]))
+    for blocker in ("cluster.num_workers=2", "cluster.episode_actors=1"):
+        assert not in_trial(*load_sweep(smoke, [blocker]))  # auto: the Train run
+    assert not in_trial(*load_sweep(ROOT / "configs/tune_inner_lr.yaml"))  # 2 workers
+    base, sweep = load_sweep(smoke, ["tune.trial_runs=in_trial", "cluster.num_workers=2"])
+    with pytest.raises(ConfigError, match=r"cluster.num_workers=2 \(needs 1\).*trial_runs=train"):
+        in_trial(base, sweep)
 
 
 def test_trial_config_applies_values_and_nests_under_the_sweep() -> None:
