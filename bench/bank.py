@@ -258,7 +258,7 @@ WAL_WORKLOADS = (  # (params per entry, entries per put batch, timed entries)
 )
 
 
-def wal_puts(group: int) -> None:
+def wal_puts(group: int, only: int | None = None) -> None:
     """One JSON line per (workload, mode): steady-state puts/s (entries/s) with the WAL on, as
     `put` one batch per call (one commit each) and, where the tree has it, `put_many` of
     `group` batches per call (one commit per group)."""
@@ -269,6 +269,8 @@ def wal_puts(group: int) -> None:
     modes = ["put"] + (["put_many"] if hasattr(BankService, "put_many") else [])
     default = BankConfig().dtype  # float32 before issue 14's float16 deltas, float16 after
     for p, per_put, n in WAL_WORKLOADS:
+        if only is not None and p != only:
+            continue
         rng = np.random.default_rng(2)
         desc = rng.standard_normal((per_put, 128), dtype=np.float32)
         base = rng.standard_normal(p, dtype=np.float32)  # the meta-init the entries come from
@@ -324,7 +326,7 @@ def _wal_timed(bank, n: int, per_put: int, desc, params, mode: str, group: int, 
     return time.perf_counter() - t
 
 
-def wal_compare(before: str, reps: int, group: int) -> None:
+def wal_compare(before: str, reps: int, group: int, only: int | None = None) -> None:
     """`wal_puts` of tree `before` and of this tree, alternating, `reps` times each, on the
     same disk (the system temp dir) in one run: the before/after figure of a WAL change."""
     import subprocess
@@ -333,6 +335,7 @@ def wal_compare(before: str, reps: int, group: int) -> None:
         for tree in (before, _HERE):
             env = dict(os.environ, BANK_BENCH_TREE=tree)
             cmd = [sys.executable, os.path.abspath(__file__), "--wal-puts", "--group", str(group)]
+            cmd += [] if only is None else ["--wal-params", str(only)]
             subprocess.run(cmd, env=env, check=True)
 
 
@@ -437,6 +440,7 @@ def main() -> None:
     ap.add_argument("--wal-puts", action="store_true", help="only: puts/s with the WAL")
     ap.add_argument("--wal-compare", default=None, help="only: --wal-puts of TREE vs this tree")
     ap.add_argument("--group", type=int, default=64, help="put_many batches per call")
+    ap.add_argument("--wal-params", type=int, default=None, help="only the workloads this wide")
     ap.add_argument("--reps", type=int, default=2, help="with --wal-compare / --params-compare")
     ap.add_argument("--params-rss", default=None, help="only: RSS per full entry at these sizes")
     ap.add_argument("--params-compare", default=None, help="only: --params-rss, TREE vs this")
@@ -450,10 +454,10 @@ def main() -> None:
         params_compare(args.params_compare, args.sizes, args.cache_mb, args.reps)
         return
     if args.wal_puts:
-        wal_puts(args.group)
+        wal_puts(args.group, args.wal_params)
         return
     if args.wal_compare:
-        wal_compare(args.wal_compare, args.reps, args.group)
+        wal_compare(args.wal_compare, args.reps, args.group, args.wal_params)
         return
     if args.scale:
         scale([int(x) for x in args.scale.split(",")], 128, 500, args.ann_min)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,7 @@ class BankService:
         self.since_snapshot = 0
         self.counts = {"puts": 0, "entries_put": 0, "queries": 0, "hits": 0, "evicted": 0}
         self.warnings: list[str] = []
+        self._trim_every = _TRIM_EVERY
         self.restored = {"snapshot": None, "wal_records": 0, "entries": 0}
         if self.store is not None:
             self._restore()
@@ -155,6 +157,10 @@ class BankService:
         self.since_snapshot += len(batches)
         if self.store is not None and self.since_snapshot >= self.cfg.snapshot_every:
             self.snapshot()
+        self._trim_every -= 1
+        if self._trim_every <= 0:
+            self._trim_every = _TRIM_EVERY
+            _malloc_trim()
         return out
 
     def _encoding(self) -> dict:
@@ -389,6 +395,30 @@ class BankService:
 
 
 _META = {"step": 0, "support": 0, "loss": 0.0}
+# every this many put calls the freed heap goes back to the OS: a put's transient buffers (the
+# batch, its float16 rows, its WAL frame: MBs) are freed, but glibc keeps freed heap memory
+# resident, so without it resident memory per entry "beyond the cache" was 2.7-3.2 KB at 20k
+# entries instead of the index's 0.7 KB (bench/RESULTS.md, issue 14 s.3)
+_TRIM_EVERY = 32
+
+
+def _malloc_trim() -> None:
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@lru_cache(maxsize=1)
+def _libc():
+    """glibc, for malloc_trim; None elsewhere (musl, macOS: nothing to do)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def _disjoint_runs(batches: list[dict]) -> list[list[dict]]:
