@@ -8,7 +8,8 @@ was handed, and where its reports go.
   with no Train controller or worker process to start. Checkpoints are written to the same
   run directory, under the same names, by metaray (meta.json last: complete or absent; the
   last two kept), and each report goes to `ray.tune.report` with the checkpoint's path under
-  the key Train's `TuneReportCallback` uses, so Tune sees the same results either way.
+  the key Train's `TuneReportCallback` uses, so Tune sees the same results either way; for PBT
+  (`hand=True`) with the checkpoint itself, as `tune_pbt` does for Train runs.
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ class TrainWorker:
 
 
 class TuneTrial:
-    def __init__(self, run_uri: str, s3_endpoint: str | None = None) -> None:
-        self.run_uri, self.s3_endpoint = run_uri, s3_endpoint
+    def __init__(self, run_uri: str, s3_endpoint: str | None = None, *, hand: bool = False):
+        """`hand`: each checkpoint is also reported to Tune as a checkpoint (Tune keeps a copy
+        in the trial's folder): what PBT exploits through, and restores a paused trial from."""
+        self.run_uri, self.s3_endpoint, self.hand = run_uri, s3_endpoint, hand
 
     def rank_world(self) -> tuple[int, int]:
         return 0, 1
@@ -70,7 +73,10 @@ class TuneTrial:
     def report(self, metrics: dict[str, float], checkpoint_dir: str | None, name: str) -> None:
         import ray.tune  # Ray: the trial's result to Tune's scheduler
 
+        handed = None
         if checkpoint_dir is not None:
+            if self.hand:
+                handed = ray.tune.Checkpoint.from_directory(checkpoint_dir)
             where = copy_checkpoint(
                 self.run_uri,
                 name,
@@ -80,4 +86,4 @@ class TuneTrial:
                 s3_endpoint=self.s3_endpoint,
             )
             metrics = {**metrics, CHECKPOINT_PATH: where}
-        ray.tune.report(metrics)
+        ray.tune.report(metrics, checkpoint=handed)

@@ -305,11 +305,13 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
     _loop(raw, TrainWorker())
 
 
-def run_in_trial(raw: dict[str, Any]) -> None:
+def run_in_trial(raw: dict[str, Any], *, hand_checkpoints: bool = False) -> None:
     """The loop in a Tune trial's own process (`raw` as above; one rank, on the CPU): results
-    to `ray.tune.report`, checkpoints into the run directory (`loop_host.TuneTrial`)."""
+    to `ray.tune.report`, checkpoints into the run directory (`loop_host.TuneTrial`), and
+    with `hand_checkpoints` (PBT) into Tune's hands too."""
     cfg = config.from_dict(raw.get("config", raw), "train_loop_config")
-    _loop(raw, TuneTrial(selection.run_uri(cfg), cfg.data.s3_endpoint))
+    host = TuneTrial(selection.run_uri(cfg), cfg.data.s3_endpoint, hand=hand_checkpoints)
+    _loop(raw, host)
 
 
 def _loop(raw: dict[str, Any], host: LoopHost) -> None:

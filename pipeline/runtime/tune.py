@@ -64,7 +64,6 @@ def in_trial(base: RunConfig, sweep: SweepConfig) -> bool:
             (c.use_gpu, "cluster.use_gpu=true (needs false)"),
             (c.episode_actors != 0, f"cluster.episode_actors={c.episode_actors} (needs 0)"),
             (any(k.startswith("cluster.") for k in sweep.space), "a cluster.* key in tune.space"),
-            (sweep.scheduler == "pbt", "tune.scheduler=pbt (exploits through Train's runs)"),
         )
         if bad
     ]
@@ -141,7 +140,11 @@ def _trial(
         # errors that trial when it waits longer than this (2 s by default): a trial the
         # scheduler stopped still ends its MLflow run and draws its plots, which takes longer
         os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", REUSE_WAIT_S)
-        run_in_trial(loop_config(cfg, actors=[])[1])
+        if with_checkpoints:  # PBT: continue from the checkpoint Tune handed (a donor's)
+            from pipeline.runtime.tune_pbt import from_handed
+
+            cfg = from_handed(cfg, ray.tune.get_checkpoint())
+        run_in_trial(loop_config(cfg, actors=[])[1], hand_checkpoints=with_checkpoints)
         return
     if not with_checkpoints:
         run_config = dataclasses.replace(make_run_config(cfg), callbacks=[TuneReportCallback()])

@@ -77,7 +77,7 @@ class SweepConfig(_Slice):
         "per trial); in_trial: a 1-worker CPU trial with in-worker episodes trains in the "
         "trial's own process, reused by the next trial (no per-trial start-up); auto: "
         "in_trial where it applies (cluster.num_workers=1, cluster.use_gpu=false, "
-        "cluster.episode_actors=0, no cluster.* key in the space, scheduler asha or fifo)",
+        "cluster.episode_actors=0, no cluster.* key in the space)",
     )
     seed: int | None = Field(None, description="seed of the search algorithm")
     asha: AshaConfig = AshaConfig()
