@@ -30,7 +30,7 @@ import ray
 
 from pipeline.config import ClusterConfig, DataConfig, OuterConfig
 from pipeline.data import episodes as ep
-from pipeline.runtime.episode_local import LocalEpisodes, val_size
+from pipeline.runtime.episode_local import EpisodePlan, LocalEpisodes, val_size
 
 # One actor call: ([(step, slot indices)], ObjectRef of [EpisodeBatch per step]).
 Call = tuple[list[tuple[int, list[int]]], Any]
@@ -99,7 +99,7 @@ class EpisodeActor:
         return os.getpid()
 
 
-class EpisodePool:
+class EpisodePool(EpisodePlan):
     """The actors plus the pure plan of which slot goes where. Cheap to rebuild on a worker
     from the actor handles (`EpisodePool(..., actors=handles)`): only the manifest is read."""
 
@@ -111,18 +111,8 @@ class EpisodePool:
         *,
         actors: list[Any] | None = None,
     ) -> None:
-        from pipeline.data.shards import open_shard_set
-
-        self.data_cfg, self.cluster_cfg = data_cfg, cluster_cfg
-        self.seed, self.meta_batch, self.val_tasks_n = (
-            outer_cfg.seed,
-            outer_cfg.meta_batch,
-            outer_cfg.val_tasks,
-        )
-        ss = open_shard_set(data_cfg.uri, s3_endpoint=data_cfg.s3_endpoint)
-        self.train_tasks = ss.tasks("train")
-        self.val_tasks = ss.tasks("val")
-        keys = sorted(ss.manifest.tasks)
+        super().__init__(data_cfg, cluster_cfg, outer_cfg)
+        keys = sorted(self._set.manifest.tasks)
         n = len(actors) if actors is not None else cluster_cfg.episode_actors
         self._owner = {k: i % n for i, k in enumerate(keys)}
         if actors is None:

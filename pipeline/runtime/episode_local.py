@@ -32,9 +32,9 @@ def val_size(val_tasks: int, world: int) -> int:
     return max(world, val_tasks - val_tasks % world)
 
 
-class LocalEpisodes:
-    """This process's episodes, read from the shard set at `data.uri` (files cached by
-    `pipeline.data.shards`, verified on first read)."""
+class EpisodePlan:
+    """What every episode source knows: the configs, the seed and batch sizes, the shard set
+    and its train and validation tasks (the pure plan `ep.build_step` follows)."""
 
     def __init__(
         self, data_cfg: DataConfig, cluster_cfg: ClusterConfig, outer_cfg: OuterConfig
@@ -50,6 +50,16 @@ class LocalEpisodes:
         self._set = open_shard_set(data_cfg.uri, s3_endpoint=data_cfg.s3_endpoint)
         self.train_tasks = self._set.tasks("train")
         self.val_tasks = self._set.tasks("val")
+
+
+class LocalEpisodes(EpisodePlan):
+    """This process's episodes, read from the shard set at `data.uri` (files cached by
+    `pipeline.data.shards`, verified on first read)."""
+
+    def __init__(
+        self, data_cfg: DataConfig, cluster_cfg: ClusterConfig, outer_cfg: OuterConfig
+    ) -> None:
+        super().__init__(data_cfg, cluster_cfg, outer_cfg)
         # read_task's views of the cached files, per task: a hit skips the manifest and cache
         # look-ups (~12% of a small step's build time); bounded like local_train's reader.
         self._read = functools.lru_cache(maxsize=TASK_CACHE)(self._set.read_task)
