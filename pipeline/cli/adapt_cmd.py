@@ -83,6 +83,7 @@ class _Result:
     before: float  # support loss at the meta-init
     after: float  # support loss adapted
     names: list[str]  # the meta-parameters' names
+    meta_init: dict[str, Any]  # the parameters adaptation started from before any warm start
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
@@ -160,7 +161,7 @@ def _run_adapt(loaded: Any, cfg: Any, model: Any, support: Any, query: Any, step
     with torch.no_grad():
         before = float(model_loss(model, params, support)[0])
         after = float(model_loss(model, adapted, support)[0])
-    return _Result(adapted, info, before, after, list(params))
+    return _Result(adapted, info, before, after, list(params), params)
 
 
 def _write(args: argparse.Namespace, result: _Result, steps: int, n_examples: int) -> None:
@@ -189,13 +190,14 @@ def _store(svc: Any, key: str, result: _Result, steps: int, n_examples: int) -> 
     """Also keep the result in the (in-process) bank under `key`."""
     import numpy as np
 
-    from pipeline.bank.warm_start import flatten_batched
+    from pipeline.bank.warm_start import flatten, flatten_batched
 
     svc.put(
         {
             "keys": [key],
             "descriptor": result.info.descriptors,
             "params": flatten_batched(result.adapted, result.names),
+            "base": flatten(result.meta_init),  # what the bank stores deltas from (params.py)
             "step": np.array([steps]),
             "support": np.array([n_examples]),
             "loss": np.array([result.after]),

@@ -75,8 +75,12 @@ def test_adapt_writes_params_then_a_stored_task_warm_starts_the_next_call(tmp_pa
     )
     with safe_open(str(out2), "pt") as f2, safe_open(str(out1), "pt") as f1:
         assert f2.metadata()["start"] == "bank:english"
-        for k in state.params:  # 0 steps from the stored entry = the stored params
-            torch.testing.assert_close(f2.get_tensor(k), f1.get_tensor(k))
+        for k in state.params:  # 0 steps from the stored entry = the stored params, up to
+            # float16 rounding of their difference from the meta-init (the bank's base)
+            delta = (f1.get_tensor(k) - state.params[k]).abs().max()
+            torch.testing.assert_close(
+                f2.get_tensor(k), f1.get_tensor(k), rtol=0, atol=float(delta) * 2**-10 + 1e-7
+            )
     assert "start: bank:english" in capsys.readouterr().out
 
 
