@@ -63,6 +63,8 @@ def make_run_config(cfg: config.RunConfig, *, worker_env: dict[str, str] | None 
     """`ray.train.RunConfig`: storage + name (the same pair resumes), failure budget."""
     import ray.train
 
+    from pipeline.runtime.loop_host import KEEP
+
     storage, fs = cfg.checkpoint.storage, None
     if storage.startswith("s3://") and cfg.data.s3_endpoint:
         import pyarrow.fs as pafs
@@ -77,7 +79,7 @@ def make_run_config(cfg: config.RunConfig, *, worker_env: dict[str, str] | None 
             max_failures=cfg.checkpoint.max_failures,
             controller_failure_limit=node_wait.failure_limit(cfg.cluster),  # a bounded wait
         ),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=KEEP),  # as in-trial runs
         worker_runtime_env={"env_vars": dict(worker_env)} if worker_env else None,
         logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # not a line per report
     )

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from pipeline.runtime.selection import copy_checkpoint
 
 CHECKPOINT_PATH = "checkpoint_path"  # ray.tune.integration.ray_train's key
-KEEP = 2  # checkpoints kept per run, as launch.make_run_config's CheckpointConfig(num_to_keep)
+KEEP = 2  # checkpoints kept per run: by Ray Train (launch.make_run_config) and by TuneTrial
 
 
 class LoopHost(Protocol):
