@@ -279,13 +279,13 @@ def test_damaged_middle_record_and_unknown_format_are_named(tmp_path):
 
 
 def test_format_1_records_from_before_group_commit_still_restore(tmp_path):
-    from pipeline.bank.store import _encode_record
+    from pipeline.bank.wal_frames import encode_record
 
     cfg = _cfg(tmp_path, snapshot_every=1000)
     store = BankStore(cfg.snapshot_uri)
     old = [_batch(0, 3), _batch(10, 3)]
     for seq, b in enumerate(old):  # exactly what format 1 wrote (one file per batch)
-        store._write(f"{store.root}/wal/{seq:012d}.safetensors", _encode_record(b))
+        store.files.write(f"{store.root}/wal/{seq:012d}.safetensors", encode_record(b))
     bank = BankService(cfg)
     assert bank.restored["wal_records"] == 2
     bank.put(_batch(20, 3))  # seq 2 goes to a format-2 segment beside them
