@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pipeline.models.cells import embed, linear
-from pipeline.models.gru_grad import _back, _scatter_rows, gru_loss_and_grad
+from pipeline.models.gru_grad import _back, _back_add, _scatter_rows, gru_loss_and_grad
 
 Params = dict[str, Tensor]
 
@@ -42,61 +42,79 @@ def _rsum(d: Tensor) -> Tensor:
     return d.reshape(d.shape[0], -1, d.shape[-1]).sum(1)
 
 
-def _r_forward(steps, gi_r: Tensor, hs: Tensor, w_hh: Tensor, u_hh: Tensor, u_bhh: Tensor):
-    """R of one layer's recurrence, given R of its input projection -> per-step R values."""
+def _fwd_add(acc: Tensor, h: Tensor, w: Tensor) -> Tensor:
+    """`acc + h @ w^T` in one op (addmm / baddbmm), w shared `[out, in]` or `[T, out, in]`."""
+    if w.dim() == 3 and w.stride(0) == 0:
+        w = w[0]  # an expand view (theta_0): one mm over all tasks
+    if w.dim() == 2:
+        flat = torch.addmm(acc.reshape(-1, acc.shape[-1]), h.reshape(-1, h.shape[-1]), w.t())
+        return flat.view(acc.shape)
+    return torch.baddbmm(acc, h, w.transpose(1, 2))
+
+
+def _r_forward(steps, gi_r: Tensor, hs: Tensor, h_prev: Tensor, w_hh, u_hh, u_bhh):
+    """R of one layer's recurrence, given R of its input projection -> per-step R values
+    (R[r|z] as one tensor, Rn, R gh_n, R(h - n)) and R hs `[T, K, L, H]`."""
     hsz = w_hh.shape[-1]
-    h_prev = torch.cat([torch.zeros_like(hs[..., :1, :]), hs[..., :-1, :]], dim=-2)
-    hu_all = linear(h_prev, u_hh, u_bhh)  # h_{t-1} U_hh^T + u_b for every t: one bmm
-    rh = torch.zeros_like(hs[..., 0, :])
-    out, rhs = [], []
-    for (r, z, n, gh_n, hmn), rgi, hu in zip(
-        steps, gi_r.unbind(-2), hu_all.unbind(-2), strict=True
-    ):
-        rgh = hu + linear(rh, w_hh, None)
-        rgi_rz, rgi_n = rgi.split([2 * hsz, hsz], dim=-1)
-        rgh_rz, rgh_n = rgh.split([2 * hsz, hsz], dim=-1)
-        ra_r, ra_z = (rgi_rz + rgh_rz).chunk(2, dim=-1)
-        rr = torch.ops.aten.sigmoid_backward(ra_r, r)
-        rz = torch.ops.aten.sigmoid_backward(ra_z, z)
-        rn = torch.ops.aten.tanh_backward(rgi_n + rr * gh_n + r * rgh_n, n)
-        rhmn = rh - rn
-        out.append((rr, rz, rn, rgh_n, rhmn))
-        rh = rn + rz * hmn + z * rhmn
-        rhs.append(rh)
-    return out, torch.stack(rhs, dim=-2)
+    # h_{t-1} U_hh^T + u_b for every t (one bmm), plus R gi's r|z block: then one addmm per
+    # step gives [R(pre-sigmoid r|z), R gh_n] with no per-step add
+    c_all = linear(h_prev, u_hh, u_bhh)
+    c_all[..., : 2 * hsz] += gi_r[..., : 2 * hsz]
+    rhs = torch.empty_like(hs)
+    rh = None
+    out = []
+    for t, (rz, n, gh_n, hmn) in enumerate(steps):
+        c = c_all.select(-2, t)
+        rgh = c if rh is None else _fwd_add(c, rh, w_hh)  # R h_0 = 0: no matmul
+        rrz = torch.ops.aten.sigmoid_backward(rgh[..., : 2 * hsz], rz)
+        rr, rz_ = rrz.chunk(2, dim=-1)
+        r, z = rz.chunk(2, dim=-1)
+        rgh_n = rgh[..., 2 * hsz :]
+        a = torch.addcmul(gi_r.select(-2, t)[..., 2 * hsz :], rr, gh_n).addcmul_(r, rgh_n)
+        rn = torch.ops.aten.tanh_backward.grad_input(a, n, grad_input=a)
+        rhmn = rn.neg() if rh is None else rh - rn
+        rh = torch.addcmul(rn, rz_, hmn, out=rhs.select(-2, t)).addcmul_(z, rhmn)
+        out.append((rrz, rn, rgh_n, rhmn))
+    return out, rhs
 
 
-def _r_backward(steps, rsteps, dhs, dgh_all: Tensor, rd_out: Tensor, w_hh: Tensor, u_hh: Tensor):
+def _r_step(step, rstep, kept, da_n, rdh, rdgh, rdan):
+    """R of one backward step: writes R dgh_t into `rdgh` and R da_n into `rdan` (slots)."""
+    (rz, n, gh_n, hmn), (rrz, rn, rgh_n, rhmn), (dh, dn, g_rz) = step, rstep, kept
+    hsz = n.shape[-1]
+    r, z = rz.chunk(2, dim=-1)
+    rr, rz_ = rrz.chunk(2, dim=-1)
+    rdn = torch.addcmul(rdh, rdh, z, value=-1.0).addcmul_(dh, rz_, value=-1.0)
+    rda_n = torch.ops.aten.tanh_backward.grad_input(rdn, n, grad_input=rdan)
+    rda_n.addcmul_(n * rn, dn, value=-2.0)  # tanh'' term: d(1 - n^2) = -2 n Rn
+    rg = torch.empty_like(g_rz)  # R of the grads reaching sigmoid(r), sigmoid(z)
+    torch.mul(rda_n, gh_n, out=rg[..., :hsz]).addcmul_(da_n, rgh_n)
+    torch.mul(rdh, hmn, out=rg[..., hsz:]).addcmul_(dh, rhmn)
+    rda_rz = torch.ops.aten.sigmoid_backward.grad_input(rg, rz, grad_input=rdgh[..., : 2 * hsz])
+    w = g_rz * rrz  # sigmoid'' term: d(s (1 - s)) = (1 - 2 s) Rs
+    rda_rz.add_(w).addcmul_(w, rz, value=-2.0)
+    torch.mul(rda_n, r, out=rdgh[..., 2 * hsz :]).addcmul_(da_n, rr)
+
+
+def _r_backward(steps, rsteps, kept, dgi_all, dgh_all, rd_out: Tensor, w_hh, u_hh):
     """R of one layer's backward -> (R dgi_all, R dgh_all) `[T, K, L, 3H]`."""
+    hsz = w_hh.shape[-1]
+    length = rd_out.shape[-2]
     du_all = _back(dgh_all, u_hh)  # dgh_t U_hh for every t: one bmm
-    rdh = None
-    rdgis, rdghs = [], []
-    for (r, z, n, gh_n, hmn), (rr, rz, rn, rgh_n, rhmn), dh, rd_t, du in zip(
-        reversed(steps),
-        reversed(rsteps),
-        reversed(dhs),
-        reversed(rd_out.unbind(-2)),
-        reversed(du_all.unbind(-2)),
-        strict=True,
-    ):
-        rdh = rd_t if rdh is None else rdh + rd_t
-        dn = dh - dh * z
-        da_n = torch.ops.aten.tanh_backward(dn, n)
-        dr = da_n * gh_n
-        dz = dh * hmn
-        rdn = rdh - rdh * z - dh * rz
-        rda_n = torch.ops.aten.tanh_backward(rdn, n) - 2.0 * n * rn * dn
-        rda_r = torch.ops.aten.sigmoid_backward(rda_n * gh_n + da_n * rgh_n, r) + dr * rr * (
-            1.0 - 2.0 * r
-        )
-        rda_z = torch.ops.aten.sigmoid_backward(rdh * hmn + dh * rhmn, z) + dz * rz * (
-            1.0 - 2.0 * z
-        )
-        rdgis.append(torch.cat([rda_r, rda_z, rda_n], dim=-1))
-        rdgh = torch.cat([rda_r, rda_z, rda_n * r + da_n * rr], dim=-1)
-        rdghs.append(rdgh)
-        rdh = rdh * z + dh * rz + du + _back(rdgh, w_hh)
-    return torch.stack(rdgis[::-1], dim=-2), torch.stack(rdghs[::-1], dim=-2)
+    # what reaches R dh_{t-1} off the recurrence: R d_out_{t-1} + dgh_t U_hh (one add)
+    side = du_all[..., 1:, :] + rd_out[..., :-1, :]
+    rdgh = torch.empty_like(dgh_all)
+    rdan = torch.empty_like(rd_out)
+    rdh = rd_out.select(-2, length - 1)
+    for t in range(length - 1, -1, -1):
+        r_slot = rdgh.select(-2, t)
+        da_n = dgi_all.select(-2, t)[..., 2 * hsz :]
+        _r_step(steps[t], rsteps[t], kept[t], da_n, rdh, r_slot, rdan.select(-2, t))
+        if t:  # R dh_{t-1} = R dh z + dh Rz + side + R dgh_t W_hh
+            z, rz_ = steps[t][0][..., hsz:], rsteps[t][0][..., hsz:]
+            acc = torch.addcmul(side.select(-2, t - 1), rdh, z).addcmul_(kept[t][0], rz_)
+            rdh = _back_add(acc, r_slot, w_hh)
+    return torch.cat([rdgh[..., : 2 * hsz], rdan], dim=-1), rdgh
 
 
 def _head(params: Params, u: Params, c: dict, rfeat: Tensor, kind: str, hv: Params):
@@ -164,7 +182,8 @@ def _r_layers(params: Params, u: Params, c: dict, x: Tensor, layers: int):
                 layer_in, u[pre + "w_ih"], u[pre + "b_ih"]
             )
         w_hh, u_hh, u_bhh = params[pre + "w_hh"], u[pre + "w_hh"], u[pre + "b_hh"]
-        rsteps, rhs = _r_forward(steps, r_in, hs, w_hh, u_hh, u_bhh)
+        h_prev = c["back"][i][3]  # the backward's [0, h_0 .. h_{L-2}]
+        rsteps, rhs = _r_forward(steps, r_in, hs, h_prev, w_hh, u_hh, u_bhh)
         rsteps_all.append(rsteps)
         rhs_all.append(rhs)
         r_in = rhs
@@ -178,8 +197,8 @@ def _r_layer_back(params, u, c, x, i, rsteps, rhs_all, rd_out, hv) -> Tensor | N
     table, u_table = params["embed.weight"], u["embed.weight"]
     w_ih, w_hh = params[pre + "w_ih"], params[pre + "w_hh"]
     layer_in, hs, steps = c["layers"][i]
-    dhs, dgi_all, dgh_all, h_prev = c["back"][i]
-    rdgi, rdgh = _r_backward(steps, rsteps, dhs, dgh_all, rd_out, w_hh, u[pre + "w_hh"])
+    kept, dgi_all, dgh_all, h_prev = c["back"][i]
+    rdgi, rdgh = _r_backward(steps, rsteps, kept, dgi_all, dgh_all, rd_out, w_hh, u[pre + "w_hh"])
     rh_prev = torch.cat([torch.zeros_like(rhs_all[i][..., :1, :]), rhs_all[i][..., :-1, :]], -2)
     hv[pre + "w_hh"] = _wpair(dgh_all, h_prev, rdgh, rh_prev)
     hv[pre + "b_hh"] = _rsum(rdgh)

@@ -28,3 +28,8 @@ def test_hand_written_gru_bptt_equals_autograd(task, layers, vocab):
         assert g.keys() == names
         for k, r in zip(names, ref, strict=True):
             torch.testing.assert_close(g[k], r, rtol=1e-5, atol=1e-6, msg=k)
+        with torch.no_grad():  # outside autograd: the in-place path (steps written with out=)
+            loss2, g2 = model.loss_and_grad(p, s.x, s.y, s.mask, names)
+        torch.testing.assert_close(loss2, loss.detach())
+        for k in names:
+            torch.testing.assert_close(g2[k], g[k].detach(), rtol=1e-5, atol=1e-6, msg=k)
