@@ -101,18 +101,10 @@ def related_stored(lang: str, keys) -> bool:
     return any(k == lang or (ws.same_branch(lang, k) and LANGUAGES[k].script == s) for k in keys)
 
 
-def make_bank(rows, exclude=()) -> tuple[BankService, list[str]]:
+def make_bank(rows, meta_init, exclude=()) -> tuple[BankService, list[str]]:
     keys = sorted(k for k in rows if k not in exclude)
     bank = BankService(BankConfig(**BASE))
-    bank.put(
-        {
-            "keys": keys,
-            "descriptor": np.stack([rows[k]["desc"]["ngram"] for k in keys]),
-            "params": np.stack([rows[k]["params"] for k in keys]),
-            "support": np.full(len(keys), FILL_SUPPORT),
-            "loss": [rows[k]["loss"] for k in keys],
-        }
-    )
+    ws.put_rows(bank, rows, keys, "ngram", meta_init, support=np.full(len(keys), FILL_SUPPORT))
     return bank, keys
 
 
@@ -235,12 +227,12 @@ def fit_power(sims: dict[int, list[dict]]) -> float:
 
 def scenario(ctx, langs, src_rows, k, n_eps, seed, thr, loo, sims_only=False) -> list[dict]:
     args, recs = ctx["args"], []
-    full = make_bank(ctx["rows"])
+    full = make_bank(ctx["rows"], ctx["state"].params)
     for li, lang in enumerate(langs):
         eps = ws.episodes(
             src_rows, [lang], k, args.k_query, args.max_len, n_eps, seed=seed + 101 * li
         )
-        bank, keys = make_bank(ctx["rows"], exclude=(lang,)) if loo else full
+        bank, keys = make_bank(ctx["rows"], ctx["state"].params, exclude=(lang,)) if loo else full
         if sims_only:
             recs += similarities(ctx, lang, eps, bank, keys)
         else:

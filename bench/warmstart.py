@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline import config
 from pipeline.bank.service import BankService
-from pipeline.bank.warm_start import flatten_batched, unflatten, warm_start
+from pipeline.bank.warm_start import flatten, flatten_batched, unflatten, warm_start
 from pipeline.config import BankConfig
 from pipeline.data import episodes as ep
 from pipeline.data.sources.languages import BRANCH, LANGUAGES
@@ -170,17 +170,33 @@ def fill_bank(model, state, even, args, trainable):
     return rows
 
 
-def bank_for(rows, kind, threshold, exclude=()):
-    bank = BankService(BankConfig(capacity=1000, threshold=threshold, descriptor=kind))
-    keys = [k for k in rows if k not in exclude]
+def put_rows(
+    bank: BankService,
+    rows: dict[str, dict],
+    keys: list[str],
+    kind: str,
+    meta_init: dict[str, torch.Tensor],
+    **extra: np.ndarray,
+) -> None:
+    """Put `rows[keys]` (adapted params, `kind` descriptors, losses; `extra` columns as given)
+    into `bank` with the meta-init as its base, as `metaray adapt --bank-uri` does: a float16
+    bank stores deltas from its base, and without one the first entry would be the base, every
+    other entry a delta from another language's parameters."""
     bank.put(
         {
             "keys": keys,
             "descriptor": np.stack([rows[k]["desc"][kind] for k in keys]),
             "params": np.stack([rows[k]["params"] for k in keys]),
+            "base": flatten(meta_init),  # the order flatten_batched gave the rows (sorted names)
             "loss": [rows[k]["loss"] for k in keys],
+            **extra,
         }
     )
+
+
+def bank_for(rows, meta_init, kind, threshold, exclude=()):
+    bank = BankService(BankConfig(capacity=1000, threshold=threshold, descriptor=kind))
+    put_rows(bank, rows, [k for k in rows if k not in exclude], kind, meta_init)
     return bank
 
 
@@ -215,7 +231,7 @@ def calibrate(model, state, rows, even, args, trainable, log):
     out = {}
     for kind in KINDS:
         sims, gains, same = [], [], []
-        banks = {lang: bank_for(rows, kind, 1.0, exclude=(lang,)) for lang in TRAIN}
+        banks = {lang: bank_for(rows, state.params, kind, 1.0, exclude=(lang,)) for lang in TRAIN}
         for langs, b in batched(eps):
             d = describe(model, state.params, b.support, kind=kind)
             base = after_steps(model, state.params, b, args.calib_steps, state.lrs, trainable)
@@ -247,7 +263,7 @@ def calibrate(model, state, rows, even, args, trainable, log):
 
 
 def evaluate(model, state, rows, odd, args, kind, thr, rand_params, trainable, log):
-    bank = bank_for(rows, kind, thr)
+    bank = bank_for(rows, state.params, kind, thr)
     rng = np.random.default_rng(0)
     recurring = sorted(rng.choice(TRAIN, size=min(args.recurring, len(TRAIN)), replace=False))
     scen = {"recurring": list(recurring), "related": RELATED, "unrelated": UNRELATED}
@@ -338,7 +354,7 @@ def retrieval(model, state, rows, odd, args):
     eps_rel = episodes(odd, RELATED, args.shots, 16, args.max_len, args.episodes, seed=5)
     eps_rec = episodes(odd, rec, args.shots, 16, args.max_len, 2, seed=5)
     for kind in KINDS:
-        bank = bank_for(rows, kind, 1.0)
+        bank = bank_for(rows, state.params, kind, 1.0)
         res = {}
         for name, eps in (("related_same_branch", eps_rel), ("recurring_same_language", eps_rec)):
             ok, nn = [], {}
