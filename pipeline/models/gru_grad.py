@@ -14,7 +14,6 @@ joins were 14% of a chargru meta-step), and the gate math uses fused `addcmul`.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.models.cells import embed, fold_embedding, hidden_proj, input_projection, linear
@@ -71,6 +70,14 @@ def _tb(g: Tensor, y: Tensor, out: Tensor | None = None) -> Tensor:
     return torch.ops.aten.tanh_backward.grad_input(g, y, grad_input=out)
 
 
+def _tanh(a: Tensor) -> Tensor:
+    """tanh(a) as 2 sigmoid(2a) - 1, overwriting `a` (a fresh temporary): torch's CPU tanh
+    runs at ~4.6 ns/element here against sigmoid's ~0.5 (74 vs 31 us at [8, 16, 128], 1
+    thread; 20% of the forward recurrence). float32 error 1.8e-7 absolute, float64 3e-16."""
+    s = torch.sigmoid(a.mul_(2.0))
+    return torch.add(s, s).sub_(1.0)  # sigmoid's output stays as saved (autograd path)
+
+
 class _Seq:
     """Per-time-step results `[..., D]` gathered into one `[..., L, D]` tensor. In place (fast):
     each step writes its slot with `out=` (no per-step stack/cat copy, 14% of a meta-step
@@ -123,7 +130,7 @@ def _forward_layer(gi_all: Tensor, w_hh: Tensor, b_hh: Tensor, fast: bool):
         gh_rz, gh_n = gh.split([2 * hsz, hsz], dim=-1)
         rz = torch.sigmoid_(gi_rz + gh_rz)
         r, z = rz.chunk(2, dim=-1)
-        n = torch.tanh_(torch.addcmul(gi_n, r, gh_n))
+        n = _tanh(torch.addcmul(gi_n, r, gh_n))
         h_minus_n = h - n  # kept: the z gate's derivative needs it
         steps.append((rz, n, gh_n, h_minus_n))
         h = hs.put(t, torch.addcmul(n, z, h_minus_n, out=hs.slot(t)))  # n + z (h - n)
@@ -208,9 +215,9 @@ def gru_loss_and_grad(
         logp = torch.log_softmax(logits, dim=-1)
         loss = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(-1)
         weight = torch.full_like(loss, 1.0 / y.shape[-1])[:, None, None]
-    onehot = F.one_hot(y, logits.shape[-1]).to(logits.dtype)
     prob = torch.exp(logp)
-    dlogits = (prob - onehot) * weight
+    # (prob - onehot(y)) * weight without the one-hot tensor (0.07 vs 0.54 ms at chargru)
+    dlogits = (prob * weight).scatter_add_(-1, y.unsqueeze(-1), (-weight).expand_as(y[..., None]))
     if cache is not None:
         cache.update(layers=caches, feat=feat, prob=prob, dlogits=dlogits, weight=weight)
         cache.update(folded=folded, idx=None if kind == "lm" else idx, back=[None] * layers)
