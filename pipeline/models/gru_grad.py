@@ -19,6 +19,8 @@ from torch import Tensor
 from pipeline.models.cells import embed, fold_embedding, hidden_proj, input_projection, linear
 
 Params = dict[str, Tensor]
+Step = tuple[Tensor, Tensor, Tensor, Tensor]  # one forward step kept: (r|z, n, gh_n, h - n)
+Kept = tuple[Tensor, Tensor, Tensor]  # one backward step kept: (dh, dh (1 - z), grads at r|z)
 
 
 def _back(d: Tensor, w: Tensor) -> Tensor:
@@ -114,7 +116,9 @@ def _pair(a: Tensor, b: Tensor, c: Tensor, d: Tensor, fast: bool) -> Tensor:
     return out
 
 
-def _forward_layer(gi_all: Tensor, w_hh: Tensor, b_hh: Tensor, fast: bool):
+def _forward_layer(
+    gi_all: Tensor, w_hh: Tensor, b_hh: Tensor, fast: bool
+) -> tuple[Tensor, list[Step]]:
     """One layer's recurrence -> (hs `[T, K, L, H]`, per-step (rz, n, gh_n, h - n) kept for
     the backward and the HVP). r and z stay one `[.., 2H]` tensor so the backward and the
     R-passes treat both gates with one sigmoid-derivative op."""
@@ -122,7 +126,7 @@ def _forward_layer(gi_all: Tensor, w_hh: Tensor, b_hh: Tensor, fast: bool):
     length = gi_all.shape[-2]
     h = gi_all.new_zeros(*gi_all.shape[:-2], hsz)
     hs = _Seq(h, length, hsz, fast)
-    steps = []
+    steps: list[Step] = []
     for t, gi in enumerate(gi_all.unbind(dim=-2)):
         # h_0 = 0: the first step's hidden projection is the bias alone (no matmul)
         gh = hidden_proj(h, w_hh, b_hh) if t else b_hh.unsqueeze(-2).expand_as(gi)
@@ -137,7 +141,9 @@ def _forward_layer(gi_all: Tensor, w_hh: Tensor, b_hh: Tensor, fast: bool):
     return hs.done(), steps
 
 
-def _backward_layer(d_out: Tensor, steps, w_hh: Tensor, fast: bool):
+def _backward_layer(
+    d_out: Tensor, steps: list[Step], w_hh: Tensor, fast: bool
+) -> tuple[Tensor, Tensor, list[Kept]]:
     """BPTT through one layer given d(loss)/d(h_t) from above -> (dgi_all, dgh_all
     `[T, K, L, 3H]`, per-step (dh, dh (1 - z), pre-sigmoid gate grads) kept for the HVP)."""
     hsz = w_hh.shape[-1]
@@ -145,7 +151,7 @@ def _backward_layer(d_out: Tensor, steps, w_hh: Tensor, fast: bool):
     d_in = d_out.unbind(dim=-2)
     dgh = _Seq(d_in[0], length, 3 * hsz, fast)  # [da_r, da_z, da_n * r]
     dan = _Seq(d_in[0], length, hsz, fast)  # da_n (dgi's n block)
-    kept = [None] * length
+    kept: list[Kept] = [None] * length  # type: ignore[list-item]  # filled t = L-1 .. 0
     dh = d_in[-1]
     for t in range(length - 1, -1, -1):
         rz, n, gh_n, h_minus_n = steps[t]

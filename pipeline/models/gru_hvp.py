@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pipeline.models.cells import embed, linear
-from pipeline.models.gru_grad import _back, _back_add, _scatter_rows, gru_loss_and_grad
+from pipeline.models.gru_grad import Kept, Step, _back, _back_add, _scatter_rows, gru_loss_and_grad
 
 Params = dict[str, Tensor]
 
@@ -52,7 +52,15 @@ def _fwd_add(acc: Tensor, h: Tensor, w: Tensor) -> Tensor:
     return torch.baddbmm(acc, h, w.transpose(1, 2))
 
 
-def _r_forward(steps, gi_r: Tensor, hs: Tensor, h_prev: Tensor, w_hh, u_hh, u_bhh):
+def _r_forward(
+    steps: list[Step],
+    gi_r: Tensor,
+    hs: Tensor,
+    h_prev: Tensor,
+    w_hh: Tensor,
+    u_hh: Tensor,
+    u_bhh: Tensor,
+) -> tuple[list[Step], Tensor]:
     """R of one layer's recurrence, given R of its input projection -> per-step R values
     (R[r|z] as one tensor, Rn, R gh_n, R(h - n)) and R hs `[T, K, L, H]`."""
     hsz = w_hh.shape[-1]
@@ -78,7 +86,9 @@ def _r_forward(steps, gi_r: Tensor, hs: Tensor, h_prev: Tensor, w_hh, u_hh, u_bh
     return out, rhs
 
 
-def _r_step(step, rstep, kept, da_n, rdh, rdgh, rdan):
+def _r_step(
+    step: Step, rstep: Step, kept: Kept, da_n: Tensor, rdh: Tensor, rdgh: Tensor, rdan: Tensor
+) -> None:
     """R of one backward step: writes R dgh_t into `rdgh` and R da_n into `rdan` (slots)."""
     (rz, n, gh_n, hmn), (rrz, rn, rgh_n, rhmn), (dh, dn, g_rz) = step, rstep, kept
     hsz = n.shape[-1]
@@ -96,7 +106,16 @@ def _r_step(step, rstep, kept, da_n, rdh, rdgh, rdan):
     torch.mul(rda_n, r, out=rdgh[..., 2 * hsz :]).addcmul_(da_n, rr)
 
 
-def _r_backward(steps, rsteps, kept, dgi_all, dgh_all, rd_out: Tensor, w_hh, u_hh):
+def _r_backward(
+    steps: list[Step],
+    rsteps: list[Step],
+    kept: list[Kept],
+    dgi_all: Tensor,
+    dgh_all: Tensor,
+    rd_out: Tensor,
+    w_hh: Tensor,
+    u_hh: Tensor,
+) -> tuple[Tensor, Tensor]:
     """R of one layer's backward -> (R dgi_all, R dgh_all) `[T, K, L, 3H]`."""
     hsz = w_hh.shape[-1]
     length = rd_out.shape[-2]
