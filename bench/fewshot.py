@@ -22,13 +22,13 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataclasses import replace
 
 import fewshot_eval as fe
 import fewshot_external as fx
