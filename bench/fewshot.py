@@ -73,7 +73,7 @@ SPECS = {
 
 
 def parse_variant(text: str) -> Spec:
-    """`name:alg=lslr,steps=1+2+5,lr=0.3,pretrain=0.5,pre=1,fo=1,olr=0.001`"""
+    """`name:alg=lslr,steps=1+2+5,lr=0.3,pretrain=0.5,pre=1,fo=1,olr=0.001,init=0,lrmax=0.6`"""
     name, _, body = text.partition(":")
     kv = dict(item.split("=", 1) for item in body.split(",") if item)
     return Spec(
@@ -86,6 +86,7 @@ def parse_variant(text: str) -> Spec:
         kv.get("fo", "0") == "1",
         float(kv["olr"]) if "olr" in kv else None,
         kv.get("init", "1") == "1",
+        float(kv["lrmax"]) if "lrmax" in kv else None,
     )
 
 

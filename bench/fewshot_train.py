@@ -44,6 +44,7 @@ class Spec:
     first_order: bool = False
     outer_lr: float | None = None  # None: the run's outer lr
     learn_init: bool = True  # False: keep the (pretrained) init, learn only the inner lrs
+    lr_max: float | None = None  # cap on the learned inner lrs (inner.lr_max)
 
 
 @dataclass
@@ -139,6 +140,7 @@ def meta_inner(run_cfg, spec: Spec) -> Any:
             "learn_init": spec.learn_init,
             "lr": spec.inner_lr,
             "first_order": spec.first_order,
+            "lr_max": spec.lr_max,
         }
     )
 

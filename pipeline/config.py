@@ -86,6 +86,12 @@ class InnerConfig(_Slice):
         "param",
         description="Meta-SGD's learned lrs: one per parameter, or one per tensor (MAML++ LSLR)",
     )
+    lr_max: float | None = Field(
+        None,
+        gt=0,
+        description="Meta-SGD: cap on every learned inner lr (large learned rates overshoot "
+        "on a second step on tasks unlike the training ones); None: no cap",
+    )
     step_schedule: tuple[int, ...] = Field(
         (),
         description="inner steps per meta-step, cycled (e.g. [1, 2, 5]: train for the step "

@@ -77,8 +77,11 @@ def init_state(
     return state._replace(opt=init(meta_trainables(state, inner_cfg.algorithm)))
 
 
-def apply_gradients(state: MetaState, grads: Params, outer_cfg: OuterConfig) -> MetaState:
-    """One outer optimizer step (pure): returns the next MetaState."""
+def apply_gradients(
+    state: MetaState, grads: Params, outer_cfg: OuterConfig, *, lr_max: float | None = None
+) -> MetaState:
+    """One outer optimizer step (pure): returns the next MetaState. Learned inner lrs are
+    kept in [0, lr_max]."""
     if outer_cfg.grad_clip:
         norm = torch.linalg.vector_norm(
             torch.stack([torch.linalg.vector_norm(g) for g in grads.values()])
@@ -93,7 +96,7 @@ def apply_gradients(state: MetaState, grads: Params, outer_cfg: OuterConfig) -> 
     params = {k: new[k] for k in state.params}
     # a learned inner lr below 0 would climb the support loss: clamp at 0
     lrs = {
-        k: new[LR_PREFIX + k].clamp_min(0.0) if LR_PREFIX + k in new else v
+        k: new[LR_PREFIX + k].clamp(0.0, lr_max) if LR_PREFIX + k in new else v
         for k, v in state.lrs.items()
     }
     return MetaState(params, lrs, opt, state.step + 1)
@@ -143,7 +146,7 @@ def train_step(
         grads = {k: g + inner_cfg.pre_weight * g0[k] if k in g0 else g for k, g in grads.items()}
     if not inner_cfg.learn_init:  # the init stays: only Meta-SGD's inner lrs are learned
         grads = {k: g for k, g in grads.items() if k.startswith(LR_PREFIX)}
-    new = apply_gradients(state, all_reduce(grads), outer_cfg)
+    new = apply_gradients(state, all_reduce(grads), outer_cfg, lr_max=inner_cfg.lr_max)
     return (new, out[1], out[2]) if return_adapted else (new, out[1])
 
 

@@ -114,6 +114,22 @@ def test_metasgd_learning_rates_receive_gradients_and_move():
     assert all(not torch.equal(new.lrs[k], state.lrs[k]) for k in state.lrs)
 
 
+def test_learned_inner_lrs_stay_within_zero_and_lr_max():
+    model = tiny_mlp()
+    ic, oc = configs("metasgd", lr=0.5)
+    state = outer.init_state(model, ic, oc)
+    # a step that pushes half the lrs far up and half far below zero
+    grads = {
+        "lr/" + k: torch.where(torch.rand_like(v) < 0.5, -1e3, 1e3) for k, v in state.lrs.items()
+    }
+    oc = oc.model_copy(update={"lr": 10.0})
+    new = outer.apply_gradients(state, grads, oc, lr_max=0.7)
+    lrs = torch.cat([v.flatten() for v in new.lrs.values()])
+    assert float(lrs.min()) == 0.0 and float(lrs.max()) == pytest.approx(0.7)
+    uncapped = outer.apply_gradients(state, grads, oc)
+    assert float(torch.cat([v.flatten() for v in uncapped.lrs.values()]).max()) > 5.0
+
+
 def test_anil_leaves_the_body_unchanged_in_the_inner_loop():
     model = tiny_rnn("classify")
     ic, oc = configs("anil", steps=3, lr=0.5)
