@@ -200,10 +200,16 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def scale(sizes: list[int], dim: int, queries: int, ann_min: int) -> None:
-    """One JSON line per size: the real BankIndex (HNSW from `ann_min` entries) filled with
-    clustered descriptors (bench/bank_ann.py's mixture) and one-float parameter rows, so
-    `rss_bytes_per_entry` is what an entry costs BEYOND its parameters."""
+def scale(
+    sizes: list[int], dim: int, queries: int, ann_min: int, efs: list[int] | None = None
+) -> None:
+    """One JSON line per size (and per HNSW ef in `efs`, on the same build): the real
+    BankIndex (HNSW from `ann_min` entries) filled with clustered descriptors
+    (bench/bank_ann.py's mixture) and one-float parameter rows, so `rss_bytes_per_entry` is
+    what an entry costs BEYOND its parameters. The queries are timed back to back, as the
+    bank actor serves them; recall against exact search is computed after, apart: an exact
+    scan of 1M rows between two timed queries flushes the CPU caches the next one would use
+    (the `interleaved` figures, kept to compare with the earlier runs, which did that)."""
     import json
 
     from bench.bank_ann import mixture
@@ -222,33 +228,50 @@ def scale(sizes: list[int], dim: int, queries: int, ann_min: int) -> None:
             idx.upsert([f"t{i}" for i in range(a, b)], desc[a:b], np.zeros((b - a, 1), np.float32))
         puts = n / (time.perf_counter() - t0)
         grown = _rss() - before
-        times, recall = [], []
-        for q in qs:
-            t = time.perf_counter()
-            hits = idx.search(q, k=5, touch=False)
-            idx.params_of(hits.slots[0])
-            times.append((time.perf_counter() - t) * 1e3)
-            exact = idx.search(q, k=5, touch=False, exact=True)
-            recall.append(len(set(hits.keys[0]) & set(exact.keys[0])) / 5)
-        p50, p99 = np.percentile(times, [50, 99])
-        print(
-            json.dumps(
-                {
-                    "entries": n,
-                    "dim": dim,
-                    "search": "hnsw" if idx._ann is not None else "exact",
-                    "query_p50_ms": round(float(p50), 3),
-                    "query_p99_ms": round(float(p99), 3),
-                    "recall_at_5": round(float(np.mean(recall)), 4),
-                    "rss_bytes_per_entry": round(grown / n, 1),
-                    "puts_per_s": round(puts, 1),
-                    "puts_note": "in memory, batches of 10,000, one-float params (no WAL)",
-                    "load_avg_1m": round(os.getloadavg()[0], 2),
-                }
-            ),
-            flush=True,
-        )
+        exact = [set(idx.search(q, k=5, touch=False, exact=True).keys[0]) for q in qs]
+        ann = idx._ann
+        for ef in efs if (efs and ann is not None) else [None]:
+            if ef is not None:
+                ann.ef_search = ef
+            row = {"entries": n, "dim": dim, "search": "hnsw" if ann is not None else "exact"}
+            if ann is not None:
+                row["ef"] = ann.ef_search
+            times, found = _timed_queries(idx, qs)
+            row.update(_latency(times), recall_at_5=_recall(found, exact))
+            times, _ = _timed_queries(idx, qs, exact_between=True)
+            interleaved = _latency(times)
+            row.update({f"interleaved_{k}": v for k, v in interleaved.items()})
+            row.update(
+                rss_bytes_per_entry=round(grown / n, 1),
+                puts_per_s=round(puts, 1),
+                puts_note="in memory, batches of 10,000, one-float params (no WAL)",
+                load_avg_1m=round(os.getloadavg()[0], 2),
+            )
+            print(json.dumps(row), flush=True)
         del idx, desc
+
+
+def _timed_queries(idx, qs, exact_between: bool = False) -> tuple[list[float], list[set]]:
+    """ms per query (search + the best hit's parameters), and each query's 5 keys."""
+    times, found = [], []
+    for q in qs:
+        t = time.perf_counter()
+        hits = idx.search(q, k=5, touch=False)
+        idx.params_of(hits.slots[0])
+        times.append((time.perf_counter() - t) * 1e3)
+        found.append(set(hits.keys[0]))
+        if exact_between:
+            idx.search(q, k=5, touch=False, exact=True)
+    return times, found
+
+
+def _latency(times: list[float]) -> dict[str, float]:
+    p50, p99 = np.percentile(times, [50, 99])
+    return {"query_p50_ms": round(float(p50), 3), "query_p99_ms": round(float(p99), 3)}
+
+
+def _recall(found: list[set], exact: list[set]) -> float:
+    return round(float(np.mean([len(f & e) / 5 for f, e in zip(found, exact, strict=True)])), 4)
 
 
 WAL_WORKLOADS = (  # (params per entry, entries per put batch, timed entries)
@@ -437,6 +460,7 @@ def main() -> None:
     ap.add_argument("--hook", action="store_true", help="only: trainer step cost of the hook")
     ap.add_argument("--scale", default=None, help="only: JSON lines at these entry counts")
     ap.add_argument("--ann-min", type=int, default=50_000, help="with --scale: HNSW from here")
+    ap.add_argument("--ef", default=None, help="with --scale: HNSW ef values, one build")
     ap.add_argument("--wal-puts", action="store_true", help="only: puts/s with the WAL")
     ap.add_argument("--wal-compare", default=None, help="only: --wal-puts of TREE vs this tree")
     ap.add_argument("--group", type=int, default=64, help="put_many batches per call")
@@ -460,7 +484,8 @@ def main() -> None:
         wal_compare(args.wal_compare, args.reps, args.group, args.wal_params)
         return
     if args.scale:
-        scale([int(x) for x in args.scale.split(",")], 128, 500, args.ann_min)
+        efs = [int(x) for x in args.ef.split(",")] if args.ef else None
+        scale([int(x) for x in args.scale.split(",")], 128, 500, args.ann_min, efs)
         return
     print(f"load: {os.getloadavg()}")
     if args.hook:

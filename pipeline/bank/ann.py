@@ -61,5 +61,13 @@ class Hnsw:
         rows = np.array([[row_of[int(i)] for i in r] for r in ids], np.int64)
         return rows, (1.0 - np.atleast_2d(found.distances)).astype(np.float32)
 
+    @property
+    def ef_search(self) -> int:
+        return int(self._index.expansion_search)
+
+    @ef_search.setter
+    def ef_search(self, ef: int) -> None:  # recall against latency (bench/bank.py --ef)
+        self._index.expansion_search = int(ef)
+
     def nbytes(self) -> int:
         return int(self._index.memory_usage) + 100 * len(self.row_of)  # + the id map
