@@ -11,12 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 SERIAL_BELOW = 1_000  # entries inserted on one thread (see `Hnsw.add`): ~0.1 s of a build
+# ef 160: recall@5 0.951 at 100k and 0.976-0.979 at 1M entries (bench/bank.py --scale --ef);
+# 192 bought +0.004-0.008 recall for +25-40% query time and a 1M p99 over 5 ms in 2 of 3 runs
+EF_SEARCH = 160
 
 
 class Hnsw:
-    # connectivity 32 / expansion 128 / ef 192: recall@5 >= 0.96 on bench/bank_ann.py's
-    # clustered descriptors where 16 / 64 / 64 gave 0.86 (bench/RESULTS.md)
-    def __init__(self, dim: int, ef_search: int = 192, connectivity: int = 32) -> None:
+    # connectivity 32 / expansion 128: recall@5 >= 0.95 on bench/bank_ann.py's clustered
+    # descriptors where 16 / 64 / ef 64 gave 0.86 (bench/RESULTS.md)
+    def __init__(self, dim: int, ef_search: int = EF_SEARCH, connectivity: int = 32) -> None:
         from usearch.index import Index  # imported only by banks that reach the size
 
         self._index = Index(

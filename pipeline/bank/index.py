@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.bank.ann import Hnsw
+from pipeline.bank.ann import EF_SEARCH, Hnsw
 from pipeline.errors import BankError
 
 Eviction = Literal["lru", "worst_loss"]
@@ -77,7 +77,7 @@ class BankIndex:
         dim: int | None = None,
         n_params: int | None = None,
         ann_min_entries: int | None = None,
-        ann_ef: int = 192,
+        ann_ef: int = EF_SEARCH,
     ) -> None:
         if capacity <= 0:
             raise BankError(f"bank capacity={capacity} must be positive")
