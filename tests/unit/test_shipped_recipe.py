@@ -14,6 +14,9 @@ from fewshot import RECIPE  # noqa: E402
 from fewshot_train import meta_inner  # noqa: E402
 
 KEYS = ("algorithm", "lr_shape", "step_schedule", "learn_init", "lr", "first_order", "lr_max")
+# The outer lr is the one key chosen per config: the quickstart's 1,000-word lists overfit
+# sooner than the benchmark's 3,000, and its own validation languages chose 0.03 (RESULTS.md).
+OUTER_LR = {"quickstart": 0.03, "wordlang": RECIPE.outer_lr}
 
 
 @pytest.mark.parametrize("stage2", ["quickstart", "wordlang"])
@@ -21,7 +24,7 @@ def test_shipped_config_is_the_benchmarked_recipe(stage2):
     cfg = config.load(ROOT / "configs" / f"{stage2}.yaml")
     expected = meta_inner(cfg, RECIPE)
     assert {k: getattr(cfg.inner, k) for k in KEYS} == {k: getattr(expected, k) for k in KEYS}
-    assert cfg.outer.lr == RECIPE.outer_lr
+    assert cfg.outer.lr == OUTER_LR[stage2]
     pretrain = config.load(ROOT / "configs" / f"{stage2}-pretrain.yaml")
     share = pretrain.outer.steps / (pretrain.outer.steps + cfg.outer.steps)
     assert share == pytest.approx(RECIPE.pretrain)
