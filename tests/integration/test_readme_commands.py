@@ -238,12 +238,14 @@ def test_the_readme_bank_lines_store_warm_start_export_and_restore(
         meta = f.metadata()
     assert float(meta["support_loss_adapted_nats"]) < float(meta["support_loss_meta_init_nats"])
 
-    # the S3 form stores the result under my-task; the same support again starts from it
+    # the S3 form stores the result under my-task; the same support again starts from it:
+    # the entry alone or, where the probe scores it lower, its blend with the next hits
+    # (similarity-ordered, so my-task leads the label)
     warm = readme.line(f"{adapt} --bank-uri")
     run(warm, capsys)
     (again,) = run(warm, capsys)
     start = re.search(r"^start: (\S+) \(best similarity (\S+)\)$", again, re.M)
-    assert start and start.group(1) == "bank:my-task", again
+    assert start and start.group(1).split(",")[0] == "bank:my-task", again
     assert float(start.group(2)) == pytest.approx(1.0, abs=1e-3)
     (listed,) = run("$M bank inspect --uri s3://bucket/bank --list 1000 --json", capsys)
     assert "my-task" in {e["key"] for e in json.loads(listed)["entries"]}
