@@ -12,7 +12,7 @@ import numpy as np
 
 SERIAL_BELOW = 1_000  # entries inserted on one thread (see `Hnsw.add`): ~0.1 s of a build
 # ef 160: recall@5 0.951 at 100k and 0.976-0.979 at 1M entries (bench/bank.py --scale --ef);
-# 192 bought +0.004-0.008 recall for +25-40% query time and a 1M p99 over 5 ms in 2 of 3 runs
+# 192 bought +0.004-0.008 recall for +15-30% p50 and a 1M p99 over 5 ms in 2 of 3 passes
 EF_SEARCH = 160
 
 
