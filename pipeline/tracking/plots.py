@@ -135,14 +135,16 @@ def eval_figure(rep: Mapping[str, Any], shot: str) -> Figure:
             color="grey",
         )
     ax.set_ylabel(f"{rep['metric']} ({better} is better)")
-    ax.set_title(f"K={shot} support examples: query {rep['metric']}, mean ± 95% CI")
+    first = next(iter(rep["results"][shot].values()))[str(steps[0])]
+    over = first.get("overall", first).get("ci_over", "tasks")  # the console table's unit
+    ax.set_title(f"K={shot} support examples: query {rep['metric']}, mean ± 95% CI over {over}")
     if pairs:
         bx = fig.add_subplot(1, 2, 2)
         draw(bx, pairs)
         bx.axhline(0.0, color="black", lw=0.8)
         side = "below" if not rep["higher_is_better"] else "above"
         bx.set_ylabel(f"meta-init minus method ({side} 0 = meta-init better)")
-        bx.set_title("paired difference on the same episodes, 95% CI")
+        bx.set_title(f"paired difference on the same episodes, 95% CI over {over}")
     return fig
 
 
