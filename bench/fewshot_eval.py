@@ -6,6 +6,7 @@ reference rows (uniform, support n-gram, oracle), and the summary statistics ove
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,8 @@ Raw = dict[int, dict[str, list[float]]]  # step -> language -> per-episode bpb
 
 def _with_lr(m: Method, lr: float) -> Method:
     if isinstance(m.lrs, dict):
-        return Method(m.name, m.params, {k: v * lr for k, v in m.lrs.items()}, m.trainable)
-    return Method(m.name, m.params, float(lr), m.trainable)
+        return replace(m, lrs={k: v * lr for k, v in m.lrs.items()})
+    return replace(m, lrs=float(lr))
 
 
 def grid_for(m: Method) -> tuple[float, ...]:
@@ -44,7 +45,7 @@ def tune_per_step(model, m: Method, val_eps: Sequence[Episode], steps: Sequence[
     grid = grid_for(m)
     if isinstance(m.lrs, dict) and grid is LR_GRID:  # one shared scalar: tune it as a float
         base = float(next(iter(m.lrs.values())))
-        m = Method(m.name, m.params, base, m.trainable)
+        m = replace(m, lrs=base)
     scores: dict[float, dict[int, float]] = {}
     for lr in grid:
         vals = run_method(model, _with_lr(m, lr), val_eps, steps)

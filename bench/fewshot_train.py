@@ -45,6 +45,7 @@ class Spec:
     outer_lr: float | None = None  # None: the run's outer lr
     learn_init: bool = True  # False: keep the (pretrained) init, learn only the inner lrs
     lr_max: float | None = None  # cap on the learned inner lrs (inner.lr_max)
+    max_step_norm: float | None = None  # trust region on each inner step (inner.max_step_norm)
 
 
 @dataclass
@@ -58,26 +59,36 @@ class Trained:
     seconds: float = 0.0
 
     def method(self) -> Method:
-        return Method(self.spec.name, self.params, self.lrs, self.trainable)
+        return Method(
+            self.spec.name,
+            self.params,
+            self.lrs,
+            self.trainable,
+            max_step_norm=self.spec.max_step_norm,
+        )
 
 
-def val_score(model, params, lrs, trainable, val_eps: Sequence[Episode]) -> float:
-    vals = run_method(model, Method("val", params, lrs, trainable), val_eps, VAL_STEPS)
+def val_score(
+    model, params, lrs, trainable, val_eps: Sequence[Episode], max_step_norm=None
+) -> float:
+    method = Method("val", params, lrs, trainable, max_step_norm=max_step_norm)
+    vals = run_method(model, method, val_eps, VAL_STEPS)
     return float(np.mean([np.mean(v) for s in VAL_STEPS for v in vals[s].values()]))
 
 
 class Selector:
     """Keeps the best-on-validation parameters seen so far (the run's "final" model)."""
 
-    def __init__(self, model, val_eps, trainable) -> None:
+    def __init__(self, model, val_eps, trainable, max_step_norm=None) -> None:
         self.model, self.val_eps, self.trainable = model, val_eps, trainable
+        self.max_step_norm = max_step_norm
         self.best = (np.inf, 0, None, None)
         self.rows: list[dict[str, float]] = []
 
     def offer(self, step: int, params, lrs) -> None:
         p = {k: v.detach().clone() for k, v in params.items()}
         lr = {k: v.detach().clone() for k, v in lrs.items()} if isinstance(lrs, dict) else lrs
-        score = val_score(self.model, p, lr, self.trainable, self.val_eps)
+        score = val_score(self.model, p, lr, self.trainable, self.val_eps, self.max_step_norm)
         self.rows.append({"step": step, "val_bpb": score})
         if score < self.best[0]:
             self.best = (score, step, p, lr)
@@ -141,6 +152,7 @@ def meta_inner(run_cfg, spec: Spec) -> Any:
             "lr": spec.inner_lr,
             "first_order": spec.first_order,
             "lr_max": spec.lr_max,
+            "max_step_norm": spec.max_step_norm,
         }
     )
 
@@ -207,7 +219,7 @@ def train_method(
 ) -> Trained:
     t0 = time.perf_counter()
     trainable = list(model.head_names) if spec.algorithm == "anil" else None
-    sel = Selector(model, val_eps, trainable)
+    sel = Selector(model, val_eps, trainable, spec.max_step_norm)
     if spec.algorithm == "multitask":
         train_multitask(
             model, run_cfg, read, train, steps=steps, seed=seed, sel=sel, val_every=val_every

@@ -92,6 +92,12 @@ class InnerConfig(_Slice):
         description="Meta-SGD: cap on every learned inner lr (large learned rates overshoot "
         "on a second step on tasks unlike the training ones); None: no cap",
     )
+    max_step_norm: float | None = Field(
+        None,
+        gt=0,
+        description="trust region: each task's inner step (all adapted tensors, after the "
+        "lrs) shrunk to at most this L2 norm, in training and at adaptation; None: off",
+    )
     step_schedule: tuple[int, ...] = Field(
         (),
         description="inner steps per meta-step, cycled (e.g. [1, 2, 5]: train for the step "

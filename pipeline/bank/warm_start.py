@@ -143,7 +143,9 @@ def _candidates(i, hits, scored, flat_base, cfg: BankConfig) -> list[tuple[str, 
     return out + ([blend] if len(keys) > 1 else [])
 
 
-def probe_losses(model, starts: Params, owner: np.ndarray, support, *, steps, lrs, trainable):
+def probe_losses(
+    model, starts: Params, owner: np.ndarray, support, *, steps, lrs, trainable, max_step_norm=None
+):
     """Held-out support loss `[R]` of R task-batched starts, row r on task `owner[r]`'s support:
     `steps` inner steps on the even examples scored on the odd ones, averaged with the reverse.
     With steps=0 (or a single example) the plain step-0 loss on the whole support."""
@@ -166,6 +168,7 @@ def probe_losses(model, starts: Params, owner: np.ndarray, support, *, steps, lr
             lrs=lrs,
             first_order=True,
             trainable=trainable,
+            max_step_norm=max_step_norm,
         )
         with torch.no_grad():
             total += (
@@ -174,7 +177,9 @@ def probe_losses(model, starts: Params, owner: np.ndarray, support, *, steps, lr
     return total / 2
 
 
-def _pick(model, base, cands, support, cfg: BankConfig, lrs, trainable, info) -> list[int]:
+def _pick(
+    model, base, cands, support, cfg: BankConfig, lrs, trainable, info, max_step_norm=None
+) -> list[int]:
     """Index of each task's chosen candidate: the lowest probe loss where there is a choice
     (one batched probe over every candidate of every task); `info.probe` records the losses."""
     t = len(cands)
@@ -188,7 +193,14 @@ def _pick(model, base, cands, support, cfg: BankConfig, lrs, trainable, info) ->
     flat = np.stack([row for i in many for _, row in cands[i]])
     starts = unflatten(flat, base)
     loss = probe_losses(
-        model, starts, owner, support, steps=cfg.probe_steps, lrs=lrs, trainable=trainable
+        model,
+        starts,
+        owner,
+        support,
+        steps=cfg.probe_steps,
+        lrs=lrs,
+        trainable=trainable,
+        max_step_norm=max_step_norm,
     )
     at = 0
     for i in many:
@@ -210,10 +222,11 @@ def warm_start(
     descriptors: np.ndarray | None = None,
     lrs=None,
     trainable=None,
+    max_step_norm: float | None = None,
 ) -> tuple[Params, StartInfo]:
     """Starting parameters and where each task's came from: task-batched `[T, ...]`, or the
     shared meta-init itself when no task of the batch is close to a stored one. `lrs` (and
-    `trainable`) are the inner loop's, needed by `bank.select=probe`."""
+    `trainable`, `max_step_norm`) are the inner loop's, needed by `bank.select=probe`."""
     t = support.x.shape[0]
     if descriptors is None:
         descriptors = dsc.describe(model, meta_params, support, kind=cfg.descriptor)
@@ -235,7 +248,7 @@ def warm_start(
     info.calibrated_sims = [float(scored[i][0]) for i in range(t)]
     info.reliability = [float(rel[i][0]) for i in range(t)]
     info.novel = [dsc.is_novel(c, cfg.threshold) for c in info.calibrated_sims]
-    pick = _pick(model, base, cands, support, cfg, lrs, trainable, info)
+    pick = _pick(model, base, cands, support, cfg, lrs, trainable, info, max_step_norm)
     info.sources = [cands[i][pick[i]][0] for i in range(t)]
     if not any(info.warm):  # nothing close: exactly the meta-init path (shared, not copied)
         return base, info
@@ -252,12 +265,20 @@ def adapt_with_bank(
     steps: int,
     lrs,
     trainable=None,
+    max_step_norm: float | None = None,
 ) -> tuple[Params, StartInfo]:
     """Warm start (or meta-init) then `steps` of the core's inner loop; params `[T, ...]`."""
     from pipeline.meta.inner import adapt
 
     start, info = warm_start(
-        model, meta_params, support, cfg=cfg, query=query, lrs=lrs, trainable=trainable
+        model,
+        meta_params,
+        support,
+        cfg=cfg,
+        query=query,
+        lrs=lrs,
+        trainable=trainable,
+        max_step_norm=max_step_norm,
     )
     adapted = adapt(
         start,
@@ -267,5 +288,6 @@ def adapt_with_bank(
         lrs=lrs,
         first_order=True,  # evaluation: no meta-gradient flows through here
         trainable=trainable,
+        max_step_norm=max_step_norm,
     )
     return {k: v.detach() for k, v in adapted.items()}, info

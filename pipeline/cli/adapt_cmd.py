@@ -157,6 +157,7 @@ def _run_adapt(loaded: Any, cfg: Any, model: Any, support: Any, query: Any, step
         steps=steps,
         lrs=loaded.state.lrs,
         trainable=trainable_names(model, cfg.inner),
+        max_step_norm=cfg.inner.max_step_norm,
     )
     with torch.no_grad():
         before = float(model_loss(model, params, support)[0])

@@ -31,6 +31,7 @@ def bank_method(opts: Any, cfg: Any, model: Any, meta: ev.Method, log: Callable)
             query=query,
             lrs=meta.lrs,  # the probe (bank.select=probe) adapts with the method's own rates
             trainable=meta.trainable,
+            max_step_norm=meta.max_step_norm,
         )
         sources.extend(info.sources)
         return params
@@ -41,6 +42,7 @@ def bank_method(opts: Any, cfg: Any, model: Any, meta: ev.Method, log: Callable)
         meta.lrs,
         meta.trainable,
         start=start,
+        max_step_norm=meta.max_step_norm,
         extra={"sources": sources, "bank_service": service, "descriptor": bank_cfg.descriptor},
     )
 

@@ -12,7 +12,7 @@ output: `eval_report`. No ray, mlflow or boto3 here.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,7 @@ class Method:
     trainable: Sequence[str] | None = None
     start: Callable[[ep.Split], Params] | None = None
     note: str = ""
+    max_step_norm: float | None = None  # trust region on each inner step (inner.max_step_norm)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -147,6 +148,7 @@ def run_method(
             steps=steps,
             lrs=method.lrs,
             trainable=method.trainable,
+            max_step_norm=method.max_step_norm,
             score=lambda p, query: _metric(model, p, query, n_way),
         )
         for s, m in scores.items():
@@ -198,7 +200,7 @@ def tune_lr(
     scored: dict[float, float] = {}
     later = [s for s in steps if s > 0] or [1]
     for lr in grid:
-        trial = Method(base.name, base.params, float(lr), base.trainable)
+        trial = replace(base, lrs=float(lr))
         vals = run_method(model, trial, episodes, later, n_way=n_way, device=device)
         score = float(np.mean([np.mean(v) for s in later for v in vals[s].values()]))
         worst = -np.inf if HIGHER_IS_BETTER[kind] else np.inf

@@ -124,6 +124,7 @@ def _methods(
             dev(state.params, opts.device),
             dev(lrs, opts.device) if isinstance(lrs, dict) else lrs,
             trainable_names(model, cfg.inner),
+            max_step_norm=cfg.inner.max_step_norm,
         )
     )
     if opts.bank:

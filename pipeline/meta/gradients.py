@@ -85,6 +85,7 @@ def _manual_sweep(
         steps=inner_cfg.steps,
         first_order=is_first_order(inner_cfg),
         learn_lrs=inner_cfg.algorithm == "metasgd",
+        max_step_norm=inner_cfg.max_step_norm,
     )
     return {**g, **{LR_PREFIX + k: v for k, v in dlr.items()}}, q, adapted
 
@@ -109,6 +110,7 @@ def _through_inner_loop(
         lrs=leaves.lrs,
         first_order=first_order,
         trainable=trainable_names(model, inner_cfg),
+        max_step_norm=inner_cfg.max_step_norm,
     )
     q = model_loss(model, adapted, qry)
     gs = torch.autograd.grad(q.sum(), list(leaves.wrt.values()), allow_unused=True)
@@ -133,6 +135,7 @@ def _reptile(
         lrs=leaves.lrs,
         first_order=True,
         trainable=trainable_names(model, inner_cfg),
+        max_step_norm=inner_cfg.max_step_norm,
     )
     with torch.no_grad():
         q = model_loss(model, adapted, qry)

@@ -97,6 +97,20 @@ def support_gradient(model: TaskModel) -> tuple[Gradient, bool]:
     return _autograd_gradient(model), False
 
 
+def trust_region_scale(ups: list[Tensor], n_tasks: int, max_norm: float) -> Tensor:
+    """Per task `[T]`: the factor that shrinks its step (the `[T, ...]` tensors in `ups`
+    together) to an L2 norm <= max_norm. Detached: a constant to the meta-gradient, as a
+    clipping factor is, so the hand-derived sweep (`meta/manual.py`) and autograd agree."""
+    with torch.no_grad():
+        sq = sum(u.reshape(n_tasks, -1).square().sum(1) for u in ups)
+        return (max_norm / sq.sqrt().clamp_min(1e-12)).clamp(max=1.0)
+
+
+def per_task(scale: Tensor, like: Tensor) -> Tensor:
+    """`[T]` viewed to multiply a `[T, ...]` tensor."""
+    return scale.view(-1, *([1] * (like.dim() - 1)))
+
+
 def adapt(
     params: Params,
     support: Split,
@@ -106,6 +120,7 @@ def adapt(
     lrs: float | Tensor | dict[str, Tensor],
     first_order: bool = False,
     trainable: Iterable[str] | None = None,
+    max_step_norm: float | None = None,
 ) -> Params:
     """`steps` SGD steps on each task's support loss; returns task-batched params `[T, ...]`.
 
@@ -114,7 +129,9 @@ def adapt(
     dim T. lrs: a float, or per-name tensors (scalars for MAML; parameter-shaped learned
     tensors for Meta-SGD). first_order: treat the inner gradients as constants (FOMAML,
     Reptile, evaluation). trainable: the names adapted (ANIL: the head); the others stay as
-    given and are shared by all tasks.
+    given and are shared by all tasks. max_step_norm: a trust region, each task's step (all
+    adapted tensors together, after the lrs) shrunk to at most this L2 norm; it bounds
+    what large learned lrs do to a task unlike the training ones (bytes never seen).
     """
     n_tasks = support.x.shape[0]
     names = list(params) if trainable is None else [k for k in params if k in set(trainable)]
@@ -125,9 +142,16 @@ def adapt(
     p = dict(params) if takes_shared else batch_params(model, params, n_tasks, names)
     for _ in range(steps):
         grads = grad(p, support, names, first_order)
+        ups = [
+            _lr(lrs, k) * (g.detach() if first_order else g)
+            for k, g in zip(names, grads, strict=True)
+        ]
+        if max_step_norm is not None:
+            scale = trust_region_scale(ups, n_tasks, max_step_norm)
+            ups = [u * per_task(scale, u) for u in ups]
         p = dict(p)
-        for k, g in zip(names, grads, strict=True):
-            p[k] = p[k] - _lr(lrs, k) * (g.detach() if first_order else g)
+        for k, u in zip(names, ups, strict=True):
+            p[k] = p[k] - u
     if takes_shared and steps == 0:
         p = batch_params(model, p, n_tasks, names, leaf=False)  # still [T, ...] as documented
     return p
@@ -143,6 +167,7 @@ def adapt_then_score(
     lrs: float | Tensor | dict[str, Tensor],
     trainable: Iterable[str] | None = None,
     score: Callable[[Params, Any], Any],
+    max_step_norm: float | None = None,
 ) -> dict[int, Any]:
     """`score(adapted, query)` after each inner-step count in `steps`, adapting first order
     from `params` (shared or task-batched) and continuing from the previous count (plain SGD
@@ -160,6 +185,7 @@ def adapt_then_score(
                 lrs=lrs,
                 first_order=True,
                 trainable=trainable,
+                max_step_norm=max_step_norm,
             )
             p = {k: v.detach() for k, v in p.items()}
             done = s

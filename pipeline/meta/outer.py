@@ -174,6 +174,7 @@ def evaluate(
             lrs=state.lrs,
             trainable=trainable,
             score=lambda p, qry: float(model_loss(model, p, qry).sum()),
+            max_step_norm=inner_cfg.max_step_norm,
         )
         for s, v in scores.items():
             totals[s] += v

@@ -74,6 +74,7 @@ class MetarayPyfunc:
             lrs=self.lrs,
             first_order=True,  # evaluation-time adaptation, as `metaray evaluate` does it
             trainable=self.trainable,
+            max_step_norm=self.cfg.inner.max_step_norm,
         )
 
     def _lm(self, df: Any, is_support: np.ndarray, steps: int) -> Any:

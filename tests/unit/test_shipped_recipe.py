@@ -13,7 +13,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 from fewshot import RECIPE  # noqa: E402
 from fewshot_train import meta_inner  # noqa: E402
 
-KEYS = ("algorithm", "lr_shape", "step_schedule", "learn_init", "lr", "first_order", "lr_max")
+KEYS = (
+    "algorithm",
+    "lr_shape",
+    "step_schedule",
+    "learn_init",
+    "lr",
+    "first_order",
+    "lr_max",
+    "max_step_norm",
+)
 # The outer lr is the one key chosen per config: the quickstart's 1,000-word lists overfit
 # sooner than the benchmark's 3,000, and its own validation languages chose 0.03 (RESULTS.md).
 OUTER_LR = {"quickstart": 0.03, "wordlang": RECIPE.outer_lr}

@@ -1,12 +1,15 @@
 """The recipe's knobs in the core's train_step: learned per-tensor inner lrs (LSLR), a
-schedule over inner step counts, and the pre-adaptation loss weight (issue 11)."""
+schedule over inner step counts, the pre-adaptation loss weight and the inner trust region
+(issue 11)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pipeline.config import InnerConfig, OuterConfig
 from pipeline.meta import outer
+from pipeline.meta.inner import adapt
 from pipeline.models.meta_rnn import MetaRNN
 from tests.unit.meta_cases import seq_batch
 
@@ -69,3 +72,36 @@ def test_learn_init_false_keeps_the_init_and_learns_only_the_lrs():
         torch.testing.assert_close(new.params[k], p)
     assert any(float(new.lrs[k]) != 0.1 for k in state.lrs)
     assert all(float(v) >= 0.0 for v in new.lrs.values())  # clamped: never gradient ascent
+
+
+def _step_norms(before, after) -> torch.Tensor:
+    return (
+        torch.stack(
+            [(after[k] - before[k]).reshape(after[k].shape[0], -1).square().sum(1) for k in after]
+        )
+        .sum(0)
+        .sqrt()
+    )
+
+
+def test_max_step_norm_bounds_each_tasks_step_and_leaves_small_steps_alone():
+    model = _model()
+    batch = seq_batch("lm")  # 3 tasks
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    free = adapt(params, batch.support, model=model, steps=1, lrs=0.5, first_order=True)
+    start = {k: v.expand(3, *v.shape) for k, v in params.items()}
+    norms = _step_norms(start, free)
+    tau = float(norms.min() + norms.max()) / 2  # some tasks above, some below
+    held = adapt(
+        params, batch.support, model=model, steps=1, lrs=0.5, first_order=True, max_step_norm=tau
+    )
+    clipped = _step_norms(start, held)
+    for t in range(3):
+        if norms[t] <= tau:  # inside the region: the plain step
+            assert all(torch.equal(held[k][t], free[k][t]) for k in held)
+        else:  # outside: the same direction, shrunk to the boundary
+            assert float(clipped[t]) == pytest.approx(tau, rel=1e-5)
+            for k in held:
+                torch.testing.assert_close(
+                    held[k][t] - start[k][t], (free[k][t] - start[k][t]) * tau / norms[t]
+                )

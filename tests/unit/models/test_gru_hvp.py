@@ -49,10 +49,12 @@ def test_hvp_equals_autograd(task, layers, vocab, shared):
     torch.testing.assert_close(hv2, hv)
 
 
-@pytest.mark.parametrize("alg", ["maml", "metasgd"])
-def test_manual_meta_gradient_equals_autograd(alg):
+@pytest.mark.parametrize("alg", ["maml", "metasgd", "metasgd-fo"])
+@pytest.mark.parametrize("max_step_norm", [None, 0.05], ids=["free", "trust"])
+def test_manual_meta_gradient_equals_autograd(alg, max_step_norm):
     model = _model("lm", 2, 11)
-    ic, oc = configs(alg, steps=3, lr=0.3)
+    ic, oc = configs(alg.removesuffix("-fo"), steps=3, lr=0.3)
+    ic = ic.model_copy(update={"first_order": alg.endswith("-fo"), "max_step_norm": max_step_norm})
     state = outer.init_state(model, ic, oc)
     state = state._replace(
         params={k: v.double() for k, v in state.params.items()},
@@ -65,3 +67,7 @@ def test_manual_meta_gradient_equals_autograd(alg):
     for k in auto:
         torch.testing.assert_close(hand[k], auto[k], rtol=1e-8, atol=1e-11, msg=k)
     assert m1["loss_post"] == pytest.approx(m2["loss_post"], rel=1e-12)
+    if max_step_norm is not None:  # the region bites here: not the unconstrained gradient
+        free = ic.model_copy(update={"max_step_norm": None})
+        plain, _ = outer.meta_gradients(state, batch, model=model, inner_cfg=free)
+        assert any(not torch.allclose(plain[k], hand[k]) for k in hand)
