@@ -218,10 +218,11 @@ def run_fold(fold, words, cfg, model, specs, args, seed, log, ext_words=None):
             )
         outs = [raw, raw_ext][: len(sets)]
         for m in methods:
-            rs, chosen = fe.evaluate_method(model, m, val_eps, sets, STEPS)
+            rs, chosen, tuned = fe.evaluate_method(model, m, val_eps, sets, STEPS)
             for out, r in zip(outs, rs, strict=True):
                 out.setdefault(m.name, {})[k] = r
             info.setdefault(m.name, {}).setdefault("chosen_lr", {})[k] = chosen
+            info[m.name].setdefault("val_tuned", {})[k] = tuned
         if not args.refs:
             continue
         for out, eps in zip(outs, sets, strict=True):

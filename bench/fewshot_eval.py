@@ -57,10 +57,12 @@ def tune_per_step(model, m: Method, val_eps: Sequence[Episode], steps: Sequence[
 
 def evaluate_method(
     model, m: Method, val_eps, test_sets: Sequence[Sequence[Episode]], steps
-) -> tuple[list[Raw], dict[int, float]]:
+) -> tuple[list[Raw], dict[int, float], dict[int, float]]:
     """Test bpb after each step count on every episode set in `test_sets`, each count with
-    its own lr chosen on `val_eps` (the same choice for every set)."""
-    chosen, _, base = tune_per_step(model, m, val_eps, steps)
+    its own lr chosen on `val_eps` (the same choice for every set); and the validation bpb
+    of each chosen lr (a view of validation that matches how the test is scored)."""
+    chosen, scores, base = tune_per_step(model, m, val_eps, steps)
+    tuned = {s: scores[chosen[s]][s] for s in steps}
     raws: list[Raw] = [{s: {} for s in steps} for _ in test_sets]
     for lr in sorted(set(chosen.values())):
         mine = [s for s in steps if chosen[s] == lr]
@@ -68,7 +70,7 @@ def evaluate_method(
             vals = run_method(model, _with_lr(base, lr), eps, mine)
             for s in mine:
                 raw[s] = vals[s]
-    return raws, chosen
+    return raws, chosen, tuned
 
 
 def constant_raw(values: dict[str, list[float]], steps: Sequence[int]) -> Raw:
