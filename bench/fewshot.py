@@ -114,9 +114,24 @@ def _mean1(raw_k) -> float:
     return float(sum(sum(v) for v in raw_k[1].values()) / sum(len(v) for v in raw_k[1].values()))
 
 
-def run_fold(fold, words, cfg, model, specs, args, seed, log, ext_words=None):
+def ext_episodes(ext_words, cfg, args, shot: int, n: int, seed: int):
+    return episodes_for(
+        ext_words,
+        sorted(ext_words),
+        cfg.data,
+        part="B",
+        shot=shot,
+        k_query=args.k_query,
+        n=n,
+        seed=seed,
+        slot=fx.slot,
+    )
+
+
+def run_fold(fold, words, cfg, model, specs, args, seed, log, ext_words=None, ext_val_words=None):
     """Train `specs` on the fold, test them on its test languages and, with `ext_words`,
-    on the external languages too (same trained models, same validation-chosen lrs).
+    on the external languages too (same trained models; lrs chosen on the fold's wordfreq
+    validation languages or, with `ext_val_words`, the external set's on those).
     Returns (raw, raw_external, info)."""
     read = lambda t: words[t]["all"]  # noqa: E731
     val_train = episodes_for(
@@ -203,26 +218,20 @@ def run_fold(fold, words, cfg, model, specs, args, seed, log, ext_words=None):
         )
         sets = [test_eps]
         if ext_words:
-            sets.append(
-                episodes_for(
-                    ext_words,
-                    sorted(ext_words),
-                    cfg.data,
-                    part="B",
-                    shot=k,
-                    k_query=args.k_query,
-                    n=args.episodes,
-                    seed=args.eval_seed,
-                    slot=fx.slot,
-                )
-            )
+            sets.append(ext_episodes(ext_words, cfg, args, k, args.episodes, args.eval_seed))
         outs = [raw, raw_ext][: len(sets)]
+        # (validation episodes, the test sets tuned on them, info suffix)
+        tunings = [(val_eps, sets, outs, "")]
+        if ext_val_words and ext_words:  # CLDR test tuned on CLDR validation instead
+            ext_val = ext_episodes(ext_val_words, cfg, args, k, args.tune_episodes, seed + 7)
+            tunings = [(val_eps, sets[:1], outs[:1], ""), (ext_val, sets[1:], outs[1:], "_ext")]
         for m in methods:
-            rs, chosen, tuned = fe.evaluate_method(model, m, val_eps, sets, STEPS)
-            for out, r in zip(outs, rs, strict=True):
-                out.setdefault(m.name, {})[k] = r
-            info.setdefault(m.name, {}).setdefault("chosen_lr", {})[k] = chosen
-            info[m.name].setdefault("val_tuned", {})[k] = tuned
+            for v_eps, t_sets, t_outs, tag in tunings:
+                rs, chosen, tuned = fe.evaluate_method(model, m, v_eps, t_sets, STEPS)
+                for out, r in zip(t_outs, rs, strict=True):
+                    out.setdefault(m.name, {})[k] = r
+                info.setdefault(m.name, {}).setdefault("chosen_lr" + tag, {})[k] = chosen
+                info[m.name].setdefault("val_tuned" + tag, {})[k] = tuned
         if not args.refs:
             continue
         for out, eps in zip(outs, sets, strict=True):
@@ -299,6 +308,12 @@ def main() -> None:
         default=0,
         help="1: also test on 24 languages wordfreq lacks (CLDR text via babel; fewshot_external)",
     )
+    ap.add_argument(
+        "--external-val",
+        type=int,
+        default=0,
+        help="1: tune the external set's lrs on 10 other CLDR languages (fx.EXTERNAL_VAL)",
+    )
     args = ap.parse_args()
     if args.merge:
         merge_files(args.merge, args.out or "bench/results/fewshot.json")
@@ -324,6 +339,9 @@ def main() -> None:
     if args.external:
         seen_words = {w for lang in words.values() for w in lang["all"]["text"]}
         ext_words = fx.load_external(fx.EXTERNAL, exclude=seen_words)
+    ext_val_words = None
+    if args.external and args.external_val:
+        ext_val_words = fx.load_external(fx.EXTERNAL_VAL, exclude=seen_words)
     cfg = run_config(args)
     model = build_model(cfg.model, cfg.data)
     main_specs = [SPECS[n] for n in args.methods.split(",") if n]
@@ -341,7 +359,9 @@ def main() -> None:
                 f"seed {seed} fold {fi}: test {fold.test} val {fold.val} "
                 f"({len(fold.train)} train); methods {[s.name for s in specs]}"
             )
-            r, rx, info = run_fold(fold, words, cfg, model, specs, args, seed, log, ext_words)
+            r, rx, info = run_fold(
+                fold, words, cfg, model, specs, args, seed, log, ext_words, ext_val_words
+            )
             infos[f"seed{seed}/fold{fi}"] = info
             for into, part in ((raw, r), (raw_ext, rx)):
                 for m, per_k in part.items():
