@@ -236,3 +236,20 @@ def test_novelty_flag_and_the_probe_gate():
         assert bool(info.probe[0]) == probed
         if gate:
             assert info.sources == ["meta-init"]
+
+
+def test_probe_steps_stay_inside_inner_max_step_norm():
+    """The probe adapts with the inner loop's trust region: with a tiny region its losses are
+    those of the unmoved start (as with lr 0), while a free probe step lowers them."""
+    from pipeline.bank.warm_start import probe_losses
+
+    model, params = _model()
+    sup = _support(EN, RU)
+    starts = {k: v.expand(2, *v.shape) for k, v in params.items()}
+    owner = np.array([0, 1])
+    probe = lambda lrs, region: probe_losses(  # noqa: E731
+        model, starts, owner, sup, steps=2, lrs=lrs, trainable=None, max_step_norm=region
+    )
+    still = probe(0.0, None)
+    np.testing.assert_allclose(probe(0.5, 1e-7), still, rtol=1e-5)
+    assert (probe(0.5, None) < still - 0.05).all()

@@ -10,8 +10,9 @@ from pipeline.models import build_model
 from pipeline.runtime import selection
 
 
-def _checkpoint(tmp_path):
-    cfg = config.load(None, ["model.hidden=16", "model.embed=8", "data.max_len=12", "inner.lr=0.3"])
+def _checkpoint(tmp_path, *over: str):
+    base = ["model.hidden=16", "model.embed=8", "data.max_len=12", "inner.lr=0.3"]
+    cfg = config.load(None, [*base, *over])
     model = build_model(cfg.model, cfg.data)
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=0)
     # a run directory, as the README's `metaray adapt --checkpoint runs/quickstart` gives it
@@ -128,3 +129,20 @@ def test_adapt_takes_a_run_directory_and_uses_its_best_on_validation(tmp_path, c
     argv[2] = str(tmp_path / "file")
     assert main(argv) == 1
     assert "is a file: give a checkpoint directory" in capsys.readouterr().err
+
+
+def test_adapt_keeps_each_step_inside_the_checkpoints_max_step_norm(tmp_path):
+    """`inner.max_step_norm` from the run's config bounds every inner step of `metaray adapt`:
+    3 steps move each adapted tensor set by at most 3 x tau from the meta-init."""
+    tau = 1e-3
+    ckpt, state = _checkpoint(tmp_path, f"inner.max_step_norm={tau}")
+    support = tmp_path / "words.txt"
+    support.write_text("\n".join(["the", "and", "of", "to", "in", "that", "is"]) + "\n")
+    out = tmp_path / "a.safetensors"
+    args = ["adapt", "--checkpoint", str(ckpt), "--support", str(support), "--out", str(out)]
+    assert main([*args, "--steps", "3"]) == 0
+    with safe_open(str(out), "pt") as f:
+        moved = torch.sqrt(
+            sum(((f.get_tensor(k) - state.params[k]) ** 2).sum() for k in state.params)
+        )
+    assert 0 < float(moved) <= 3 * tau * (1 + 1e-4)
