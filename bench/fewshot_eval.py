@@ -154,26 +154,33 @@ def summary(
     shots,
 ) -> dict[str, Any]:
     """Means over languages (CI over languages) per method, and paired differences
-    method - `ref` per language (CI over languages), overall and per group."""
+    method - `ref` ("delta") and method - random init ("vs_random", where that row exists)
+    per language (CI over languages), overall and per group."""
     out: dict[str, Any] = {}
     for k in shots:
         res: dict[str, Any] = {}
         for m, per_k in raw.items():
             if k not in per_k:
                 continue
-            res[m] = {"mean": {}, "delta": {}}
+            res[m] = {"mean": {}, "delta": {}, "vs_random": {}}
             for s in steps:
-                langs = set(per_k[k][s])
                 res[m]["mean"][s] = st.summarize(per_k[k][s])["overall"]
-                if m == ref or k not in raw.get(ref, {}):
-                    continue
-                d = {}
-                for g, members in {"all": langs, **groups}.items():
-                    chosen = langs & members
-                    if len(chosen) >= 2:
-                        a = st.subset(per_k[k][s], chosen)
-                        b = st.subset(raw[ref][k][s], chosen)
-                        d[g] = st.paired(a, b)
-                res[m]["delta"][s] = d
+                for key, other in (("delta", ref), ("vs_random", RANDOM)):
+                    if m != other and k in raw.get(other, {}):
+                        res[m][key][s] = _paired_groups(per_k[k][s], raw[other][k][s], groups)
         out[k] = res
     return out
+
+
+RANDOM = "random init"
+
+
+def _paired_groups(mine: dict, theirs: dict, groups: dict[str, set[str]]) -> dict[str, Any]:
+    """`mine - theirs` per language, for all languages and each group of >= 2 of them."""
+    langs = set(mine)
+    d = {}
+    for g, members in {"all": langs, **groups}.items():
+        chosen = langs & members
+        if len(chosen) >= 2:
+            d[g] = st.paired(st.subset(mine, chosen), st.subset(theirs, chosen))
+    return d
