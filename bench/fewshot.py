@@ -315,6 +315,8 @@ def main() -> None:
         help="1: tune the external set's lrs on 10 other CLDR languages (fx.EXTERNAL_VAL)",
     )
     args = ap.parse_args()
+    if args.external_val and not args.external:
+        ap.error("--external-val 1 tunes the external set's lrs: it needs --external 1")
     if args.merge:
         merge_files(args.merge, args.out or "bench/results/fewshot.json")
         return
@@ -340,7 +342,7 @@ def main() -> None:
         seen_words = {w for lang in words.values() for w in lang["all"]["text"]}
         ext_words = fx.load_external(fx.EXTERNAL, exclude=seen_words)
     ext_val_words = None
-    if args.external and args.external_val:
+    if args.external_val:
         ext_val_words = fx.load_external(fx.EXTERNAL_VAL, exclude=seen_words)
     cfg = run_config(args)
     model = build_model(cfg.model, cfg.data)

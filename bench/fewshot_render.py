@@ -63,7 +63,7 @@ def targets(rep: dict, method: str = "recipe") -> list[tuple[str, bool, str]]:
         )
         out.append((f"K={k} unseen script: not worse at any step", not bad, figs))
         # per group, like the other targets: a pooled mean hid the unseen-script languages,
-        # where the init (any trained one) is worse than random at steps 0-1 (RESULTS round 7)
+        # where every trained init is worse than random init at step 0 (RESULTS round 7)
         vs = summ[k].get(method, {}).get("vs_random", {})
         worse = [
             f"{g} at {s}: {_ci(o)}"
