@@ -192,7 +192,7 @@ def run_fold(fold, words, cfg, model, specs, args, seed, log, ext_words=None, ex
     methods = [t.method() for t in trained.values()]
     if args.refs:
         rand = baselines.random_init(model, cfg, seed=seed + 1)
-        methods.append(Method("random init", rand, 0.1))
+        methods.append(Method(fe.RANDOM, rand, 0.1))
     raw: dict[str, dict[int, dict]] = {}
     raw_ext: dict[str, dict[int, dict]] = {}
     for k in args.shots:
