@@ -1,10 +1,11 @@
-"""Projected meta-training throughput on 1-64 single-GPU nodes, from figures measured on a
-2-core CPU machine (bench/RESULTS.md) and stated assumptions (docs/SCALING.md explains each).
-Prints markdown tables; NOTHING here is measured, and no GPU figure exists: no GPU machine was
-ever lent to this project and `bench/gpu_check.sh` has never run on CUDA.
+"""Projected meta-training throughput on 1-64 single-GPU nodes, from figures measured on one
+H200 (`bench/gpu_check.sh`, 2026-12-04: the eager floor F and the per-task cost G), on the
+2-core CPU machine (op and FLOP counts, episode supply, bank) and stated assumptions for the
+network and CUDA graphs (docs/SCALING.md explains each). Prints markdown tables; the multi-GPU
+rows are a projection: only one GPU was ever measured.
 
     .venv/bin/python bench/scaling_model.py                    # eager floor and CUDA-graph floor
-    .venv/bin/python bench/scaling_model.py --launch-us 5 --tflops 5 --gbps 25 --alpha-us 25
+    .venv/bin/python bench/scaling_model.py --launch-us 8.1 --tflops 14.3 --gbps 25 --alpha-us 25
 
 Model of one synchronous meta-step on N nodes, each with a per-GPU meta-batch of B tasks:
   compute  = F + B * flops_per_task / G   F: per-iteration floor = aten ops per meta-iteration x
@@ -28,7 +29,14 @@ import math
 # Measured (bench/RESULTS.md, "Issue 14 / issue 10 item 5"; load-independent counts)
 FLOPS_PER_TASK = 14.47e9 / 8  # chargru, 2nd order, 3 inner steps, hand HVP: FlopCounterMode
 OPS_PER_ITER = 11_034  # aten ops per metaray chargru meta-iteration (bench/loop_ops.py), any B
-LOOP_R = 1.311  # per-task loop over nn.GRU: its ops per task / OPS_PER_ITER (bench/loop_ops.py)
+LOOP_R_CPU = 1.311  # per-task loop over nn.GRU: its ops per task / OPS_PER_ITER (loop_ops.py)
+# Measured on one H200, chargru fp32 (bench/results/gpu_check-h200.jsonl): metaray 90.6 ms per
+# meta-step at B=8 and 122.1 ms at B=256 -> G = 1.81 GFLOP / 0.127 ms = 14.3 TFLOP/s and
+# F = 89.4 ms = 8.1 us per aten op; the per-task torch.func loop took 269 ms per task at B=8,
+# r = 269 / 90.6 = 2.97 (r on CUDA, where a loop's small ops cost a launch each).
+GPU_LAUNCH_US = 8.1
+GPU_TFLOPS = 14.3
+LOOP_R_GPU = 2.97
 PARAMS = 103_907  # GRU lm h128, embed 32, vocab 259 (bench/allreduce.py)
 CPU_TASKS_S = 22.02  # metaray chargru, 1 CPU thread (bench/vs_peers.py, median of 3, quiet)
 ACTOR_EPS = 1422.0  # wordlang episodes/s from one episode actor (bench/episode_pool.py)
@@ -143,9 +151,13 @@ def vs_torchopt(floor: float, args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--launch-us", type=float, default=5.0, help="eager cost per aten op, us")
+    ap.add_argument(
+        "--launch-us", type=float, default=GPU_LAUNCH_US, help="eager cost per aten op, us"
+    )
     ap.add_argument("--graph-ms", type=float, default=10.0, help="floor with CUDA graphs, ms")
-    ap.add_argument("--tflops", type=float, default=5.0, help="achieved fp32 TFLOP/s per GPU G")
+    ap.add_argument(
+        "--tflops", type=float, default=GPU_TFLOPS, help="achieved fp32 TFLOP/s per GPU G"
+    )
     ap.add_argument("--gbps", type=float, default=25.0, help="node-to-node bandwidth, Gbit/s")
     ap.add_argument("--alpha-us", type=float, default=25.0, help="per-hop latency, microseconds")
     ap.add_argument("--param-mult", type=float, default=1.0, help="2 for Meta-SGD (lrs too)")
@@ -153,7 +165,9 @@ def main() -> None:
     ap.add_argument("--spare-cpus", type=int, default=5, help="... on each GPU node (7 - 2)")
     ap.add_argument("--bank-every", type=int, default=20, help="bank.write_every (steps)")
     ap.add_argument("--torchopt-batch", type=int, default=32)
-    ap.add_argument("--loop-floor-ratio", type=float, nargs="+", default=[LOOP_R, 0.25, 0.05])
+    ap.add_argument(
+        "--loop-floor-ratio", type=float, nargs="+", default=[LOOP_R_GPU, LOOP_R_CPU, 0.25]
+    )
     args = ap.parse_args()
     eager = OPS_PER_ITER * args.launch_us / 1e3
     print(
