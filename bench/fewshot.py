@@ -227,7 +227,9 @@ def run_fold(fold, words, cfg, model, specs, args, seed, log, ext_words=None, ex
             tunings = [(val_eps, sets[:1], outs[:1], ""), (ext_val, sets[1:], outs[1:], "_ext")]
         for m in methods:
             for v_eps, t_sets, t_outs, tag in tunings:
-                rs, chosen, tuned = fe.evaluate_method(model, m, v_eps, t_sets, STEPS)
+                rs, chosen, tuned = fe.evaluate_method(
+                    model, m, v_eps, t_sets, STEPS, bool(args.support_floor)
+                )
                 for out, r in zip(t_outs, rs, strict=True):
                     out.setdefault(m.name, {})[k] = r
                 info.setdefault(m.name, {}).setdefault("chosen_lr" + tag, {})[k] = chosen
@@ -313,6 +315,13 @@ def main() -> None:
         type=int,
         default=0,
         help="1: tune the external set's lrs on 10 other CLDR languages (fx.EXTERNAL_VAL)",
+    )
+    ap.add_argument(
+        "--support-floor",
+        type=int,
+        default=0,
+        help="1: score every method's query bpb under a mixture with uniform whose weight is "
+        "fitted on each episode's support words (pipeline.meta.losses.fit_floor)",
     )
     args = ap.parse_args()
     if args.external_val and not args.external:

@@ -39,7 +39,9 @@ def grid_for(m: Method) -> tuple[float, ...]:
     return SCALE_GRID if learned else LR_GRID
 
 
-def tune_per_step(model, m: Method, val_eps: Sequence[Episode], steps: Sequence[int]):
+def tune_per_step(
+    model, m: Method, val_eps: Sequence[Episode], steps: Sequence[int], floor: bool = False
+):
     """For every step count, the grid value with the lowest mean validation bpb (mean of
     per-language means). Returns ({step: value}, {value: {step: score}})."""
     grid = grid_for(m)
@@ -48,7 +50,7 @@ def tune_per_step(model, m: Method, val_eps: Sequence[Episode], steps: Sequence[
         m = replace(m, lrs=base)
     scores: dict[float, dict[int, float]] = {}
     for lr in grid:
-        vals = run_method(model, _with_lr(m, lr), val_eps, steps)
+        vals = run_method(model, _with_lr(m, lr), val_eps, steps, support_floor=floor)
         scores[lr] = {s: float(np.mean([np.mean(v) for v in vals[s].values()])) for s in steps}
         scores[lr] = {s: (x if np.isfinite(x) else np.inf) for s, x in scores[lr].items()}
     chosen = {s: min(grid, key=lambda g, s=s: scores[g][s]) for s in steps}
@@ -56,18 +58,19 @@ def tune_per_step(model, m: Method, val_eps: Sequence[Episode], steps: Sequence[
 
 
 def evaluate_method(
-    model, m: Method, val_eps, test_sets: Sequence[Sequence[Episode]], steps
+    model, m: Method, val_eps, test_sets: Sequence[Sequence[Episode]], steps, floor: bool = False
 ) -> tuple[list[Raw], dict[int, float], dict[int, float]]:
     """Test bpb after each step count on every episode set in `test_sets`, each count with
     its own lr chosen on `val_eps` (the same choice for every set); and the validation bpb
-    of each chosen lr (a view of validation that matches how the test is scored)."""
-    chosen, scores, base = tune_per_step(model, m, val_eps, steps)
+    of each chosen lr (a view of validation that matches how the test is scored). `floor`:
+    score under the support-fitted floor (`pipeline.meta.losses.fit_floor`)."""
+    chosen, scores, base = tune_per_step(model, m, val_eps, steps, floor)
     tuned = {s: scores[chosen[s]][s] for s in steps}
     raws: list[Raw] = [{s: {} for s in steps} for _ in test_sets]
     for lr in sorted(set(chosen.values())):
         mine = [s for s in steps if chosen[s] == lr]
         for raw, eps in zip(raws, test_sets, strict=True):
-            vals = run_method(model, _with_lr(base, lr), eps, mine)
+            vals = run_method(model, _with_lr(base, lr), eps, mine, support_floor=floor)
             for s in mine:
                 raw[s] = vals[s]
     return raws, chosen, tuned

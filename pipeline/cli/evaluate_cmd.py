@@ -48,6 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-steps", type=int, help="multitask steps (default: as trained)")
     p.add_argument("--lr-grid", type=_floats, help="fine-tuning lrs tried for the baselines")
     p.add_argument(
+        "--support-floor",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="lm: score query bytes under a mixture with uniform whose weight is fitted on each "
+        "episode's support words, for every method alike (a model never trained on a "
+        "script then costs at most log2(2V) ~ 9 bits a byte, not 12+)",
+    )
+    p.add_argument(
         "--tracking",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -73,6 +81,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         k_query=args.k_query or 0,
         episodes=args.episodes,
         seed=args.seed,
+        support_floor=args.support_floor,
     )
     opts = eval_run.Options(
         checkpoint=args.checkpoint,

@@ -23,7 +23,7 @@ from pipeline.config import DataConfig
 from pipeline.data import episodes as ep
 from pipeline.errors import MetarayError
 from pipeline.meta.inner import adapt_then_score
-from pipeline.meta.losses import LN2, task_loss
+from pipeline.meta.losses import LN2, fit_floor, floored_lm_loss, task_loss
 
 Params = dict[str, Tensor]
 Values = dict[int, dict[str, list[float]]]  # step -> task -> per-episode metric
@@ -43,6 +43,9 @@ class EvalSpec:
     episodes: int = 10  # per task (lm, regression) or per task in expectation (classify)
     seed: int = 20_251_128
     batch: int = 16  # episodes adapted at once (task-batched)
+    # lm: score the query under a mixture with uniform whose weight is fitted on each
+    # episode's support words (`losses.fit_floor`), for every method alike
+    support_floor: bool = False
 
 
 @dataclass
@@ -104,8 +107,11 @@ def make_episodes(
     return out
 
 
-def _metric(model: nn.Module, p: Params, query: ep.Split, n_way: int) -> np.ndarray:
-    """Per-episode metric `[T]` (lm, regression) or per-class accuracy `[T, N]` (classify)."""
+def _metric(
+    model: nn.Module, p: Params, query: ep.Split, n_way: int, support: ep.Split | None = None
+) -> np.ndarray:
+    """Per-episode metric `[T]` (lm, regression) or per-class accuracy `[T, N]` (classify).
+    With `support` (lm only), bits per byte under the support-fitted floor (`fit_floor`)."""
     with torch.no_grad():
         out = model.functional(p, query.x, query.mask)
         if model.kind == "classify":
@@ -113,6 +119,10 @@ def _metric(model: nn.Module, p: Params, query: ep.Split, n_way: int) -> np.ndar
             onehot = torch.nn.functional.one_hot(query.y, n_way).float()  # [T, N*K, N]
             per_class = (hit[..., None] * onehot).sum(1) / onehot.sum(1).clamp_min(1)
             return per_class.cpu().numpy()
+        if support is not None and model.kind == "lm":
+            s_out = model.functional(p, support.x, support.mask)
+            eps = fit_floor(s_out, support.y, support.mask)
+            return (floored_lm_loss(out, query.y, query.mask, eps) / LN2).cpu().numpy()
         loss = task_loss(model.kind, out, query.y, query.mask)
         return (loss / LN2 if model.kind == "lm" else loss).cpu().numpy()
 
@@ -130,8 +140,10 @@ def run_method(
     batch: int = 16,
     n_way: int = 5,
     device: str = "cpu",
+    support_floor: bool = False,
 ) -> Values:
-    """Adapt from `method`'s start on every episode; metric after each count in `steps`.
+    """Adapt from `method`'s start on every episode; metric after each count in `steps`
+    (lm with `support_floor`: under the floor fitted on the episode's support words).
 
     Adaptation continues from the previous count (plain SGD has no state, so 5 steps then
     5 more equal 10 steps), first order, through `inner.adapt_then_score` (the function
@@ -149,7 +161,9 @@ def run_method(
             lrs=method.lrs,
             trainable=method.trainable,
             max_step_norm=method.max_step_norm,
-            score=lambda p, query: _metric(model, p, query, n_way),
+            score=lambda p, query, s=(b.support if support_floor else None): _metric(
+                model, p, query, n_way, s
+            ),
         )
         for s, m in scores.items():
             for i, e in enumerate(group):
@@ -179,7 +193,14 @@ def evaluate_methods(
             if progress:
                 progress(f"{method.name}: K={shot}, {len(episodes)} episodes")
             out[method.name][shot] = run_method(
-                model, method, episodes, spec.steps, batch=spec.batch, n_way=n_way, device=device
+                model,
+                method,
+                episodes,
+                spec.steps,
+                batch=spec.batch,
+                n_way=n_way,
+                device=device,
+                support_floor=spec.support_floor,
             )
     return out
 
@@ -194,6 +215,7 @@ def tune_lr(
     kind: str,
     n_way: int = 5,
     device: str = "cpu",
+    support_floor: bool = False,
 ) -> tuple[float, dict[float, float]]:
     """The inner learning rate from `grid` with the best mean metric over `steps` (> 0) on
     validation episodes: the fine-tuning baselines get their learning rate tuned too."""
@@ -201,7 +223,9 @@ def tune_lr(
     later = [s for s in steps if s > 0] or [1]
     for lr in grid:
         trial = replace(base, lrs=float(lr))
-        vals = run_method(model, trial, episodes, later, n_way=n_way, device=device)
+        vals = run_method(
+            model, trial, episodes, later, n_way=n_way, device=device, support_floor=support_floor
+        )
         score = float(np.mean([np.mean(v) for s in later for v in vals[s].values()]))
         worst = -np.inf if HIGHER_IS_BETTER[kind] else np.inf
         scored[float(lr)] = score if np.isfinite(score) else worst  # diverged

@@ -183,6 +183,7 @@ def _tune_baselines(
             kind=kind,
             n_way=n_way,
             device=opts.device,
+            support_floor=spec.support_floor,
         )
         log(
             f"{m.name}: fine-tuning lr {m.lrs:g} (val {ev.METRIC[kind]}: "
@@ -213,6 +214,7 @@ def _build_report(
             "test_tasks": inp.test_tasks,
             "k_query": spec.k_query,
             "episodes_per_task": spec.episodes,
+            "support_floor": spec.support_floor,
             "lrs": {m.name: m.lrs for m in methods if isinstance(m.lrs, float)},
             "notes": {m.name: m.note for m in methods if m.note},
         },
@@ -235,6 +237,7 @@ def _open_tracking(opts: Options, inp: eval_inputs.Inputs) -> Any:
         "algorithm": cfg.inner.algorithm,
         "episodes": opts.spec.episodes,
         "seed": opts.spec.seed,
+        "support_floor": opts.spec.support_floor,
         "max_tasks": opts.max_tasks,
     }
     name = cfg.checkpoint.run_name

@@ -1,0 +1,76 @@
+"""The support-fitted floor (`losses.fit_floor`, `run_method(support_floor=True)`): a model that
+never saw a script's bytes stops costing more than a uniform guess, and costs nothing where
+it predicts the bytes well."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from pipeline.config import load
+from pipeline.eval import baselines
+from pipeline.eval import methods as ev
+from pipeline.meta.losses import FLOOR_GRID, fit_floor, floored_lm_loss, task_loss
+from pipeline.models import build_model
+
+
+def _lm_batch(seed: int = 0, t: int = 2, n: int = 3, length: int = 5, v: int = 7):
+    g = torch.Generator().manual_seed(seed)
+    out = torch.randn(t, n, length, v, generator=g, dtype=torch.float64)
+    y = torch.randint(0, v, (t, n, length), generator=g)
+    mask = (torch.rand(t, n, length, generator=g) > 0.3).double()
+    return out, y, mask
+
+
+def test_floored_loss_is_the_lm_loss_at_eps_zero_and_caps_a_byte_the_model_rules_out():
+    out, y, mask = _lm_batch()
+    zero = floored_lm_loss(out, y, mask, torch.zeros(2))
+    torch.testing.assert_close(zero, task_loss("lm", out, y, mask))
+    # every true byte given ~0 probability: the plain loss is huge, the floored one is capped
+    ruled_out = out.scatter(-1, y[..., None], -1e4)
+    plain = task_loss("lm", ruled_out, y, mask)
+    floored = floored_lm_loss(ruled_out, y, mask, torch.full((2,), 0.1))
+    assert (plain > 1000).all()
+    # each ruled-out byte costs log(V / eps) nats, however small its probability
+    torch.testing.assert_close(floored, torch.full((2,), math.log(7 / 0.1), dtype=torch.float64))
+
+
+def test_fit_floor_hedges_only_the_task_whose_support_bytes_it_does_not_predict():
+    out, y, mask = _lm_batch()
+    sure = out.scatter(-1, y[..., None], 20.0)  # task-wise: the true byte gets nearly all mass
+    both = torch.stack([sure[0], out.scatter(-1, y[..., None], -1e4)[1]])
+    eps = fit_floor(both, y, mask)
+    assert float(eps[0]) == 0.0  # predicted well: no floor
+    assert float(eps[1]) == max(FLOOR_GRID)  # every byte ruled out: the most uniform mixture
+
+
+def _words(alphabet: str, n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    words = ["".join(rng.choice(list(alphabet), size=rng.integers(2, 6))) for _ in range(n)]
+    return {"text": np.array(words, dtype=object)}
+
+
+def test_run_method_with_support_floor_scores_an_unseen_script_below_uniform_plus_one_bit():
+    cfg = load(
+        None,
+        ["data.episode=lm", "model.kind=gru", "model.hidden=8", "model.embed=4", "data.max_len=8"],
+    )
+    model = build_model(cfg.model, cfg.data)
+    params = baselines.random_init(model, cfg, seed=0)
+    # a model that never saw a non-ASCII byte: those byte values get ~0 probability
+    params["head.bias"] = params["head.bias"].clone()
+    params["head.bias"][128:256] = -40.0
+    tasks = {"latin": _words("abcdefgh", 40, 0), "armenian": _words("աբգդեզէը", 40, 1)}
+    eps = ev.make_episodes(
+        tasks.__getitem__, sorted(tasks), cfg.data, shot=8, k_query=8, n_episodes=2, seed=0
+    )
+    m = ev.Method("ascii-only", params, 0.1)
+    plain = ev.run_method(model, m, eps, (0,))[0]
+    floored = ev.run_method(model, m, eps, (0,), support_floor=True)[0]
+    uniform_bits = math.log2(params["head.bias"].shape[0])
+    assert np.mean(plain["armenian"]) > 20  # ruled-out bytes: far worse than uniform
+    assert np.mean(floored["armenian"]) < uniform_bits + 1.0  # capped near log2(2V)
+    # where the bytes are predicted at all, the fitted floor costs (almost) nothing
+    assert abs(np.mean(floored["latin"]) - np.mean(plain["latin"])) < 0.05
