@@ -97,7 +97,8 @@ def render(rep: dict) -> str:
         f"budget {a['steps']} outer steps x {a['meta_batch']} tasks x "
         f"{a['train_k']}+{a['train_q']} words; GRU {a['hidden']}; folds "
         f"{a.get('run_folds') or 'all'}; seeds {a['seeds']}; {a['episodes']} test "
-        f"episodes/language; wall {rep.get('wall_s', 0) / 60:.1f} min"
+        f"episodes/language; wall {rep.get('wall_s', 0) / 60:.1f} min; scored "
+        + ("under the support-fitted floor" if a.get("support_floor") else "by the plain softmax")
     ]
     lines += _tables(rep["summary"])
     lines += _per_language(rep)

@@ -6,7 +6,9 @@
 The support file holds one example per line (UTF-8). The start is the memory bank's warm
 start when a stored task is similar enough (`bank.threshold`), else the meta-init; then the
 core's one inner loop. The output is safetensors (one tensor per parameter) with metadata
-saying where adaptation started, the similarity, the steps and the support loss before/after.
+saying where adaptation started, the similarity, the steps, the support loss before/after and
+`floor_eps`, the weight of a uniform guess in the output that fits the support best
+(`losses.fit_floor`; what `metaray evaluate --support-floor` scores with).
 """
 
 from __future__ import annotations
@@ -72,6 +74,10 @@ def _adapt(args: argparse.Namespace) -> int:
         f"support loss {result.before * bpb:.4f} -> {result.after * bpb:.4f} bits per byte "
         f"after {steps} steps ({UNIFORM_BPB:.2f} = a uniform guess over bytes)"
     )
+    print(
+        f"output floor: eps {result.floor_eps:g} fits the support best: predict with "
+        "(1 - eps) softmax + eps / vocab (metadata floor_eps)"
+    )
     print(f"wrote {args.out}")
     return 0
 
@@ -82,6 +88,7 @@ class _Result:
     info: Any  # warm_start.StartInfo: where adaptation started
     before: float  # support loss at the meta-init
     after: float  # support loss adapted
+    floor_eps: float  # weight of uniform in the output that best fits the support, adapted
     names: list[str]  # the meta-parameters' names
     meta_init: dict[str, Any]  # the parameters adaptation started from before any warm start
 
@@ -144,7 +151,7 @@ def _run_adapt(loaded: Any, cfg: Any, model: Any, support: Any, query: Any, step
     import torch
 
     from pipeline.bank.warm_start import adapt_with_bank
-    from pipeline.meta.losses import model_loss
+    from pipeline.meta.losses import fit_floor, model_loss
     from pipeline.meta.outer import trainable_names
 
     params = loaded.state.params
@@ -162,7 +169,9 @@ def _run_adapt(loaded: Any, cfg: Any, model: Any, support: Any, query: Any, step
     with torch.no_grad():
         before = float(model_loss(model, params, support)[0])
         after = float(model_loss(model, adapted, support)[0])
-    return _Result(adapted, info, before, after, list(params), params)
+        out = model.functional(adapted, support.x, support.mask)
+        eps = float(fit_floor(out, support.y, support.mask)[0])
+    return _Result(adapted, info, before, after, eps, list(params), params)
 
 
 def _write(args: argparse.Namespace, result: _Result, steps: int, n_examples: int) -> None:
@@ -179,6 +188,8 @@ def _write(args: argparse.Namespace, result: _Result, steps: int, n_examples: in
         "support_examples": str(n_examples),
         "support_loss_meta_init_nats": f"{result.before:.6f}",
         "support_loss_adapted_nats": f"{result.after:.6f}",
+        # predict with (1 - eps) softmax + eps / vocab (`metaray evaluate`'s support floor)
+        "floor_eps": f"{result.floor_eps:g}",
         "checkpoint": args.found_checkpoint,  # the one used (a run dir resolves to one)
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -50,10 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--support-floor",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=True,
         help="lm: score query bytes under a mixture with uniform whose weight is fitted on each "
-        "episode's support words, for every method alike (a model never trained on a "
-        "script then costs at most log2(2V) ~ 9 bits a byte, not 12+)",
+        "episode's support words, for every method alike (a model that predicts a task's "
+        "support worse than a uniform guess falls back toward uniform); on by default, "
+        "--no-support-floor scores the plain softmax",
     )
     p.add_argument(
         "--tracking",

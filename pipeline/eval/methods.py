@@ -44,8 +44,9 @@ class EvalSpec:
     seed: int = 20_251_128
     batch: int = 16  # episodes adapted at once (task-batched)
     # lm: score the query under a mixture with uniform whose weight is fitted on each
-    # episode's support words (`losses.fit_floor`), for every method alike
-    support_floor: bool = False
+    # episode's support words (`losses.fit_floor`), for every method alike; on by default:
+    # a model that never saw a script's bytes otherwise scores far worse than a uniform guess
+    support_floor: bool = True
 
 
 @dataclass

@@ -49,6 +49,13 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
     erun = _open_tracking(opts, inp)  # opened now: the MLflow run lasts as evaluation does
     model = _build_model(opts, inp.cfg)
     spec = _spec(opts, inp, log)
+    if inp.kind == "lm":
+        log(
+            "scoring: bits per byte under the support-fitted floor (every method alike; "
+            "--no-support-floor for the plain softmax)"
+            if spec.support_floor
+            else "scoring: bits per byte of the plain softmax (--no-support-floor)"
+        )
     methods, n_tuned = _methods(opts, inp, model, spec, log)
     try:
         _tune_baselines(opts, inp, model, methods[:n_tuned], spec, log)

@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 LN2 = math.log(2.0)
-# Candidate weights of the uniform distribution in `floored_lm_loss`, for `fit_floor`.
-FLOOR_GRID = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5)
+# Candidate weights of the uniform distribution in `floored_lm_loss`, for `fit_floor`: the
+# whole range, so a model that predicts a task's support worse than uniform can fall back
+# to uniform (1.0).
+FLOOR_GRID = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 
 
 def task_loss(kind: str, out: Tensor, y: Tensor, mask: Tensor) -> Tensor:

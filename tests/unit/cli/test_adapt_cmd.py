@@ -55,6 +55,11 @@ def test_adapt_writes_params_then_a_stored_task_warm_starts_the_next_call(tmp_pa
             assert f.get_tensor(k).shape == state.params[k].shape
     assert meta["start"] == "meta-init" and meta["steps"] == "3"
     assert float(meta["support_loss_adapted_nats"]) < float(meta["support_loss_meta_init_nats"])
+    # the output floor that fits the support best, printed and kept with the parameters
+    from pipeline.meta.losses import FLOOR_GRID
+
+    assert float(meta["floor_eps"]) in FLOOR_GRID
+    assert f"output floor: eps {meta['floor_eps']} " in said
     out2 = tmp_path / "a2.safetensors"
     assert (
         main(

@@ -189,16 +189,16 @@ def test_metaray_evaluate_on_a_users_text_shard_set(tmp_path, capsys):
     rand0 = rep["results"]["4"]["random init"]["0"]["overall"]["mean"]
     assert rand0 == pytest.approx(math.log2(259), abs=0.3)
     assert "K=8 shots" in capsys.readouterr().out
-    assert rep["support_floor"] is False
-    # --support-floor: recorded in the report; random init, a little worse than a uniform
-    # guess at step 0 here, is pulled toward it
-    floored_out = tmp_path / "eval-floor"
-    argv[argv.index(str(out))] = str(floored_out)
-    assert main([*argv, "--support-floor"]) == 0
-    floored = json.loads((floored_out / "eval.json").read_text())
-    assert floored["support_floor"] is True
-    rand0_floored = floored["results"]["4"]["random init"]["0"]["overall"]["mean"]
-    assert math.log2(259) - 0.1 < rand0_floored < rand0
+    assert rep["support_floor"] is True  # the default: scored under the support-fitted floor
+    # --no-support-floor: the plain softmax, recorded in the report; random init, a little
+    # worse than a uniform guess at step 0 here, is what the floor pulls toward uniform
+    plain_out = tmp_path / "eval-plain"
+    argv[argv.index(str(out))] = str(plain_out)
+    assert main([*argv, "--no-support-floor"]) == 0
+    plain = json.loads((plain_out / "eval.json").read_text())
+    assert plain["support_floor"] is False
+    rand0_plain = plain["results"]["4"]["random init"]["0"]["overall"]["mean"]
+    assert math.log2(259) - 0.1 < rand0 < rand0_plain
 
 
 def test_evaluate_names_a_missing_checkpoint(tmp_path, capsys):
