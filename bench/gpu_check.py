@@ -250,9 +250,20 @@ def time_cell(step, state, batch, device: str, budget_s: float) -> tuple[float, 
             return el / n, n
 
 
-def check_speed(device: str, sz: dict, errs: dict, precisions: list[str], deadline: float) -> None:
-    """(c) + (d): tasks/s and peak device memory per workload x meta-batch x precision x impl."""
+def check_speed(
+    device: str,
+    sz: dict,
+    errs: dict,
+    precisions: list[str],
+    deadline: float,
+    workloads: tuple[str, ...] = ("sine", "chargru"),
+    impls: tuple[str, ...] | None = None,
+) -> None:
+    """(c) + (d): tasks/s and peak device memory per workload x meta-batch x precision x impl
+    (`workloads` / `impls`: a subset, for a follow-up run that fills in skipped cells)."""
     for workload, name in (("sine", "mlp"), ("chargru", "gru")):
+        if workload not in workloads:
+            continue
         model, cfg = make_model(name, sz)
         model.to(device)
         base = to(outer.init_state(model, cfg, cfg.outer, seed=0), device)
@@ -261,6 +272,8 @@ def check_speed(device: str, sz: dict, errs: dict, precisions: list[str], deadli
             for prec in precisions:
                 err = errs.get((name, prec), math.inf)
                 for impl, step in steppers(name, model, cfg).items():
+                    if impls is not None and impl not in impls:
+                        continue
                     row = dict(
                         check="speed",
                         workload=workload,
@@ -305,12 +318,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, one meta-batch (seconds)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop timing new cells after")
+    ap.add_argument("--workloads", default="sine,chargru", help="speed cells: comma list")
+    ap.add_argument("--batches", default="", help="speed cells' meta-batches (default 8,64,256)")
+    ap.add_argument(
+        "--impls", default="", help="speed cells: metaray,torch.func vmap,per-task loop (all)"
+    )
     args = ap.parse_args(argv)
     deadline = time.monotonic() + args.budget_s
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         emit(check="env", error="--device cuda but torch.cuda.is_available() is False")
         return 2
     sz = sizes(args.quick)
+    if args.batches:
+        sz["batches"] = [int(b) for b in args.batches.split(",")]
     precisions = ["fp32"] if args.quick else ["fp32", "tf32", "bf16"]
     emit(
         check="env",
@@ -321,7 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     errs = check_grads(args.device, sz, precisions)
     check_double_backward(args.device)
-    check_speed(args.device, sz, errs, precisions, deadline)
+    impls = tuple(args.impls.split(",")) if args.impls else None
+    check_speed(
+        args.device, sz, errs, precisions, deadline, tuple(args.workloads.split(",")), impls
+    )
     emit(check="done", seconds=round(args.budget_s - (deadline - time.monotonic()), 1))
     return 0
 
