@@ -51,3 +51,18 @@ def test_gpu_check_cpu_form_without_pydantic_ray_mlflow():
     }, speed
     assert all(r["peak_mem_mb"] > 0 for r in speed)
     assert rows[-1]["check"] == "done"
+
+
+def test_gpu_check_subset_times_only_the_cells_asked_for():
+    argv = ["--device", "cpu", "--quick", "--workloads", "chargru", "--batches", "2,3"]
+    out = subprocess.run(
+        [sys.executable, "bench/gpu_check.py", *argv, "--impls", "metaray,torch.func vmap"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    cells = {(r["workload"], r["meta_batch"], r["impl"]) for r in rows if r["check"] == "speed"}
+    assert cells == {("chargru", b, i) for b in (2, 3) for i in ("metaray", "torch.func vmap")}
