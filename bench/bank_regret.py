@@ -53,6 +53,7 @@ from pipeline.data import episodes as ep
 from pipeline.data.sources.languages import LANGUAGES
 from pipeline.meta import outer
 from pipeline.meta.inner import adapt
+from pipeline.meta.losses import LN2, support_floored_loss
 from pipeline.models import build_model
 
 FILL_SUPPORT = 256
@@ -108,8 +109,9 @@ def make_bank(rows, meta_init, exclude=()) -> tuple[BankService, list[str]]:
     return bank, keys
 
 
-def curves(model, starts, owner, b, steps, lrs, trainable) -> np.ndarray:
-    """Query bpb `[len(steps), R]` of R task-batched starts, row r on episode owner[r]."""
+def curves(model, starts, owner, b, steps, lrs, trainable, floor=False) -> np.ndarray:
+    """Query bpb `[len(steps), R]` of R task-batched starts, row r on episode owner[r]
+    (`floor`: scored as `metaray evaluate` does, under the support-fitted floor)."""
     idx = torch.as_tensor(owner, dtype=torch.long)
     sel = lambda s: type(s)(*(a.index_select(0, idx) for a in s))  # noqa: E731
     sup, qry = sel(b.support), sel(b.query)
@@ -127,7 +129,11 @@ def curves(model, starts, owner, b, steps, lrs, trainable) -> np.ndarray:
             )
             p = {k: v.detach() for k, v in p.items()}
             done = s
-        out.append(ws.bpb(model, p, qry))
+        if floor:
+            with torch.no_grad():
+                out.append((support_floored_loss(model, p, sup, qry) / LN2).numpy())
+        else:
+            out.append(ws.bpb(model, p, qry))
     return np.stack(out)
 
 
@@ -164,7 +170,14 @@ def one_language(ctx, lang, eps, bank, keys, thr) -> list[dict]:
     flat = np.concatenate(rows_ + [np.tile(entries, (n, 1))])  # entries: episode-major
     owner = np.concatenate([np.arange(n)] * len(names) + [np.repeat(np.arange(n), len(keys))])
     bpb = curves(
-        model, unflatten(flat, state.params), owner, b, args.steps, state.lrs, ctx["trainable"]
+        model,
+        unflatten(flat, state.params),
+        owner,
+        b,
+        args.steps,
+        state.lrs,
+        ctx["trainable"],
+        bool(args.support_floor),
     )
     named = bpb[:, : n * len(names)].reshape(len(args.steps), len(names), n)
     ent = bpb[:, n * len(names) :].reshape(len(args.steps), n, len(keys))
@@ -255,6 +268,12 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/results/bank_regret.json")
+    ap.add_argument(
+        "--support-floor",
+        type=int,
+        default=0,
+        help="1: score queries as metaray evaluate does by default (support-fitted floor)",
+    )
     args = ap.parse_args()
     if args.render:
         from bank_regret_report import compact, render

@@ -23,7 +23,7 @@ from pipeline.config import DataConfig
 from pipeline.data import episodes as ep
 from pipeline.errors import MetarayError
 from pipeline.meta.inner import adapt_then_score
-from pipeline.meta.losses import LN2, fit_floor, floored_lm_loss, task_loss
+from pipeline.meta.losses import LN2, support_floored_loss, task_loss
 
 Params = dict[str, Tensor]
 Values = dict[int, dict[str, list[float]]]  # step -> task -> per-episode metric
@@ -114,16 +114,14 @@ def _metric(
     """Per-episode metric `[T]` (lm, regression) or per-class accuracy `[T, N]` (classify).
     With `support` (lm only), bits per byte under the support-fitted floor (`fit_floor`)."""
     with torch.no_grad():
+        if support is not None and model.kind == "lm":
+            return (support_floored_loss(model, p, support, query) / LN2).cpu().numpy()
         out = model.functional(p, query.x, query.mask)
         if model.kind == "classify":
             hit = (out.argmax(-1) == query.y).float()  # [T, N*K]
             onehot = torch.nn.functional.one_hot(query.y, n_way).float()  # [T, N*K, N]
             per_class = (hit[..., None] * onehot).sum(1) / onehot.sum(1).clamp_min(1)
             return per_class.cpu().numpy()
-        if support is not None and model.kind == "lm":
-            s_out = model.functional(p, support.x, support.mask)
-            eps = fit_floor(s_out, support.y, support.mask)
-            return (floored_lm_loss(out, query.y, query.mask, eps) / LN2).cpu().numpy()
         loss = task_loss(model.kind, out, query.y, query.mask)
         return (loss / LN2 if model.kind == "lm" else loss).cpu().numpy()
 

@@ -56,6 +56,14 @@ def fit_floor(out: Tensor, y: Tensor, mask: Tensor, grid: tuple[float, ...] = FL
     return torch.tensor(grid, dtype=out.dtype, device=out.device)[losses.argmin(0)]
 
 
+def support_floored_loss(model: nn.Module, params: dict[str, Tensor], support, query) -> Tensor:
+    """Per-task query NLL per byte `[T]` (nats) under the floor `fit_floor` picks on the same
+    parameters' support predictions: how `metaray evaluate` scores language models."""
+    eps = fit_floor(model.functional(params, support.x, support.mask), support.y, support.mask)
+    out = model.functional(params, query.x, query.mask)
+    return floored_lm_loss(out, query.y, query.mask, eps)
+
+
 def model_loss(model: nn.Module, params: dict[str, Tensor], split) -> Tensor:
     """Per-task loss `[T]` of `model` with `params` (shared or task-batched) on a batched split."""
     out = model.functional(params, split.x, split.mask)
