@@ -8,7 +8,7 @@ start when a stored task is similar enough (`bank.threshold`), else the meta-ini
 core's one inner loop. The output is safetensors (one tensor per parameter) with metadata
 saying where adaptation started, the similarity, the steps, the support loss before/after and
 `floor_eps`, the weight of a uniform guess in the output that fits the support best
-(`losses.fit_floor`; what `metaray evaluate --support-floor` scores with).
+(`losses.fit_floor`; the rule `metaray evaluate` scores with by default).
 """
 
 from __future__ import annotations

@@ -137,7 +137,13 @@ def eval_figure(rep: Mapping[str, Any], shot: str) -> Figure:
     ax.set_ylabel(f"{rep['metric']} ({better} is better)")
     first = next(iter(rep["results"][shot].values()))[str(steps[0])]
     over = first.get("overall", first).get("ci_over", "tasks")  # the console table's unit
-    ax.set_title(f"K={shot} support examples: query {rep['metric']}, mean ± 95% CI over {over}")
+    # a PNG travels without the console's "scoring:" line, so it names the rule itself
+    rule = (
+        "\nunder the support-fitted floor (every method alike)" if rep.get("support_floor") else ""
+    )
+    ax.set_title(
+        f"K={shot} support examples: query {rep['metric']}, mean ± 95% CI over {over}{rule}"
+    )
     if pairs:
         bx = fig.add_subplot(1, 2, 2)
         draw(bx, pairs)
