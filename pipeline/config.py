@@ -129,6 +129,12 @@ class OuterConfig(_Slice):
     early_stop_patience: int | None = Field(
         None, gt=0, description="stop after this many validations without a new best val loss"
     )
+    val_support_floor: bool = Field(
+        True,
+        description="language models: score validation (checkpoint selection, early stopping) "
+        "under the floor fitted on each task's support words, as `metaray evaluate` scores "
+        "by default; false: the plain softmax",
+    )
 
 
 class ClusterConfig(_Slice):

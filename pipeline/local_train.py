@@ -115,6 +115,7 @@ def train(
                 inner_cfg=inner,
                 steps=list(eval_steps),
                 chunk=outer_cfg.chunk,
+                support_floor=outer_cfg.val_support_floor,
             )
             row = {"step": step + 1, **{f"val_loss_{k}": v for k, v in losses.items()}}
             result.val.append(row)

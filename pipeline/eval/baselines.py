@@ -55,11 +55,23 @@ def multitask_config(run_cfg: Any) -> tuple[Any, Any]:
 SELECT_STEPS = (1, 2, 5)  # validation score: mean query loss after these fine-tuning steps
 
 
-def select_score(model: nn.Module, params: Params, val_batch: Any, lr: float) -> float:
+def select_score(
+    model: nn.Module, params: Params, val_batch: Any, lr: float, support_floor: bool = False
+) -> float:
     """Mean validation query loss after `SELECT_STEPS` fine-tuning steps at `lr` from
-    `params` (inf when fine-tuning diverges)."""
+    `params` (inf when fine-tuning diverges); with `support_floor` (lm) under the floor
+    fitted on each task's support, as the meta-learner's run validates (`outer.evaluate`)."""
     from pipeline.meta.inner import adapt_then_score
-    from pipeline.meta.losses import model_loss
+    from pipeline.meta.losses import model_loss, support_floored_loss
+
+    floored = support_floor and model.kind == "lm"
+
+    def score(p: Params, query: Any) -> float:
+        sup = val_batch.support
+        loss = (
+            support_floored_loss(model, p, sup, query) if floored else model_loss(model, p, query)
+        )
+        return float(loss.mean())
 
     scores = adapt_then_score(
         params,
@@ -68,7 +80,7 @@ def select_score(model: nn.Module, params: Params, val_batch: Any, lr: float) ->
         model=model,
         steps=SELECT_STEPS,
         lrs=lr,
-        score=lambda p, query: float(model_loss(model, p, query).mean()),
+        score=score,
     )
     return sum(scores[s] for s in SELECT_STEPS) / len(SELECT_STEPS)
 
@@ -88,8 +100,8 @@ def pretrain_multitask(
 
     With `val_batch` (validation tasks' episodes, torch), the parameters returned are the
     best on validation (`select_score` at the run's `inner.lr`, every `outer.val_every` steps
-    and at the end), the
-    same best-on-validation selection a meta-training run gets: a fair baseline."""
+    and at the end, scored as the run's `outer.val_support_floor` says), the same
+    best-on-validation selection a meta-training run gets: a fair baseline."""
     inner, data = multitask_config(run_cfg)
     state = outer.init_state(model, inner, run_cfg.outer, seed=seed)
     metrics: dict[str, float] = {}
@@ -111,7 +123,9 @@ def pretrain_multitask(
         if val_batch is not None and (
             (step + 1) % run_cfg.outer.val_every == 0 or step + 1 == steps
         ):
-            score = select_score(model, state.params, val_batch, run_cfg.inner.lr)
+            score = select_score(
+                model, state.params, val_batch, run_cfg.inner.lr, run_cfg.outer.val_support_floor
+            )
             if score < best[0]:
                 best = (score, {k: v.detach().clone() for k, v in state.params.items()})
     if best[1] is not None:

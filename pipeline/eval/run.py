@@ -295,11 +295,16 @@ def _multitask(opts, inp, model, ck_steps, log, init_outer=None):
             n=cfg.outer.val_tasks,
         )
         val = ep.to_torch(batch)
+    unit, episode = console.loss_unit(cfg.data.episode), cfg.data.episode
     log(
         f"multitask baseline: {steps} outer steps on {len(train_tasks)} training tasks"
         + (", its best on validation kept" if val is not None else "")
+        + (
+            " (scored under the support-fitted floor, as the run's outer.val_support_floor)"
+            if val is not None and episode == "lm" and cfg.outer.val_support_floor
+            else ""
+        )
     )
-    unit, episode = console.loss_unit(cfg.data.episode), cfg.data.episode
     with Progress("multitask baseline", steps) as bar:
         params = baselines.pretrain_multitask(
             model,

@@ -20,7 +20,7 @@ import torch
 from pipeline.meta import optim
 from pipeline.meta.gradients import chunk_slices, family, meta_gradients, split_part
 from pipeline.meta.inner import adapt_then_score
-from pipeline.meta.losses import model_loss
+from pipeline.meta.losses import model_loss, support_floored_loss
 from pipeline.meta.state import (
     LR_PREFIX,
     MetaState,
@@ -158,22 +158,34 @@ def evaluate(
     inner_cfg: InnerConfig,
     steps: list[int],
     chunk: int | None = None,
+    support_floor: bool = False,
 ) -> dict[int, float]:
     """Mean query loss after each number of inner steps in `steps` (first order, via
-    `inner.adapt_then_score`, the function the few-shot evaluation uses too)."""
+    `inner.adapt_then_score`, the function the few-shot evaluation uses too). With
+    `support_floor` (language models), each task's query bytes are scored under the floor
+    fitted on its own support words (`losses.fit_floor`), as `metaray evaluate` scores."""
     trainable = trainable_names(model, inner_cfg)
     n = batch.support.x.shape[0]
     totals = dict.fromkeys(steps, 0.0)
+    floored = support_floor and model.kind == "lm"
     for sl in chunk_slices(n, chunk):
+        sup = split_part(batch.support, sl)
+
+        def score(p, qry, sup=sup) -> float:
+            loss = (
+                support_floored_loss(model, p, sup, qry) if floored else model_loss(model, p, qry)
+            )
+            return float(loss.sum())
+
         scores = adapt_then_score(
             state.params,
-            split_part(batch.support, sl),
+            sup,
             split_part(batch.query, sl),
             model=model,
             steps=steps,
             lrs=state.lrs,
             trainable=trainable,
-            score=lambda p, qry: float(model_loss(model, p, qry).sum()),
+            score=score,
             max_step_norm=inner_cfg.max_step_norm,
         )
         for s, v in scores.items():

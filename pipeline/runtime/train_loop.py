@@ -213,6 +213,7 @@ def _validate(run: _Run, done: int, metrics: dict[str, float]) -> bool:
         inner_cfg=run.cfg.inner,
         steps=sorted({0, 1, run.cfg.inner.steps}),
         chunk=run.cfg.outer.chunk,
+        support_floor=run.cfg.outer.val_support_floor,
     )
     curve = mean_metrics({str(k): v for k, v in curve.items()}, run.world)
     metrics["val_loss_pre"] = curve["0"]

@@ -51,6 +51,15 @@ def _run_dir(cfg: config.RunConfig) -> str:
     return f"{cfg.checkpoint.storage.rstrip('/')}/{cfg.checkpoint.run_name}"
 
 
+def _validation_line(cfg: config.RunConfig, m: dict[str, float], u: Any) -> str:
+    floored = cfg.data.episode == "lm" and cfg.outer.val_support_floor
+    how = "  (scored under the support-fitted floor: outer.val_support_floor)" if floored else ""
+    return (
+        f"  validation: loss before adaptation {u(m['val_loss_pre'])}, "
+        f"after {cfg.inner.steps} inner step(s) {u(m['val_loss_post'])}{how}"
+    )
+
+
 def summary(cfg: config.RunConfig, r: Any) -> str:
     from pipeline.tracking.describe import where_to_look
     from pipeline.tracking.factory import resolve_uri
@@ -78,10 +87,7 @@ def summary(cfg: config.RunConfig, r: Any) -> str:
             )
         )
     if "val_loss_post" in m:
-        lines.append(
-            f"  validation: loss before adaptation {u(m['val_loss_pre'])}, "
-            f"after {cfg.inner.steps} inner step(s) {u(m['val_loss_post'])}"
-        )
+        lines.append(_validation_line(cfg, m, u))
     note = validation_note(r.history, episode)
     if note:
         lines.append(note)

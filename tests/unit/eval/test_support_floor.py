@@ -7,12 +7,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from pipeline.config import load
+from pipeline.data import episodes as ep
 from pipeline.eval import baselines
 from pipeline.eval import methods as ev
-from pipeline.meta.losses import FLOOR_GRID, fit_floor, floored_lm_loss, task_loss
+from pipeline.meta import outer
+from pipeline.meta.losses import FLOOR_GRID, LN2, fit_floor, floored_lm_loss, task_loss
 from pipeline.models import build_model
 
 
@@ -74,3 +77,36 @@ def test_run_method_with_support_floor_scores_an_unseen_script_below_uniform_plu
     assert np.mean(floored["armenian"]) < uniform_bits + 1.0  # capped near log2(2V)
     # where the bytes are predicted at all, the fitted floor costs (almost) nothing
     assert abs(np.mean(floored["latin"]) - np.mean(plain["latin"])) < 0.05
+
+
+def test_training_validation_selects_by_the_score_evaluate_reports():
+    """`outer.evaluate(support_floor=True)` (checkpoint selection, early stopping) scores the
+    same episodes exactly as `run_method(support_floor=True)` (the evaluation): a run is
+    chosen by the figure it will be judged by, not by the unseen script's plain softmax."""
+    cfg = load(
+        None,
+        ["data.episode=lm", "model.kind=gru", "model.hidden=8", "model.embed=4", "data.max_len=8"],
+    )
+    model = build_model(cfg.model, cfg.data)
+    params = baselines.random_init(model, cfg, seed=0)
+    params["head.bias"] = params["head.bias"].clone()
+    params["head.bias"][128:256] = -40.0
+    tasks = {"latin": _words("abcdefgh", 40, 0), "armenian": _words("աբգդեզէը", 40, 1)}
+    eps = ev.make_episodes(
+        tasks.__getitem__, sorted(tasks), cfg.data, shot=8, k_query=8, n_episodes=2, seed=0
+    )
+    state = outer.init_state(model, cfg.inner, cfg.outer, seed=0)._replace(params=params)
+    batch = ep.to_torch(ep.collate([e.batch for e in eps]))
+    steps = [0, 1]
+    kw = {"model": model, "inner_cfg": cfg.inner, "steps": steps, "chunk": 3}
+    floored = outer.evaluate(state, batch, support_floor=True, **kw)
+    plain = outer.evaluate(state, batch, **kw)
+    judged = ev.run_method(model, ev.Method("m", params, state.lrs), eps, steps, support_floor=True)
+    for s in steps:
+        per_episode = [b for v in judged[s].values() for b in v]
+        assert floored[s] == pytest.approx(np.mean(per_episode) * LN2, rel=1e-5)
+        assert plain[s] > floored[s] + 5.0  # the armenian episodes' ruled-out bytes
+    assert cfg.outer.val_support_floor  # training's validation scores this way by default
+    # the evaluation's multitask baseline is selected by the same rule
+    plain_sel = baselines.select_score(model, params, batch, 0.1)
+    assert baselines.select_score(model, params, batch, 0.1, True) < plain_sel - 5.0
