@@ -151,7 +151,7 @@ def run_fold(fold, words, cfg, model, specs, args, seed, log, ext_words=None, ex
         from fewshot_train import Selector, train_multitask
 
         t0 = time.perf_counter()
-        sel = Selector(model, val_train, None)
+        sel = Selector(model, val_train, None, support_floor=bool(args.select_floor))
         mt_snaps = train_multitask(
             model,
             cfg,
@@ -188,6 +188,7 @@ def run_fold(fold, words, cfg, model, specs, args, seed, log, ext_words=None, ex
             val_every=args.val_every,
             mt_snaps=mt_snaps,
             log=log,
+            select_floor=bool(args.select_floor),
         )
     methods = [t.method() for t in trained.values()]
     if args.refs:
@@ -322,6 +323,15 @@ def main() -> None:
         default=0,
         help="1: score every method's query bpb under a mixture with uniform whose weight is "
         "fitted on each episode's support words (pipeline.meta.losses.fit_floor)",
+    )
+    ap.add_argument(
+        "--select-floor",
+        type=int,
+        default=0,
+        help="1: every method's best-on-validation selection scores validation bpb under the "
+        "support-fitted floor, as training's outer.val_support_floor does by default (with "
+        "--support-floor 1 this is the product's scoring; 0, the plain softmax, keeps the "
+        "commands of rounds 1-8 reproducible)",
     )
     args = ap.parse_args()
     if args.external_val and not args.external:

@@ -8,7 +8,9 @@ Budget: `steps` outer steps of `meta_batch` tasks, each task `k_support + k_quer
 pretrains multitask for P steps and meta-trains for the rest spends P + (steps - P) = steps.
 Selection: every `val_every` steps the current parameters are scored on the fold's
 validation languages (mean query bpb after 1, 2 and 5 inner steps with the method's own
-inner learning rates; multitask: lr `MT_VAL_LR`); the best scoring ones are kept.
+inner learning rates; multitask: lr `MT_VAL_LR`); the best scoring ones are kept. With
+`select_floor` that bpb is scored under the support-fitted floor (`losses.fit_floor`), as
+`metaray evaluate` scores by default.
 """
 
 from __future__ import annotations
@@ -69,26 +71,42 @@ class Trained:
 
 
 def val_score(
-    model, params, lrs, trainable, val_eps: Sequence[Episode], max_step_norm=None
+    model,
+    params,
+    lrs,
+    trainable,
+    val_eps: Sequence[Episode],
+    max_step_norm=None,
+    support_floor: bool = False,
 ) -> float:
     method = Method("val", params, lrs, trainable, max_step_norm=max_step_norm)
-    vals = run_method(model, method, val_eps, VAL_STEPS)
+    vals = run_method(model, method, val_eps, VAL_STEPS, support_floor=support_floor)
     return float(np.mean([np.mean(v) for s in VAL_STEPS for v in vals[s].values()]))
 
 
 class Selector:
     """Keeps the best-on-validation parameters seen so far (the run's "final" model)."""
 
-    def __init__(self, model, val_eps, trainable, max_step_norm=None) -> None:
+    def __init__(
+        self, model, val_eps, trainable, max_step_norm=None, support_floor: bool = False
+    ) -> None:
         self.model, self.val_eps, self.trainable = model, val_eps, trainable
-        self.max_step_norm = max_step_norm
+        self.max_step_norm, self.support_floor = max_step_norm, support_floor
         self.best = (np.inf, 0, None, None)
         self.rows: list[dict[str, float]] = []
 
     def offer(self, step: int, params, lrs) -> None:
         p = {k: v.detach().clone() for k, v in params.items()}
         lr = {k: v.detach().clone() for k, v in lrs.items()} if isinstance(lrs, dict) else lrs
-        score = val_score(self.model, p, lr, self.trainable, self.val_eps, self.max_step_norm)
+        score = val_score(
+            self.model,
+            p,
+            lr,
+            self.trainable,
+            self.val_eps,
+            self.max_step_norm,
+            self.support_floor,
+        )
         self.rows.append({"step": step, "val_bpb": score})
         if score < self.best[0]:
             self.best = (score, step, p, lr)
@@ -216,10 +234,11 @@ def train_method(
     val_every: int,
     mt_snaps: dict[int, dict] | None = None,
     log: Callable[[str], None] = print,
+    select_floor: bool = False,
 ) -> Trained:
     t0 = time.perf_counter()
     trainable = list(model.head_names) if spec.algorithm == "anil" else None
-    sel = Selector(model, val_eps, trainable, spec.max_step_norm)
+    sel = Selector(model, val_eps, trainable, spec.max_step_norm, select_floor)
     if spec.algorithm == "multitask":
         train_multitask(
             model, run_cfg, read, train, steps=steps, seed=seed, sel=sel, val_every=val_every
