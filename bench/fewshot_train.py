@@ -48,6 +48,7 @@ class Spec:
     learn_init: bool = True  # False: keep the (pretrained) init, learn only the inner lrs
     lr_max: float | None = None  # cap on the learned inner lrs (inner.lr_max)
     max_step_norm: float | None = None  # trust region on each inner step (inner.max_step_norm)
+    lrs_lr: float | None = None  # outer lr of the learned inner lrs (outer.lrs_lr)
 
 
 @dataclass
@@ -176,9 +177,10 @@ def meta_inner(run_cfg, spec: Spec) -> Any:
 
 
 def _outer_cfg(run_cfg, spec: Spec):
-    if spec.outer_lr is None:
-        return run_cfg.outer
-    return run_cfg.outer.model_copy(update={"lr": spec.outer_lr})
+    update = {"lr": spec.outer_lr} if spec.outer_lr is not None else {}
+    if spec.lrs_lr is not None:
+        update["lrs_lr"] = spec.lrs_lr
+    return run_cfg.outer.model_copy(update=update) if update else run_cfg.outer
 
 
 def train_meta(

@@ -119,6 +119,12 @@ class InnerConfig(_Slice):
 class OuterConfig(_Slice):
     optimizer: Literal["adam", "sgd"] = Field("adam", description="outer (meta) optimizer")
     lr: float = Field(1e-3, gt=0, description="outer learning rate")
+    lrs_lr: float | None = Field(
+        None,
+        gt=0,
+        description="outer learning rate of Meta-SGD's learned inner lrs (None: outer.lr); "
+        "lets the init train slowly (inner.learn_init) while the lrs move fast",
+    )
     meta_batch: int = Field(25, gt=0, description="tasks per meta-step, across all workers")
     steps: int = Field(1000, gt=0, description="meta-steps to train")
     chunk: int | None = Field(None, gt=0, description="tasks per vmap call; bounds memory")

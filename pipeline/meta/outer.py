@@ -81,7 +81,7 @@ def apply_gradients(
     state: MetaState, grads: Params, outer_cfg: OuterConfig, *, lr_max: float | None = None
 ) -> MetaState:
     """One outer optimizer step (pure): returns the next MetaState. Learned inner lrs are
-    kept in [0, lr_max]."""
+    kept in [0, lr_max] and step at `outer.lrs_lr` when it is set (else `outer.lr`)."""
     if outer_cfg.grad_clip:
         norm = torch.linalg.vector_norm(
             torch.stack([torch.linalg.vector_norm(g) for g in grads.values()])
@@ -92,6 +92,9 @@ def apply_gradients(
     current = dict(state.params)
     current.update({LR_PREFIX + k: v for k, v in state.lrs.items() if LR_PREFIX + k in grads})
     updates, opt = update(grads, state.opt, current, outer_cfg.lr)
+    if outer_cfg.lrs_lr is not None:  # both optimizers' steps are linear in the lr
+        f = outer_cfg.lrs_lr / outer_cfg.lr
+        updates = {k: u * f if k.startswith(LR_PREFIX) else u for k, u in updates.items()}
     new = optim.apply_updates(current, updates)
     params = {k: new[k] for k in state.params}
     # a learned inner lr below 0 would climb the support loss: clamp at 0

@@ -105,3 +105,26 @@ def test_max_step_norm_bounds_each_tasks_step_and_leaves_small_steps_alone():
                 torch.testing.assert_close(
                     held[k][t] - start[k][t], (free[k][t] - start[k][t]) * tau / norms[t]
                 )
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_outer_lrs_lr_moves_the_learned_lrs_at_their_own_rate_and_the_init_at_outer_lr(optimizer):
+    """`outer.lrs_lr`: Meta-SGD's learned inner lrs step at their own outer lr (0.3 in the
+    recipe) while the init trains at `outer.lr` (multitask's rate): one step with lrs_lr =
+    10 x lr moves the lrs exactly 10x as far and the init exactly as far as without it."""
+    model = _model()
+    inner = InnerConfig(algorithm="metasgd", lr=0.1, steps=1)
+    base = OuterConfig(optimizer=optimizer, lr=0.01, meta_batch=3)
+    fast = base.model_copy(update={"lrs_lr": 0.1})
+    state = outer.init_state(model, inner, base, seed=0)
+    batch = seq_batch("lm")
+    a, _ = outer.train_step(state, batch, model=model, inner_cfg=inner, outer_cfg=base)
+    b, _ = outer.train_step(state, batch, model=model, inner_cfg=inner, outer_cfg=fast)
+    for k in state.params:
+        torch.testing.assert_close(b.params[k], a.params[k], rtol=0, atol=0)
+    moved = [k for k in state.lrs if not torch.equal(a.lrs[k], state.lrs[k])]
+    assert moved  # the lrs learn
+    for k in moved:
+        da, db = a.lrs[k] - state.lrs[k], b.lrs[k] - state.lrs[k]
+        unclamped = b.lrs[k] > 0  # lrs are clamped at 0
+        torch.testing.assert_close(db[unclamped], 10 * da[unclamped], rtol=1e-4, atol=1e-7)
