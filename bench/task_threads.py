@@ -53,6 +53,11 @@ def main() -> None:
         a, b = pool.map(grads, halves)
         return {k: (a[k] + b[k]) / 2 for k in a}
 
+    def built(b: EpisodeBatch):  # the shipped path: outer.task_threads=2
+        return outer.meta_gradients(
+            state, b, model=model, inner_cfg=inner, pre_metrics=False, threads=2
+        )[0]
+
     def rate(fn) -> float:
         fn(batch)
         start = time.perf_counter()
@@ -62,12 +67,9 @@ def main() -> None:
 
     ref, two = grads(batch), split(batch)
     print(f"max |serial - split| = {max(float((ref[k] - two[k]).abs().max()) for k in ref):.2e}")
-    for threads, fn, name in (
-        (1, grads, "serial"),
-        (2, grads, "serial"),
-        (1, split, "split"),
-        (2, split, "split"),
-    ):
+    forms = [(1, grads, "serial"), (2, grads, "serial"), (1, split, "split"), (2, split, "split")]
+    forms += [(1, built, "built"), (2, built, "built")]
+    for threads, fn, name in forms:
         torch.set_num_threads(threads)
         print(f"{name:6s} {threads} torch thread(s): {rate(fn):6.1f} tasks/s")
 

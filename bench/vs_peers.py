@@ -145,8 +145,15 @@ def contender(impl: str, workload: str, dtype: torch.dtype):
                 lrs={k: v.double() for k, v in s0.lrs.items()},
             )
 
-        def meta_grad(b):
-            return outer.meta_gradients(st["s"], b, model=ours, inner_cfg=ic, pre_metrics=False)[0]
+        def meta_grad(b):  # task groups on the run's threads, as outer.task_threads=N does
+            return outer.meta_gradients(
+                st["s"],
+                b,
+                model=ours,
+                inner_cfg=ic,
+                pre_metrics=False,
+                threads=torch.get_num_threads(),
+            )[0]
 
         def update(g):
             st["s"] = outer.apply_gradients(st["s"], g, oc)

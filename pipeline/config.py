@@ -128,6 +128,13 @@ class OuterConfig(_Slice):
     meta_batch: int = Field(25, gt=0, description="tasks per meta-step, across all workers")
     steps: int = Field(1000, gt=0, description="meta-steps to train")
     chunk: int | None = Field(None, gt=0, description="tasks per vmap call; bounds memory")
+    task_threads: int = Field(
+        1,
+        gt=0,
+        description="run a meta-step's task groups on this many Python threads at once (CPU: "
+        "a recurrent model's small per-time-step ops gain little from torch's own threads; "
+        "set it to the worker's CPUs); memory grows with the groups in flight",
+    )
     val_every: int = Field(100, gt=0, description="meta-steps between validations")
     val_tasks: int = Field(32, gt=0, description="val tasks per validation")
     seed: int = Field(0, description="seeds episodes, init and everything random")

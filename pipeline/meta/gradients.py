@@ -14,7 +14,8 @@ memory by running tasks in groups and summing their gradients.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -165,6 +166,21 @@ def _task_batched(model: TaskModel, adapted: Params, m: int) -> Params:
     }
 
 
+@lru_cache(maxsize=4)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One long-lived pool per thread count: a thread's first torch op sets up per-thread
+    state (its OpenMP team among it), which a fresh pool each step would pay again."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="metaray-tasks")
+
+
+def task_groups(n: int, chunk: int | None, threads: int = 1) -> list[slice]:
+    """The task groups of one batch: `chunk_slices`, or with `threads` > 1 and no smaller
+    `chunk`, `threads` near-equal groups (each runs on its own thread)."""
+    if threads > 1 and n >= threads and (chunk is None or chunk >= n):
+        return chunk_slices(n, -(-n // threads))
+    return chunk_slices(n, chunk)
+
+
 def meta_gradients(
     state: MetaState,
     batch: EpisodeBatch,
@@ -175,31 +191,46 @@ def meta_gradients(
     pre_metrics: bool = True,
     return_adapted: bool = False,
     manual: bool | None = None,
+    threads: int = 1,
 ) -> tuple[Params, dict[str, float]] | tuple[Params, dict[str, float], Params]:
     """Mean meta-gradient over the batch's tasks, keyed like `meta_trainables`.
 
     Returns `(grads, metrics)`, or `(grads, metrics, adapted)` with `return_adapted`, where
     `adapted` holds each task's adapted parameters `[T, ...]` (detached).
     metrics: loss_post (query loss after adaptation), loss_pre (before adaptation; skipped
-    with pre_metrics=False).
+    with pre_metrics=False). `threads` > 1: the task groups (`task_groups`) run on that many
+    Python threads at once (torch releases the GIL inside its ops; on CPU a recurrent model's
+    per-time-step ops are too small for torch's intra-op threads) and are summed in a fixed
+    order, so the result does not depend on which thread finishes first.
     """
     grad_of = family(model, inner_cfg, manual)
     leaves = _leaves(state, inner_cfg.algorithm)
     n = batch.support.x.shape[0]
-    sums: Params = {k: torch.zeros_like(v) for k, v in leaves.wrt.items()}
-    post, pre = torch.zeros(()), torch.zeros(())
-    kept: list[Params] = []
-    for sl in chunk_slices(n, chunk):
+    groups = task_groups(n, chunk, threads)
+
+    def run(sl: slice):
         sup, qry = split_part(batch.support, sl), split_part(batch.query, sl)
         g, q, adapted = grad_of(state, leaves, sup, qry, model=model, inner_cfg=inner_cfg)
-        for k, v in g.items():
-            sums[k] += v
-        post = post + q.detach().sum()
+        pre = None
         if pre_metrics:
             with torch.no_grad():
-                pre = pre + model_loss(model, leaves.params, qry).sum()
-        if return_adapted:
-            kept.append(_task_batched(model, adapted, sl.stop - sl.start))
+                pre = model_loss(model, leaves.params, qry).sum()
+        kept = _task_batched(model, adapted, sl.stop - sl.start) if return_adapted else None
+        return g, q.detach().sum(), pre, kept
+
+    if threads > 1 and len(groups) > 1:
+        results = list(_pool(threads).map(run, groups))
+    else:
+        results = [run(sl) for sl in groups]
+    sums: Params = {k: torch.zeros_like(v) for k, v in leaves.wrt.items()}
+    post, pre = torch.zeros(()), torch.zeros(())
+    for g, q, p, _ in results:  # in group order: deterministic
+        for k, v in g.items():
+            sums[k] += v
+        post = post + q
+        if p is not None:
+            pre = pre + p
+    kept = [r[3] for r in results]
     grads = {k: v / n for k, v in sums.items()}  # the mean over the batch's tasks, once
     metrics = {"loss_post": float(post) / n}
     if pre_metrics:

@@ -139,6 +139,7 @@ def train_step(
         chunk=chunk,
         pre_metrics=pre_metrics,
         return_adapted=return_adapted,
+        threads=outer_cfg.task_threads,
     )
     grads = out[0]
     if inner_cfg.pre_weight:
