@@ -55,20 +55,26 @@ def _words(alphabet: str, n: int, seed: int) -> dict[str, np.ndarray]:
     return {"text": np.array(words, dtype=object)}
 
 
-def test_run_method_with_support_floor_scores_an_unseen_script_below_uniform_plus_one_bit():
+def _ascii_only_case():
+    """A byte GRU that never saw a non-ASCII byte (those byte values get ~0 probability) and
+    episodes of a Latin-script and an Armenian-script task: (cfg, model, params, episodes)."""
     cfg = load(
         None,
         ["data.episode=lm", "model.kind=gru", "model.hidden=8", "model.embed=4", "data.max_len=8"],
     )
     model = build_model(cfg.model, cfg.data)
     params = baselines.random_init(model, cfg, seed=0)
-    # a model that never saw a non-ASCII byte: those byte values get ~0 probability
     params["head.bias"] = params["head.bias"].clone()
     params["head.bias"][128:256] = -40.0
     tasks = {"latin": _words("abcdefgh", 40, 0), "armenian": _words("աբգդեզէը", 40, 1)}
     eps = ev.make_episodes(
         tasks.__getitem__, sorted(tasks), cfg.data, shot=8, k_query=8, n_episodes=2, seed=0
     )
+    return cfg, model, params, eps
+
+
+def test_run_method_with_support_floor_scores_an_unseen_script_below_uniform_plus_one_bit():
+    cfg, model, params, eps = _ascii_only_case()
     m = ev.Method("ascii-only", params, 0.1)
     plain = ev.run_method(model, m, eps, (0,))[0]
     floored = ev.run_method(model, m, eps, (0,), support_floor=True)[0]
@@ -83,18 +89,7 @@ def test_training_validation_selects_by_the_score_evaluate_reports():
     """`outer.evaluate(support_floor=True)` (checkpoint selection, early stopping) scores the
     same episodes exactly as `run_method(support_floor=True)` (the evaluation): a run is
     chosen by the figure it will be judged by, not by the unseen script's plain softmax."""
-    cfg = load(
-        None,
-        ["data.episode=lm", "model.kind=gru", "model.hidden=8", "model.embed=4", "data.max_len=8"],
-    )
-    model = build_model(cfg.model, cfg.data)
-    params = baselines.random_init(model, cfg, seed=0)
-    params["head.bias"] = params["head.bias"].clone()
-    params["head.bias"][128:256] = -40.0
-    tasks = {"latin": _words("abcdefgh", 40, 0), "armenian": _words("աբգդեզէը", 40, 1)}
-    eps = ev.make_episodes(
-        tasks.__getitem__, sorted(tasks), cfg.data, shot=8, k_query=8, n_episodes=2, seed=0
-    )
+    cfg, model, params, eps = _ascii_only_case()
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=0)._replace(params=params)
     batch = ep.to_torch(ep.collate([e.batch for e in eps]))
     steps = [0, 1]
