@@ -62,16 +62,12 @@ def select_score(
     `params` (inf when fine-tuning diverges); with `support_floor` (lm) under the floor
     fitted on each task's support, as the meta-learner's run validates (`outer.evaluate`)."""
     from pipeline.meta.inner import adapt_then_score
-    from pipeline.meta.losses import model_loss, support_floored_loss
+    from pipeline.meta.losses import query_loss
 
-    floored = support_floor and model.kind == "lm"
+    floor_on = val_batch.support if support_floor else None
 
     def score(p: Params, query: Any) -> float:
-        sup = val_batch.support
-        loss = (
-            support_floored_loss(model, p, sup, query) if floored else model_loss(model, p, query)
-        )
-        return float(loss.mean())
+        return float(query_loss(model, p, query, floor_on).mean())
 
     scores = adapt_then_score(
         params,

@@ -70,6 +70,14 @@ def model_loss(model: nn.Module, params: dict[str, Tensor], split) -> Tensor:
     return task_loss(model.kind, out, split.y, split.mask)
 
 
+def query_loss(model: nn.Module, params: dict[str, Tensor], query, support=None) -> Tensor:
+    """Per-task query loss `[T]`; with `support` and a language model, under the floor fitted
+    on that support (`support_floored_loss`): the one rule validation and selection share."""
+    if support is not None and model.kind == "lm":
+        return support_floored_loss(model, params, support, query)
+    return model_loss(model, params, query)
+
+
 def accuracy(out: Tensor, y: Tensor) -> Tensor:
     """Per-task classification accuracy `[T]`."""
     return (out.argmax(-1) == y).float().mean(-1)

@@ -20,7 +20,7 @@ import torch
 from pipeline.meta import optim
 from pipeline.meta.gradients import chunk_slices, family, meta_gradients, split_part
 from pipeline.meta.inner import adapt_then_score
-from pipeline.meta.losses import model_loss, support_floored_loss
+from pipeline.meta.losses import query_loss
 from pipeline.meta.state import (
     LR_PREFIX,
     MetaState,
@@ -171,15 +171,12 @@ def evaluate(
     trainable = trainable_names(model, inner_cfg)
     n = batch.support.x.shape[0]
     totals = dict.fromkeys(steps, 0.0)
-    floored = support_floor and model.kind == "lm"
     for sl in chunk_slices(n, chunk):
         sup = split_part(batch.support, sl)
+        floor_on = sup if support_floor else None
 
-        def score(p, qry, sup=sup) -> float:
-            loss = (
-                support_floored_loss(model, p, sup, qry) if floored else model_loss(model, p, qry)
-            )
-            return float(loss.sum())
+        def score(p, qry, floor_on=floor_on) -> float:
+            return float(query_loss(model, p, qry, floor_on).sum())
 
         scores = adapt_then_score(
             state.params,
