@@ -74,7 +74,8 @@ SPECS = {
 
 def parse_variant(text: str) -> Spec:
     """`name:alg=lslr,steps=1+2+5,lr=0.3,pretrain=0.5,pre=1,fo=1,olr=0.001,init=0,lrmax=0.6,tr=2,
-    lrslr=0.3` (tr: the trust region, inner.max_step_norm; lrslr: outer.lrs_lr)"""
+    lrslr=0.3,initobj=multitask` (tr: the trust region, inner.max_step_norm; lrslr:
+    outer.lrs_lr; initobj: inner.init_objective)"""
     name, _, body = text.partition(":")
     kv = dict(item.split("=", 1) for item in body.split(",") if item)
     return Spec(
@@ -90,6 +91,7 @@ def parse_variant(text: str) -> Spec:
         float(kv["lrmax"]) if "lrmax" in kv else None,
         float(kv["tr"]) if "tr" in kv else None,
         float(kv["lrslr"]) if "lrslr" in kv else None,
+        kv.get("initobj", "meta"),
     )
 
 

@@ -49,6 +49,7 @@ class Spec:
     lr_max: float | None = None  # cap on the learned inner lrs (inner.lr_max)
     max_step_norm: float | None = None  # trust region on each inner step (inner.max_step_norm)
     lrs_lr: float | None = None  # outer lr of the learned inner lrs (outer.lrs_lr)
+    init_objective: str = "meta"  # what trains the init (inner.init_objective)
 
 
 @dataclass
@@ -172,6 +173,7 @@ def meta_inner(run_cfg, spec: Spec) -> Any:
             "first_order": spec.first_order,
             "lr_max": spec.lr_max,
             "max_step_norm": spec.max_step_norm,
+            "init_objective": spec.init_objective,
         }
     )
 

@@ -114,6 +114,31 @@ class InnerConfig(_Slice):
         description="weight of the query loss BEFORE adaptation in the outer loss: keeps the "
         "meta-init a usable model at step 0",
     )
+    init_objective: Literal["meta", "multitask"] = Field(
+        "meta",
+        description="what trains the init (with learn_init): meta: the meta-gradient (plus "
+        "pre_weight x the pre-adaptation loss); multitask: the multitask loss on every word "
+        "of each episode (support and query) alone, so the init keeps training as a multitask "
+        "model does while Meta-SGD's lrs learn from the meta-gradient (use outer.lrs_lr)",
+    )
+
+    @model_validator(mode="after")
+    def _init_objective_fits(self) -> InnerConfig:
+        if self.init_objective == "multitask" and (
+            self.algorithm != "metasgd" or not self.learn_init
+        ):
+            raise ValueError(
+                f"inner.init_objective='multitask' with inner.algorithm={self.algorithm!r}, "
+                f"inner.learn_init={self.learn_init}: it trains the init on the multitask loss "
+                "and leaves the meta-gradient only Meta-SGD's inner lrs to learn; use "
+                "inner.algorithm=metasgd with inner.learn_init=true, or init_objective=meta"
+            )
+        if self.init_objective == "multitask" and self.pre_weight:
+            raise ValueError(
+                f"inner.pre_weight={self.pre_weight} with inner.init_objective='multitask': the "
+                "init is already trained on the loss before adaptation alone; set pre_weight=0"
+            )
+        return self
 
 
 class OuterConfig(_Slice):

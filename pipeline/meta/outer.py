@@ -124,9 +124,11 @@ def train_step(
     """The single outer step of both the single-process loop and the Ray Train worker:
     meta-gradients on this worker's tasks -> `all_reduce` (mean over ranks) -> optimizer.
     `inner.step_schedule` picks this step's inner step count; `inner.pre_weight` adds the
-    query loss at the meta-parameters themselves (before adaptation) to the outer loss.
-    With `return_adapted`, also each task's adapted parameters `[T, ...]` (detached; from
-    the meta-parameters before this step's update): what the memory bank stores."""
+    query loss at the meta-parameters themselves (before adaptation) to the outer loss;
+    `inner.init_objective=multitask` trains the init on that loss alone, over every word of
+    the episodes (support and query), and Meta-SGD's lrs on the meta-gradient. With
+    `return_adapted`, also each task's adapted parameters `[T, ...]` (detached; from the
+    meta-parameters before this step's update): what the memory bank stores."""
     chunk = chunk if chunk is not None else outer_cfg.chunk
     if inner_cfg.step_schedule:
         schedule = inner_cfg.step_schedule
@@ -142,16 +144,47 @@ def train_step(
         threads=outer_cfg.task_threads,
     )
     grads = out[0]
-    if inner_cfg.pre_weight:
-        plain = inner_cfg.model_copy(update={"algorithm": "fomaml", "steps": 0})
-        g0, _ = meta_gradients(
-            state, batch, model=model, inner_cfg=plain, chunk=chunk, pre_metrics=False
-        )
+    if inner_cfg.init_objective == "multitask":  # the init from the multitask loss alone
+        g0 = _loss_before_adaptation(state, _every_word(batch), model, inner_cfg, outer_cfg, chunk)
+        grads = {**{k: g for k, g in grads.items() if k.startswith(LR_PREFIX)}, **g0}
+    elif inner_cfg.pre_weight:
+        g0 = _loss_before_adaptation(state, batch, model, inner_cfg, outer_cfg, chunk)
         grads = {k: g + inner_cfg.pre_weight * g0[k] if k in g0 else g for k, g in grads.items()}
     if not inner_cfg.learn_init:  # the init stays: only Meta-SGD's inner lrs are learned
         grads = {k: g for k, g in grads.items() if k.startswith(LR_PREFIX)}
     new = apply_gradients(state, all_reduce(grads), outer_cfg, lr_max=inner_cfg.lr_max)
     return (new, out[1], out[2]) if return_adapted else (new, out[1])
+
+
+def _loss_before_adaptation(
+    state: MetaState,
+    batch: EpisodeBatch,
+    model: TaskModel,
+    inner_cfg: InnerConfig,
+    outer_cfg: OuterConfig,
+    chunk: int | None,
+) -> Params:
+    """Mean gradient of the query loss at the meta-parameters themselves (no inner step)."""
+    plain = inner_cfg.model_copy(update={"algorithm": "fomaml", "steps": 0})
+    g0, _ = meta_gradients(
+        state,
+        batch,
+        model=model,
+        inner_cfg=plain,
+        chunk=chunk,
+        pre_metrics=False,
+        threads=outer_cfg.task_threads,
+    )
+    return g0
+
+
+def _every_word(batch: EpisodeBatch) -> EpisodeBatch:
+    """The batch with its support examples joined to its query (the examples axis): the
+    words a multitask model trains on from the same episodes."""
+    joined = type(batch.query)(
+        *(torch.cat([s, q], dim=1) for s, q in zip(batch.support, batch.query, strict=True))
+    )
+    return batch._replace(query=joined)
 
 
 def evaluate(

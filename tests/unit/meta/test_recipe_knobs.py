@@ -128,3 +128,38 @@ def test_outer_lrs_lr_moves_the_learned_lrs_at_their_own_rate_and_the_init_at_ou
         da, db = a.lrs[k] - state.lrs[k], b.lrs[k] - state.lrs[k]
         unclamped = b.lrs[k] > 0  # lrs are clamped at 0
         torch.testing.assert_close(db[unclamped], 10 * da[unclamped], rtol=1e-4, atol=1e-7)
+
+
+def test_init_objective_multitask_trains_the_init_as_multitask_and_the_lrs_by_meta():
+    """`inner.init_objective=multitask`: the init steps exactly as the multitask model does on
+    the same episodes' words (support and query: the loss before adaptation), while the
+    learned lrs step exactly as plain Meta-SGD's do."""
+    from pipeline.config import RunConfig
+    from pipeline.eval.baselines import multitask_config
+
+    model = _model()
+    batch = seq_batch("lm")
+    meta = InnerConfig(algorithm="metasgd", lr=0.1, steps=1)
+    mixed = meta.model_copy(update={"init_objective": "multitask"})
+    state = outer.init_state(model, meta, SGD, seed=0)
+    _, plain = _step(model, meta, state, batch)
+    _, new = _step(model, mixed, state, batch)
+    for k in state.lrs:
+        torch.testing.assert_close(new.lrs[k], plain.lrs[k], rtol=0, atol=0)
+    mt_inner, _ = multitask_config(RunConfig(inner=meta))
+    words = (torch.cat([s, q], 1) for s, q in zip(batch.support, batch.query, strict=True))
+    joined = batch._replace(query=type(batch.query)(*words))
+    mt_state = outer.init_state(model, mt_inner, SGD, seed=0)._replace(params=state.params)
+    mt, _ = outer.train_step(mt_state, joined, model=model, inner_cfg=mt_inner, outer_cfg=SGD)
+    for k in state.params:
+        torch.testing.assert_close(new.params[k], mt.params[k], rtol=0, atol=0)
+    assert any(not torch.equal(new.params[k], plain.params[k]) for k in state.params)
+
+
+@pytest.mark.parametrize(
+    "update",
+    [{"algorithm": "maml"}, {"learn_init": False}, {"pre_weight": 0.5}],
+)
+def test_init_objective_multitask_rejects_settings_it_would_ignore(update):
+    with pytest.raises(ValueError, match="init_objective"):
+        InnerConfig(**{"algorithm": "metasgd", "init_objective": "multitask", **update})
