@@ -41,9 +41,13 @@ def manual_meta_gradients(
         t = sup.x.shape[0]
         p = {k: v.expand(t, *v.shape) for k, v in params.items()}
         traj, caches, scales = [p], [], []
+        inner_grads: list[Params] = []  # first order: each step's support gradient, reused
         for _ in range(steps):  # the inner loop (as `adapt`), keeping each step's own pass
             caches.append({})
-            _, g = model.loss_and_grad(p, sup.x, sup.y, sup.mask, set(names), cache=caches[-1])
+            keep = None if first_order else caches[-1]  # the HVP's intermediates
+            _, g = model.loss_and_grad(p, sup.x, sup.y, sup.mask, set(names), cache=keep)
+            if first_order and learn_lrs:
+                inner_grads.append(g)
             ups = {k: lrs[k] * g[k] for k in names}
             if max_step_norm is not None:
                 s = trust_region_scale(list(ups.values()), t, max_step_norm)
@@ -57,7 +61,7 @@ def manual_meta_gradients(
             if first_order:
                 if not dlr:
                     break  # FOMAML: v passes through unchanged
-                _, g = model.loss_and_grad(traj[k], sup.x, sup.y, sup.mask, set(names))
+                g = inner_grads.pop()  # the support gradient at traj[k], as computed above
             else:
                 u = {n: lrs[n] * v[n] for n in names}
                 if scales:

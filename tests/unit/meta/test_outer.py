@@ -50,6 +50,20 @@ def test_batched_equals_per_task_loop_rnn(alg, task, cell):
     _assert_close(grads, reference_grads(model, state, batch, ic))
 
 
+@pytest.mark.parametrize("task", ["lm", "classify"])
+def test_first_order_metasgd_equals_per_task_loop_gru(task):
+    """The shipped recipe's form (Meta-SGD, first order): the hand sweep reuses the inner
+    loop's support gradients for the lrs' gradient instead of recomputing them."""
+    model = tiny_rnn(task)
+    ic, _ = configs("metasgd", steps=3, lr=0.5)
+    ic = ic.model_copy(update={"first_order": True})
+    state = outer.init_state(model, ic, OuterConfig(meta_batch=4))
+    batch = seq_batch(task)
+    grads, _ = outer.meta_gradients(state, batch, model=model, inner_cfg=ic)
+    _assert_close(grads, reference_grads(model, state, batch, ic))
+    assert any(float(grads[k].abs().max()) > 0 for k in grads if k.startswith("lr/"))
+
+
 def test_chunks_give_the_same_gradients():
     model = tiny_rnn()
     ic, oc = configs("maml")
