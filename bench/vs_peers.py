@@ -281,6 +281,12 @@ def worker(impl: str, workload: str) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(1)
+    if impl == "metaray":  # what a Train worker sets at start-up (cluster.malloc_reuse_mb);
+        # the peers' rates do not move with it (bench/RESULTS.md, "the C heap")
+        from pipeline.config import ClusterConfig
+        from pipeline.runtime.heap import reuse_freed_memory
+
+        reuse_freed_memory(ClusterConfig().malloc_reuse_mb)
     meta_grad, update = contender(impl, workload, torch.float32)
     batches = [batch(workload, torch.float32, seed=s) for s in range(4)]
     update(meta_grad(batches[0]))  # warm-up

@@ -183,6 +183,12 @@ class ClusterConfig(_Slice):
     use_gpu: bool = Field(False, description="one GPU per worker")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
     threads_per_worker: int | None = Field(None, gt=0, description="torch threads; None: from CPUs")
+    malloc_reuse_mb: int = Field(
+        256,
+        ge=0,
+        description="glibc: blocks up to this many MiB are reused from the heap instead of "
+        "mapped afresh each meta-step (no page faults per step); 0: glibc's defaults",
+    )
     episode_actors: int = Field(
         1,
         ge=0,

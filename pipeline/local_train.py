@@ -23,6 +23,7 @@ from torch import nn
 from pipeline.data import episodes as ep
 from pipeline.meta import outer
 from pipeline.models import build_model
+from pipeline.runtime.heap import reuse_freed_memory
 
 if TYPE_CHECKING:  # typed slices; importing the core needs no pydantic
     from pipeline.config import DataConfig, InnerConfig, ModelConfig, OuterConfig, RunConfig
@@ -74,15 +75,18 @@ def train(
     outer_cfg: OuterConfig,
     *,
     threads: int | None = None,
+    malloc_reuse_mb: int = 0,
     source: TaskSource | None = None,
     steps: int | None = None,
     log: Callable[[str], None] | None = None,
     eval_steps: tuple[int, ...] = (0, 1),
 ) -> LocalResult:
     """Meta-train for `steps` (default `outer_cfg.steps`) meta-steps; `threads`: torch threads
-    (a run's `cluster.threads_per_worker`); `source`: default the shard set at `data.uri`."""
+    (a run's `cluster.threads_per_worker`); `malloc_reuse_mb`: `cluster.malloc_reuse_mb` (0:
+    glibc's defaults); `source`: default the shard set at `data.uri`."""
     if threads:
         torch.set_num_threads(threads)
+    reuse_freed_memory(malloc_reuse_mb)  # as a Train worker does
     if source is None:
         from pipeline.data.shards import open_shard_set
 
@@ -134,6 +138,7 @@ def slices(cfg: RunConfig) -> dict[str, Any]:
         "inner": cfg.inner,
         "outer_cfg": cfg.outer,
         "threads": cfg.cluster.threads_per_worker,
+        "malloc_reuse_mb": cfg.cluster.malloc_reuse_mb,
     }
 
 

@@ -20,6 +20,7 @@ from pipeline.eval import methods as ev
 from pipeline.eval import report as eval_report
 from pipeline.runtime import console
 from pipeline.runtime.console import Progress
+from pipeline.runtime.heap import reuse_freed_memory
 
 LR_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
@@ -90,6 +91,7 @@ def _build_model(opts: Options, cfg: Any) -> Any:
         import torch
 
         torch.set_num_threads(threads)
+    reuse_freed_memory(cfg.cluster.malloc_reuse_mb)  # adaptation steps fault no pages afresh
     return build_model(cfg.model, cfg.data).to(opts.device)
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from pipeline import config
 from pipeline.data import episodes as ep
 from pipeline.meta import outer
-from pipeline.runtime import console, selection
+from pipeline.runtime import console, heap, selection
 from pipeline.runtime import worker_report as wr
 from pipeline.runtime.collective import mean_all_reduce, mean_metrics
 from pipeline.runtime.loop_host import LoopHost, TrainWorker, TuneTrial
@@ -125,6 +125,7 @@ def _setup(raw: dict[str, Any], host: LoopHost) -> _Run:
     cfg = config.from_dict(cfg_tree, "train_loop_config")
     rank, world = host.rank_world()
     torch.set_num_threads(_threads(cfg.cluster))
+    heap.reuse_freed_memory(cfg.cluster.malloc_reuse_mb)  # no page faults per meta-step
     device = _device(cfg.cluster)
     model = build_model(cfg.model, cfg.data).to(device)
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=cfg.outer.seed)
