@@ -3,8 +3,8 @@
 Why: a meta-step allocates and frees the same few-MB tensors (per-step gate buffers, the
 gathered input projection, the HVP's R buffers) every inner step. glibc serves blocks that
 large with a fresh `mmap` and, once freed, unmaps them (or trims them off the heap's top), so
-the next step faults every page in again: 6,000-18,000 minor page faults per chargru
-meta-step, ~10% of its time (bench/RESULTS.md, "the C heap"). Raising glibc's mmap and trim
+the next step faults every page in again: 4,000-18,000 minor page faults per chargru
+meta-step, up to ~15% of its time (bench/RESULTS.md, "the C heap"). Raising glibc's mmap and trim
 thresholds keeps those blocks on the heap for reuse. It is process-wide and changes no
 arithmetic, so only the processes that train or evaluate (Train workers, Tune trials,
 `metaray evaluate`, `local_train`) set it; the peak RSS stays the same (measured).

@@ -70,8 +70,3 @@ def test_reused_heap_removes_the_per_step_page_faults():
     assert untuned["faults_per_step"] > 1000  # the problem: every step maps its buffers afresh
     assert tuned["faults_per_step"] < 0.2 * untuned["faults_per_step"], (untuned, tuned)
 
-
-def test_zero_keeps_glibcs_defaults():
-    from pipeline.runtime.heap import reuse_freed_memory
-
-    assert reuse_freed_memory(0) is False
