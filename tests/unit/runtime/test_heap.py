@@ -69,4 +69,3 @@ def test_reused_heap_removes_the_per_step_page_faults():
     assert untuned["took"] is False and tuned["took"] is True
     assert untuned["faults_per_step"] > 1000  # the problem: every step maps its buffers afresh
     assert tuned["faults_per_step"] < 0.2 * untuned["faults_per_step"], (untuned, tuned)
-
