@@ -73,11 +73,14 @@ def test_ctrl_c_during_a_build_says_nothing_was_written(tmp_path):
     out = tmp_path / "big"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [str(Path(sys.executable).parent / "metaray"), "shards", "build", "sinusoid"]
-    cmd += ["--out", str(out), "--train-tasks", "400000", "--points", "50"]
+    # 48 s of writing when left alone (80M rows; measured quiet): even a
+    # loaded CI machine, where this test's poll may wait seconds, signals mid-build.
+    cmd += ["--out", str(out), "--train-tasks", "400000", "--points", "200"]
     cmd += ["--rows-per-file", "20000"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not (out.is_dir() and any(out.iterdir())):  # writing has begun
+    while not (out.is_dir() and any(p.suffix == ".parquet" for p in out.iterdir())):
+        # a shard file is being written: the build is under way, not still starting up
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
