@@ -12,8 +12,8 @@ def test_script_groups_split_held_out_languages_by_seen_script():
 
 
 def test_a_run_started_from_a_pretraining_run_counts_its_steps_for_the_baseline(tmp_path):
-    """Pretrain 12 steps at outer lr 0.003, then meta-train from it at the quickstart's own
-    outer lr (another value): the multitask baseline must get the 12 steps too, at the
+    """Pretrain 12 steps at outer lr 0.003, then meta-train from it at another outer lr
+    (0.3): the multitask baseline must get the 12 steps too, at the
     pretraining's lr (a weakened baseline is no comparison)."""
     from pipeline import checkpoint as ckpt
     from pipeline import config
@@ -24,7 +24,8 @@ def test_a_run_started_from_a_pretraining_run_counts_its_steps_for_the_baseline(
     model = build_model(pre.model, pre.data)
     state = outer.init_state(model, pre.inner, pre.outer, seed=0)._replace(step=12)
     ckpt.save(tmp_path / "pre" / "step-00000012", state, config=config.to_dict(pre))
-    run = config.load("configs/quickstart.yaml", [f"checkpoint.init_from={tmp_path / 'pre'}"])
+    over = [f"checkpoint.init_from={tmp_path / 'pre'}", "outer.lr=0.3"]
+    run = config.load("configs/quickstart.yaml", over)
     said: list[str] = []
     steps, init_outer = eval_inputs.init_run(run, said.append)
     assert steps == 12 and init_outer.lr == 0.003 and run.outer.lr != 0.003
