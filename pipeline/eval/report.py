@@ -162,41 +162,48 @@ def _steps_word(s: int) -> str:
 def verdict(rep: Mapping[str, Any], *, baseline: str = BASELINE) -> list[str]:
     """Plain sentences, derived from the paired 95% CIs over held-out tasks, saying whether
     the meta-init beats `baseline` fine-tuning after each inner-step count (> 0) and shot
-    count. A CI over fewer than `MIN_CI_TASKS` tasks decides nothing and says so."""
+    count: over all held-out tasks, then per task group (seen / unseen script), where a
+    pooled CI can hide a group that wins and one that loses. A CI over fewer than
+    `MIN_CI_TASKS` tasks decides nothing and says so."""
     key = f"{REFERENCE} - {baseline}"
-    lower = not rep["higher_is_better"]
-    unit = {"bits per byte": " bpb", "accuracy": ""}.get(rep["metric"], "")
     out: list[str] = []
     for k in map(str, rep["shots"]):
         per = rep["paired"].get(k, {}).get(key)
         if per is None:
             out.append(f"K={k}: no {baseline} baseline in this evaluation: no verdict")
             continue
-        for s in (s for s in rep["steps"] if s > 0):
-            o = per[str(s)]["overall"]
-            n, after = o.get("n_tasks", 0), f"after {_steps_word(s)} at K={k}"
-            what = "held-out " + ("languages" if rep.get("family") == "wordlang" else "tasks")
-            if o.get("ci_over") != "tasks" or n < MIN_CI_TASKS:
-                out.append(f"{after}: {n} {what} cannot decide (need {MIN_CI_TASKS}+)")
-                continue
-            gain = -o["mean"] if lower else o["mean"]
-            lo, hi = sorted((-o["hi"], -o["lo"]) if lower else (o["lo"], o["hi"]))
-            ci = f"95% CI {lo:.2f} to {hi:.2f}, {n} {what}"
-            if lo > 0:
-                out.append(
-                    f"meta-init beats {baseline} fine-tuning {after} by {gain:.2f}{unit} ({ci})"
-                )
-            elif hi < 0:
-                out.append(
-                    f"meta-init is WORSE than {baseline} fine-tuning {after} by "
-                    f"{-gain:.2f}{unit} (95% CI {-hi:.2f} to {-lo:.2f}, {n} {what})"
-                )
-            else:
-                out.append(
-                    f"meta-init does not measurably beat {baseline} fine-tuning {after} "
-                    f"(gain {gain:+.2f}{unit}, {ci})"
-                )
+        steps = [s for s in rep["steps"] if s > 0]
+        out += [_judge(rep, per[str(s)]["overall"], s, k, baseline) for s in steps]
+        for g, by in rep.get("by_group", {}).get(k, {}).items():
+            if key in by:
+                out += [_judge(rep, by[key][str(s)], s, k, baseline, f"{g}: ") for s in steps]
     return out
+
+
+def _judge(
+    rep: Mapping[str, Any], o: Mapping[str, Any], s: int, k: str, baseline: str, label: str = ""
+) -> str:
+    """One verdict sentence from one paired difference `o` (meta-init minus baseline)."""
+    lower = not rep["higher_is_better"]
+    unit = {"bits per byte": " bpb", "accuracy": ""}.get(rep["metric"], "")
+    n, after = o.get("n_tasks", 0), f"after {_steps_word(s)} at K={k}"
+    what = "held-out " + ("languages" if rep.get("family") == "wordlang" else "tasks")
+    if o.get("ci_over") != "tasks" or n < MIN_CI_TASKS:
+        return f"{label}{after}: {n} {what} cannot decide (need {MIN_CI_TASKS}+)"
+    gain = -o["mean"] if lower else o["mean"]
+    lo, hi = sorted((-o["hi"], -o["lo"]) if lower else (o["lo"], o["hi"]))
+    ci = f"95% CI {lo:.2f} to {hi:.2f}, {n} {what}"
+    if lo > 0:
+        return f"{label}meta-init beats {baseline} fine-tuning {after} by {gain:.2f}{unit} ({ci})"
+    if hi < 0:
+        return (
+            f"{label}meta-init is WORSE than {baseline} fine-tuning {after} by "
+            f"{-gain:.2f}{unit} (95% CI {-hi:.2f} to {-lo:.2f}, {n} {what})"
+        )
+    return (
+        f"{label}meta-init does not measurably beat {baseline} fine-tuning {after} "
+        f"(gain {gain:+.2f}{unit}, {ci})"
+    )
 
 
 def write_json(rep: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -17,12 +17,13 @@ def _raw(delta_by_task: dict[str, float], noise: float = 0.01, n_ep: int = 4):
     return {"multitask": {8: per(base)}, "meta-init": {8: per(meta)}}
 
 
-def _verdict(deltas: dict[str, float]) -> list[str]:
+def _verdict(deltas: dict[str, float], groups: dict[str, list[str]] | None = None) -> list[str]:
     rep = eval_report.build(
         _raw(deltas),
         kind="lm",
         metric="bits per byte",
         higher_is_better=False,
+        groups=groups,
         info={"family": "wordlang"},
     )
     return rep["verdict"]
@@ -43,6 +44,18 @@ def test_a_loss_or_a_tie_is_not_called_a_win():
     assert "WORSE" in worse and "beats" not in worse
     (tie,) = _verdict({f"l{i}": (-1) ** i * 0.2 for i in range(6)})
     assert tie.startswith("meta-init does not measurably beat")
+
+
+def test_each_script_group_gets_its_own_verdict_where_the_pooled_ci_hides_it():
+    """Seen-script languages win by 0.1, unseen-script ones lose by 0.8: pooled, no verdict;
+    per group, a win and a loss, each with its own CI and count."""
+    seen = {f"s{i}": -0.1 + 0.005 * i for i in range(6)}
+    unseen = {f"u{i}": 0.8 + 0.05 * i for i in range(4)}
+    pooled, win, loss = _verdict({**seen, **unseen}, {"seen": list(seen), "unseen": list(unseen)})
+    assert pooled.startswith("meta-init does not measurably beat") and "10 held-out" in pooled
+    assert win.startswith("seen: meta-init beats multitask fine-tuning after 1 step at K=8 by")
+    assert "6 held-out languages" in win
+    assert loss.startswith("unseen: meta-init is WORSE") and "4 held-out languages" in loss
 
 
 def test_three_languages_cannot_decide_and_group_cis_show_no_numbers():
