@@ -14,8 +14,9 @@ M=.venv/bin/metaray
 $M shards build wordlang --out data/quickstart-wordlang --top-n 1000 --seed 0 \
     --val-languages he,it,nl,uk --test-languages cs,el,fa,hi,ko,pt,ru,sv,ta,tr
 $M shards inspect data/quickstart-wordlang
-# Stage 1: multitask pretraining (80% of the budget; runs/quickstart-pretrain).
-# Stage 2: meta-learn one inner learning rate per parameter on top of it (checkpoint.init_from).
+# Stage 1: multitask pretraining (25% of the budget; runs/quickstart-pretrain).
+# Stage 2: from its parameters (checkpoint.init_from), keep training them on the multitask loss
+# and meta-learn one inner learning rate per parameter alongside.
 # Each run's model is its best on validation. Running this again resumes the runs (already
 # finished: they report and stop); start afresh with checkpoint.run_name=other.
 $M train --config configs/quickstart-pretrain.yaml
