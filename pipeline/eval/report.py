@@ -175,9 +175,20 @@ def verdict(rep: Mapping[str, Any], *, baseline: str = BASELINE) -> list[str]:
         steps = [s for s in rep["steps"] if s > 0]
         out += [_judge(rep, per[str(s)]["overall"], s, k, baseline) for s in steps]
         for g, by in rep.get("by_group", {}).get(k, {}).items():
-            if key in by:
-                out += [_judge(rep, by[key][str(s)], s, k, baseline, f"{g}: ") for s in steps]
+            if key not in by:
+                continue
+            n = by[key][str(steps[0])].get("n_tasks", 0) if steps else 0
+            if n < MIN_CI_TASKS:  # one line for the group, not one "cannot decide" per step
+                out.append(
+                    f"{g}: {n} {_held_out(rep)} at K={k} cannot decide (need {MIN_CI_TASKS}+)"
+                )
+                continue
+            out += [_judge(rep, by[key][str(s)], s, k, baseline, f"{g}: ") for s in steps]
     return out
+
+
+def _held_out(rep: Mapping[str, Any]) -> str:
+    return "held-out " + ("languages" if rep.get("family") == "wordlang" else "tasks")
 
 
 def _judge(
@@ -187,7 +198,7 @@ def _judge(
     lower = not rep["higher_is_better"]
     unit = {"bits per byte": " bpb", "accuracy": ""}.get(rep["metric"], "")
     n, after = o.get("n_tasks", 0), f"after {_steps_word(s)} at K={k}"
-    what = "held-out " + ("languages" if rep.get("family") == "wordlang" else "tasks")
+    what = _held_out(rep)
     if o.get("ci_over") != "tasks" or n < MIN_CI_TASKS:
         return f"{label}{after}: {n} {what} cannot decide (need {MIN_CI_TASKS}+)"
     gain = -o["mean"] if lower else o["mean"]

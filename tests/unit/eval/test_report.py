@@ -8,18 +8,21 @@ import numpy as np
 from pipeline.eval import report as eval_report
 
 
-def _raw(delta_by_task: dict[str, float], noise: float = 0.01, n_ep: int = 4):
-    """meta-init = multitask + delta per task (per episode, small noise); 1 step only."""
+def _raw(delta_by_task: dict[str, float], noise: float = 0.01, n_ep: int = 4, steps=(0, 1)):
+    """meta-init = multitask + delta per task (per episode, small noise), the same at every
+    step count in `steps` (1 step only by default)."""
     rng = np.random.default_rng(0)
     base = {t: list(5.0 + rng.normal(0, 0.5, n_ep)) for t in delta_by_task}
     meta = {t: [b + d + rng.normal(0, noise) for b in base[t]] for t, d in delta_by_task.items()}
-    per = lambda v: {0: v, 1: v}  # noqa: E731
+    per = lambda v: dict.fromkeys(steps, v)  # noqa: E731
     return {"multitask": {8: per(base)}, "meta-init": {8: per(meta)}}
 
 
-def _verdict(deltas: dict[str, float], groups: dict[str, list[str]] | None = None) -> list[str]:
+def _verdict(
+    deltas: dict[str, float], groups: dict[str, list[str]] | None = None, steps=(0, 1)
+) -> list[str]:
     rep = eval_report.build(
-        _raw(deltas),
+        _raw(deltas, steps=steps),
         kind="lm",
         metric="bits per byte",
         higher_is_better=False,
@@ -56,6 +59,12 @@ def test_each_script_group_gets_its_own_verdict_where_the_pooled_ci_hides_it():
     assert win.startswith("seen: meta-init beats multitask fine-tuning after 1 step at K=8 by")
     assert "6 held-out languages" in win
     assert loss.startswith("unseen: meta-init is WORSE") and "4 held-out languages" in loss
+    # a group too small for a CI says so once, not once per step count
+    two = {"seen": list(seen), "unseen": ["u0", "u1"]}
+    lines = _verdict({**seen, "u0": 0.8, "u1": 0.9}, two, steps=(0, 1, 2, 5))
+    assert lines[-1] == "unseen: 2 held-out languages at K=8 cannot decide (need 4+)"
+    assert sum(ln.startswith("unseen") for ln in lines) == 1
+    assert sum(ln.startswith("seen: meta-init beats") for ln in lines) == 3
 
 
 def test_three_languages_cannot_decide_and_group_cis_show_no_numbers():
