@@ -48,7 +48,7 @@ REF = "multitask"
 # training on the multitask loss at multitask's own outer lr (3e-3; inner.init_objective=
 # multitask), the inner step count cycled over 1/2/5 (the counts users evaluate at). Chosen on
 # validation languages (round 13, RESULTS.md) over the init kept after 80% pretraining (po3,
-# the default before), 0% and 50/80% with the init trained, per-tensor lrs (LSLR: `LSLR_RECIPE`),
+# the default before), 0/15/40/50/80% with the init trained, per-tensor lrs (LSLR: `LSLR_RECIPE`),
 # outer lrs 0.01-0.5, caps on the lrs and trust regions. Alternatives tried: RESULTS.md.
 RECIPE = Spec(
     "recipe",
