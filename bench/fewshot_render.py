@@ -9,6 +9,7 @@ import numpy as np
 
 STEPS = ("0", "1", "2", "5", "10")
 REF = "multitask"
+CHOOSING_STEPS = ("1", "2", "5")  # fewshot_train.VAL_STEPS: the step counts a recipe is chosen at
 
 
 def clean(x: Any) -> Any:
@@ -100,6 +101,7 @@ def render(rep: dict) -> str:
         f"episodes/language; wall {rep.get('wall_s', 0) / 60:.1f} min; scored "
         + ("under the support-fitted floor" if a.get("support_floor") else "by the plain softmax")
     ]
+    lines += validation_table(rep)
     lines += _tables(rep["summary"])
     lines += _per_language(rep)
     if "recipe" in next(iter(rep["summary"].values())):
@@ -110,6 +112,41 @@ def render(rep: dict) -> str:
         lines += _tables(ext["summary"])
         lines += _targets_table(ext, "**Targets (recipe) on the external languages**")
     return "\n".join(lines)
+
+
+def validation_scores(rep: dict) -> dict[str, dict[str, float]]:
+    """The choosing score of every method: its validation bpb (inner lr tuned on the fold's
+    validation languages) averaged over `CHOOSING_STEPS` and then over fold-seeds, per K,
+    plus step 0 as `"<K>@0"`. The test languages play no part in it."""
+    acc: dict[str, dict[str, list[float]]] = {}
+    for info in rep["info"].values():
+        for m, v in info.items():
+            for k, per in v.get("val_tuned", {}).items():
+                got = acc.setdefault(m, {})
+                got.setdefault(k, []).append(float(np.mean([per[s] for s in CHOOSING_STEPS])))
+                got.setdefault(f"{k}@0", []).append(float(per["0"]))
+    return {m: {k: float(np.mean(v)) for k, v in per.items()} for m, per in acc.items()}
+
+
+def validation_table(rep: dict) -> list[str]:
+    scores = validation_scores(rep)
+    if not scores:
+        return []
+    ks = [k for k in next(iter(scores.values())) if "@" not in k]
+    head = " | ".join(f"K={k}" for k in ks) + " | " + " | ".join(f"step 0, K={k}" for k in ks)
+    lines = [
+        "",
+        "**Validation** (the choosing score: mean bpb after "
+        + ", ".join(CHOOSING_STEPS)
+        + f" steps over the folds' validation languages, {len(rep['info'])} fold-seeds)",
+        "",
+        f"| method | {head} |",
+        "|---" * (1 + 2 * len(ks)) + "|",
+    ]
+    for m, per in scores.items():
+        cells = [f"{per[k]:.3f}" for k in ks] + [f"{per[f'{k}@0']:.3f}" for k in ks]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _targets_table(rep: dict, title: str) -> list[str]:

@@ -58,3 +58,18 @@ def test_step_0_is_judged_per_group():
     assert not met and "unseen script +1." in figures
     met, _ = _target(_report(recipe_unseen=7.0), "step-0")
     assert met
+
+
+def test_the_choosing_score_averages_1_2_5_steps_on_validation_then_fold_seeds():
+    """The score a recipe is chosen by reads only the validation entries (never test rows):
+    per fold-seed the mean over 1, 2 and 5 steps, then the mean over fold-seeds."""
+    per = lambda a, b: {"0": 9.0, "1": a, "2": a, "5": b, "10": 0.0}  # noqa: E731
+    rep = {
+        "info": {
+            "seed0/fold0": {"r": {"val_tuned": {"8": per(4.0, 7.0)}}},
+            "seed0/fold1": {"r": {"val_tuned": {"8": per(2.0, 5.0)}}, "x": {"best_step": 3}},
+        }
+    }
+    assert fr.validation_scores(rep) == {"r": {"8": 4.0, "8@0": 9.0}}
+    (row,) = [ln for ln in fr.validation_table(rep) if ln.startswith("| r |")]
+    assert row == "| r | 4.000 | 9.000 |"
