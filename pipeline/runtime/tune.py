@@ -161,7 +161,7 @@ def _trial(
 
 
 def _scheduler(base: RunConfig, sweep: SweepConfig) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if sweep.scheduler == "asha":
         a = sweep.asha
@@ -176,7 +176,9 @@ def _scheduler(base: RunConfig, sweep: SweepConfig) -> Any:
     if sweep.scheduler == "pbt":
         # The outer lr only: perturbing the inner lr mid-run changes the objective itself.
         lr = search_space({"outer.lr": sweep.space["outer.lr"]})["outer.lr"]
-        return PopulationBasedTraining(
+        from pipeline.runtime.tune_pbt import SynchSafePBT
+
+        return SynchSafePBT(
             time_attr=sweep.pbt.time_attr,
             perturbation_interval=sweep.pbt.perturbation_interval,
             quantile_fraction=sweep.pbt.quantile_fraction,

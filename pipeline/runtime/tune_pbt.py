@@ -12,7 +12,8 @@ checkpoint and PBT would skip every exploit, silently. Here:
   copy in the trial's Tune folder, safetensors + JSON like every metaray checkpoint);
 - `from_handed`: a trial Tune (re)starts with a checkpoint continues from exactly that state
   (`checkpoint.resume_from`: parameters, optimizer, step, RNG) in a run directory of its own,
-  named after the checkpoint, so the trial's superseded checkpoints are not resumed instead.
+  named after the checkpoint, so the trial's superseded checkpoints are not resumed instead;
+- `SynchSafePBT`: Tune's PBT without a stale STOP that ends an exploited trial early.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import threading
 from typing import Any
 
 import ray.train
+from ray.tune.schedulers import PopulationBasedTraining
 
 from pipeline import config
 
@@ -88,6 +90,26 @@ def fit_reporting_checkpoints(cfg: config.RunConfig) -> None:
     finally:  # the trial's episode actors would outlive it when Tune reuses the process
         release(trainer)
         ray.kill(queue.actor)
+
+
+class SynchSafePBT(PopulationBasedTraining):
+    """Tune's `PopulationBasedTraining`, without a stale STOP for an exploited trial.
+
+    When the weaker trial reaches the boundary first, Tune pauses it and saves it; if the
+    other trial arrives before that save has been processed, PBT's exploit stops the weaker
+    trial mid-save. Tune then keeps a STOP decision for it (to apply once the save resolves)
+    but drops the save itself, so the STOP waits for the trial's next save: the first
+    checkpoint after its restart from the donor's state, which ends it there (a sibling of
+    the race ray-project/ray#28511 fixed; this path is still in Ray 2.60's controller, and a
+    CI run hit it). A trial being (re)started has nothing in flight: a decision Tune still
+    holds for it is stale."""
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        trial = super().choose_trial_to_run(tune_controller)
+        if trial is not None:
+            held = getattr(tune_controller, "_cached_trial_decisions", {})
+            held.pop(trial.trial_id, None)
+        return trial
 
 
 def from_handed(cfg: config.RunConfig, handed: Any) -> config.RunConfig:

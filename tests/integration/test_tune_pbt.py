@@ -5,8 +5,10 @@ cleaner, which frees them, asks the State API the dashboard serves.)"""
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,16 +19,9 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_pbt_exploit_continues_from_the_donors_checkpoint_with_a_perturbed_lr(
-    smoke_shards: Path, tmp_path: Path
-) -> None:
-    """`tune.scheduler=pbt` on the smoke sweep (2 trials side by side): a weak trial is
-    restarted from the strong one's checkpoint (handed through Tune: `tune_pbt`). Every run
-    Tune restarts resumes at the handed checkpoint's step with that trial's history up to it
-    (the donor's, not its own past), and an exploiting one trains on with a perturbed lr."""
-    from pipeline import checkpoint as ckpt
-
-    base, sweep = load_sweep(
+def _pbt_smoke(smoke_shards: Path, tmp_path: Path) -> tuple[Any, Any]:
+    """The smoke sweep under synchronous PBT: 2 trials, 80 steps, one boundary at step 50."""
+    return load_sweep(
         ROOT / "configs/tune_smoke.yaml",
         [
             f"data.uri={smoke_shards}",
@@ -48,6 +43,18 @@ def test_pbt_exploit_continues_from_the_donors_checkpoint_with_a_perturbed_lr(
             "cluster.node_wait_s=60",  # a trial that cannot be placed fails, not hangs
         ],
     )
+
+
+def test_pbt_exploit_continues_from_the_donors_checkpoint_with_a_perturbed_lr(
+    smoke_shards: Path, tmp_path: Path
+) -> None:
+    """`tune.scheduler=pbt` on the smoke sweep (2 trials side by side): a weak trial is
+    restarted from the strong one's checkpoint (handed through Tune: `tune_pbt`). Every run
+    Tune restarts resumes at the handed checkpoint's step with that trial's history up to it
+    (the donor's, not its own past), and an exploiting one trains on with a perturbed lr."""
+    from pipeline import checkpoint as ckpt
+
+    base, sweep = _pbt_smoke(smoke_shards, tmp_path)
     result = run_sweep(base, sweep, quiet=True)
     assert len(result.rows) == 2 and {r.state for r in result.rows} == {"DONE"}
     trials = tmp_path / "tune" / "pbt-smoke" / "trials"
@@ -75,3 +82,50 @@ def test_pbt_exploit_continues_from_the_donors_checkpoint_with_a_perturbed_lr(
     assert exploits, sorted(newest)  # PBT exploited at least once
     for got, donor in exploits:
         assert got.config["outer"]["lr"] != donor.config["outer"]["lr"]  # perturbed
+
+
+def test_an_exploited_trial_whose_pause_was_mid_save_still_trains_to_the_end(
+    smoke_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interleaving a CI run met, made certain: the weaker trial reaches step 50 first and
+    its pause's save is still in flight when the other trial's step-50 result comes in. PBT
+    then exploits the weaker one mid-save, and Ray 2.60's Tune kept a STOP for it that ended
+    its restarted run at its first checkpoint (step 60 of 80). Scores are ranked by arrival
+    (first = weakest) and that one save is held until the other trial's result is in."""
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.schedulers.pbt import PopulationBasedTraining
+
+    arrivals = itertools.count(1)
+    save_state = PopulationBasedTraining._save_trial_state
+
+    def ranked_by_arrival(self: Any, state: Any, time: int, result: dict, trial: Any) -> Any:
+        save_state(self, state, time, result, trial)
+        state.last_score = next(arrivals)  # higher is better: the first to arrive is weakest
+        return state.last_score
+
+    held: list = []
+    on_saving = TuneController._on_saving_result
+    process = TuneController._process_trial_result
+
+    def hold_first_boundary_save(self: Any, trial: Any, value: Any) -> Any:
+        if (value.metrics or {}).get("step") == 50 and not held:
+            held.append((trial, value))
+            return None
+        return on_saving(self, trial, value)
+
+    def release_after_the_other_arrives(self: Any, trial: Any, result: dict) -> Any:
+        out = process(self, trial, result)
+        if held and held[0] and result.get("step") == 50 and trial is not held[0][0]:
+            waiting, value = held[0]
+            held[0] = None
+            if waiting.is_saving:  # Tune dropped the save when the exploit stopped the trial
+                on_saving(self, waiting, value)
+        return out
+
+    monkeypatch.setattr(PopulationBasedTraining, "_save_trial_state", ranked_by_arrival)
+    monkeypatch.setattr(TuneController, "_on_saving_result", hold_first_boundary_save)
+    monkeypatch.setattr(TuneController, "_process_trial_result", release_after_the_other_arrives)
+    base, sweep = _pbt_smoke(smoke_shards, tmp_path)
+    result = run_sweep(base, sweep, quiet=True)
+    assert held == [None], "the interleaving did not happen: the test decided nothing"
+    assert [(r.state, r.steps) for r in result.rows] == [("DONE", 80), ("DONE", 80)]
