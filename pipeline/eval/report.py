@@ -14,7 +14,7 @@ from pipeline.tracking.redact import dumps  # valid JSON (no NaN), no credential
 
 REFERENCE = "meta-init"  # paired differences are reference minus each other method
 BASELINE = "multitask"  # the verdict compares the meta-init against multitask + fine-tuning
-MIN_CI_TASKS = 4  # a CI over 3 or fewer tasks means nothing: such groups show the mean only
+MIN_CI_TASKS = st.MIN_CI_TASKS
 
 
 def build(

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+MIN_CI_TASKS = 4  # a CI over 3 or fewer tasks means nothing: such groups show the mean only
+
 # Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30.
 _T975 = [
     12.706,

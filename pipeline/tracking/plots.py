@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipeline.data.episodes import UNIFORM_BPB
+from pipeline.eval.stats import MIN_CI_TASKS
 
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
@@ -92,38 +93,51 @@ def inner_step_curves(
     return _save(fig, path)
 
 
-def eval_figure(rep: Mapping[str, Any], shot: str) -> Figure:
-    """Evaluation at one shot count: the metric per method against inner steps (left) and
-    meta-init minus each method on the same episodes (right); 95% CI bars, dodged."""
+def _draw_series(
+    ax: Any,
+    steps: Sequence[int],
+    series: Mapping[str, Any],
+    *,
+    legend: bool = True,
+    bars: bool = True,
+) -> None:
+    """Mean ± 95% CI against inner steps, one line per series, dodged so bars never overlap
+    (`bars=False`: the means only)."""
     import math
 
+    n = max(1, len(series))
+    gaps = [b - a for a, b in zip(steps, steps[1:], strict=False)]
+    width = 0.5 * min(1.0, min(gaps, default=1.0))
+    for i, (label, per) in enumerate(series.items()):
+        offset = (i - (n - 1) / 2) * width / n
+        xs = [s + offset for s in steps]
+        stats = [per[str(s)].get("overall", per[str(s)]) for s in steps]
+        means = [h["mean"] for h in stats]
+        half = [
+            h["half"] if bars and h.get("half") is not None and math.isfinite(h["half"]) else 0.0
+            for h in stats
+        ]  # (None: a report read back from JSON, or a group too small for a CI)
+        ax.errorbar(xs, means, yerr=half, marker="o", capsize=3, label=label)
+    ax.set_xticks(list(steps))
+    ax.set_xlabel("inner steps on the support set")
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0.0, -0.18), ncol=2)
+
+
+def eval_figure(rep: Mapping[str, Any], shot: str) -> Figure:
+    """Evaluation at one shot count: the metric per method against inner steps (top left) and
+    meta-init minus each method on the same episodes (top right); below, that paired
+    difference within each task group (seen / unseen script), whose verdicts the console
+    prints one by one. 95% CI bars over tasks, dodged."""
     steps = list(rep["steps"])
     better = "higher" if rep["higher_is_better"] else "lower"
     pairs = rep["paired"].get(shot, {})
-
-    def draw(ax: Any, series: Mapping[str, Any]) -> None:
-        n = max(1, len(series))
-        width = 0.5 * min(
-            1.0, min((b - a for a, b in zip(steps, steps[1:], strict=False)), default=1.0)
-        )
-        for i, (label, per) in enumerate(series.items()):
-            offset = (i - (n - 1) / 2) * width / n  # dodge: bars of one step never overlap
-            xs = [s + offset for s in steps]
-            stats = [per[str(s)].get("overall", per[str(s)]) for s in steps]
-            means = [h["mean"] for h in stats]
-            half = [
-                h["half"] if h["half"] is not None and math.isfinite(h["half"]) else 0.0
-                for h in stats
-            ]  # (None: a report read back from JSON)
-            ax.errorbar(xs, means, yerr=half, marker="o", capsize=3, label=label)
-        ax.set_xticks(steps)
-        ax.set_xlabel("inner steps on the support set")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0.0, -0.18), ncol=2)
-
-    fig = Figure(figsize=(13 if pairs else 6.5, 5.2), layout="constrained")
-    ax = fig.add_subplot(1, 2 if pairs else 1, 1)
-    draw(ax, rep["results"][shot])
+    groups = rep.get("by_group", {}).get(shot, {}) if pairs else {}
+    fig = Figure(figsize=(13 if pairs else 6.5, 9.6 if groups else 5.2), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.2, 1]) if groups else (fig, None)
+    ax = top.add_subplot(1, 2 if pairs else 1, 1)
+    _draw_series(ax, steps, rep["results"][shot])
     if rep["metric"] == "bits per byte":
         ax.axhline(UNIFORM_BPB, color="grey", ls="--", lw=0.8)
         ax.annotate(
@@ -144,13 +158,23 @@ def eval_figure(rep: Mapping[str, Any], shot: str) -> Figure:
     ax.set_title(
         f"K={shot} support examples: query {rep['metric']}, mean ± 95% CI over {over}{rule}"
     )
-    if pairs:
-        bx = fig.add_subplot(1, 2, 2)
-        draw(bx, pairs)
-        bx.axhline(0.0, color="black", lw=0.8)
-        side = "below" if not rep["higher_is_better"] else "above"
-        bx.set_ylabel(f"meta-init minus method ({side} 0 = meta-init better)")
-        bx.set_title(f"paired difference on the same episodes, 95% CI over {over}")
+    if not pairs:
+        return fig
+    side = "below" if not rep["higher_is_better"] else "above"
+    bx = top.add_subplot(1, 2, 2)
+    _draw_series(bx, steps, pairs)
+    bx.axhline(0.0, color="black", lw=0.8)
+    bx.set_ylabel(f"meta-init minus method ({side} 0 = meta-init better)")
+    bx.set_title(f"paired difference on the same episodes, 95% CI over {over}")
+    for i, (g, per) in enumerate(groups.items()):
+        gx = bottom.add_subplot(1, len(groups), i + 1, sharey=bx)
+        n = len(rep["groups"][g])
+        small = n < MIN_CI_TASKS
+        series = {m: v for m, v in per.items() if m in pairs}
+        _draw_series(gx, steps, series, legend=False, bars=not small)
+        gx.axhline(0.0, color="black", lw=0.8)
+        gx.set_title(f"{g} ({n} tasks): " + ("mean only, too few for a CI" if small else "95% CI"))
+        gx.set_ylabel(f"meta-init minus method ({side} 0 = better)")
     return fig
 
 

@@ -110,3 +110,37 @@ def test_the_console_shows_one_shot_count_in_full_and_summarises_the_others():
     assert console.count("per task after") == 1 and full.count("per task after") == 2
     assert "K=32: groups and per-task rows in eval_table.txt" in console
     assert console.count("l3 ") == 1 and full.count("l3 ") == 2  # one task row per full block
+
+
+def test_the_evaluation_plot_shows_each_script_groups_own_paired_difference(tmp_path):
+    """Below the pooled panels, one panel per group plots that group's meta-init minus
+    multitask: the numbers the per-group verdict lines quote, not the pooled ones."""
+    from pipeline.tracking.plots import eval_figure, eval_plots
+
+    seen = {f"s{i}": -0.1 + 0.005 * i for i in range(6)}
+    unseen = {f"u{i}": 0.8 + 0.05 * i for i in range(2)}
+    groups = {"seen script": list(seen), "unseen script": list(unseen)}
+    rep = eval_report.build(
+        _raw({**seen, **unseen}),
+        kind="lm",
+        metric="bits per byte",
+        higher_is_better=False,
+        groups=groups,
+    )
+    fig = eval_figure(rep, "8")
+    axes = [a for sub in fig.subfigs for a in sub.axes]
+    titles = [a.get_title() for a in axes]
+    assert titles[2:] == [
+        "seen script (6 tasks): 95% CI",
+        "unseen script (2 tasks): mean only, too few for a CI",
+    ]
+    for ax, g, deltas in zip(axes[2:], groups, (seen, unseen), strict=True):
+        (line,) = ax.get_lines()[:1]
+        plotted = list(line.get_ydata())
+        want = [rep["by_group"]["8"][g]["meta-init - multitask"][s]["mean"] for s in ("0", "1")]
+        assert plotted == want
+        assert abs(plotted[1] - np.mean(list(deltas.values()))) < 0.02
+    (bars,) = axes[3].collections  # the 2-language group: its error bars have no height
+    assert all(abs(seg[1][1] - seg[0][1]) == 0 for seg in bars.get_segments())
+    (png,) = eval_plots(rep, tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
