@@ -289,6 +289,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 folds, small budget: < 10 min")
     ap.add_argument("--render", help="print the markdown tables of a result JSON and exit")
+    ap.add_argument(
+        "--recipe", default="recipe", help="with --render: the method the targets are judged on"
+    )
     ap.add_argument("--folds", type=int, default=6)
     ap.add_argument("--run-folds", default="", help="comma list of fold indices (default all)")
     ap.add_argument("--methods", default="multitask,recipe", help="trained on every fold run")
@@ -357,7 +360,7 @@ def main() -> None:
         return
     if args.render:
         with open(args.render) as f:
-            print(fewshot_render.render(json.load(f)))
+            print(fewshot_render.render(json.load(f), args.recipe))
         return
     if args.quick:
         args.run_folds = args.run_folds or "0,1"

@@ -73,3 +73,19 @@ def test_the_choosing_score_averages_1_2_5_steps_on_validation_then_fold_seeds()
     assert fr.validation_scores(rep) == {"r": {"8": 4.0, "8@0": 9.0}}
     (row,) = [ln for ln in fr.validation_table(rep) if ln.startswith("| r |")]
     assert row == "| r | 4.000 | 9.000 |"
+
+
+def test_render_judges_the_targets_on_the_method_named_by_recipe() -> None:
+    """Round 13's result names its winner `pm25`: `--recipe pm25` prints its targets (the 13
+    of 14 met that bench/RESULTS.md records, on each test set); without it, the output says
+    no method is named `recipe` and which names there are, instead of silently no targets."""
+    import json
+
+    rep = json.loads((ROOT / "bench/results/fewshot-recipe-pm25.json").read_text())
+    out = fr.render(rep, "pm25")
+    for title in ("**Targets (pm25)**", "**Targets (pm25) on the external languages**"):
+        rows = out.split(title)[1].split("\n\n")[1].splitlines()[2:]
+        verdicts = [r.split(" | ")[1] for r in rows]
+        assert verdicts.count("yes") == 13 and verdicts.count("NO") == 1
+    plain = fr.render(rep)
+    assert "Targets" not in plain and "no method named 'recipe'" in plain and "'pm25'" in plain
