@@ -3,7 +3,9 @@ training run it evaluates (same experiment), results as a table and CIs as metri
 
 Metric names: `eval/k<K>/<method>` (the mean after each number of inner steps, the step axis
 being inner steps), `eval/k<K>/<method>/ci_lo|ci_hi`, and the paired differences
-`eval/k<K>/meta_init_minus_<method>` with theirs. Methods are written with `_` for spaces.
+`eval/k<K>/meta_init_minus_<method>` with theirs; per task group (seen / unseen script) the
+paired differences again, `eval/k<K>/<group>/meta_init_minus_<method>`: the numbers of the
+verdict's per-group lines. Methods and groups are written with `_` for spaces.
 """
 
 from __future__ import annotations
@@ -86,15 +88,21 @@ def fail_open() -> None:
 def _metrics(rep: Mapping[str, Any]) -> dict[int, dict[str, float]]:
     """step -> {metric name: value}."""
     out: dict[int, dict[str, float]] = {}
+
+    def add(base: str, per: Mapping[str, Any]) -> None:
+        for s in map(str, rep["steps"]):
+            o = per[s].get("overall", per[s])  # a group's summaries are overall already
+            vals = {base: o["mean"], f"{base}/ci_lo": o["lo"], f"{base}/ci_hi": o["hi"]}
+            good = {n: float(v) for n, v in vals.items() if v is not None and math.isfinite(v)}
+            out.setdefault(int(s), {}).update(good)
+
     for k in map(str, rep["shots"]):
-        series = {**rep["results"][k], **rep["paired"].get(k, {})}
-        for name, per in series.items():
-            base = f"eval/k{k}/{_slug(name)}"
-            for s in map(str, rep["steps"]):
-                o = per[s]["overall"]
-                vals = {base: o["mean"], f"{base}/ci_lo": o["lo"], f"{base}/ci_hi": o["hi"]}
-                good = {n: float(v) for n, v in vals.items() if v is not None and math.isfinite(v)}
-                out.setdefault(int(s), {}).update(good)
+        pairs = rep["paired"].get(k, {})
+        for name, per in {**rep["results"][k], **pairs}.items():
+            add(f"eval/k{k}/{_slug(name)}", per)
+        for g, by in rep.get("by_group", {}).get(k, {}).items():
+            for name in (n for n in by if n in pairs):
+                add(f"eval/k{k}/{_slug(g)}/{_slug(name)}", by[name])
     return out
 
 

@@ -144,3 +144,27 @@ def test_the_evaluation_plot_shows_each_script_groups_own_paired_difference(tmp_
     assert all(abs(seg[1][1] - seg[0][1]) == 0 for seg in bars.get_segments())
     (png,) = eval_plots(rep, tmp_path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mlflow_metrics_carry_each_groups_paired_difference_with_its_ci():
+    """The evaluation run's metrics hold, per script group, meta-init minus each method with
+    its CI at every step: what the verdict's group lines say, comparable across runs."""
+    from pipeline.tracking.evaluation import _metrics
+
+    seen = {f"s{i}": -0.1 + 0.005 * i for i in range(6)}
+    unseen = {f"u{i}": 0.8 + 0.05 * i for i in range(4)}
+    groups = {"seen script": list(seen), "unseen script": list(unseen)}
+    rep = eval_report.build(
+        _raw({**seen, **unseen}),
+        kind="lm",
+        metric="bits per byte",
+        higher_is_better=False,
+        groups=groups,
+    )
+    got = _metrics(rep)
+    for group, deltas in (("seen script", seen), ("unseen script", unseen)):
+        o = rep["by_group"]["8"][group]["meta-init - multitask"]["1"]
+        base = f"eval/k8/{group.replace(' ', '_')}/meta_init_minus_multitask"
+        assert got[1][base] == o["mean"] and abs(o["mean"] - np.mean(list(deltas.values()))) < 0.02
+        assert got[1][f"{base}/ci_lo"] < got[1][base] < got[1][f"{base}/ci_hi"]
+    assert "eval/k8/meta_init_minus_multitask" in got[1]  # the pooled one stays
