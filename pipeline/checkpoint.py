@@ -17,7 +17,10 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -208,6 +211,7 @@ class Found(NamedTuple):
     uri: str  # where it lives, as the user would name it
     why: str  # "best on validation (step 40, val_loss_post 0.1234)" / "latest (step 60)"
     skipped: list[str]  # newer candidates passed over, each with its reason
+    copied: bool = False  # `path` is a temporary copy of an s3:// one: `located` removes it
 
 
 def _candidates(loc: Any) -> list[str]:
@@ -257,7 +261,8 @@ def find(
     """The checkpoint `uri` names: `uri` itself when it holds a meta.json, else (a run
     directory) its best-on-validation checkpoint (`select="best_val"`, when the run wrote one)
     or its newest, skipping any that do not verify (each skip is reported in `skipped`).
-    Local or s3://; every command that reads a checkpoint comes through here."""
+    Local or s3://; every command that reads a checkpoint comes through here, by `located`
+    (an s3:// checkpoint is read from a temporary copy that `located` removes)."""
     from pipeline.data.storage import resolve
     from pipeline.errors import ShardError
 
@@ -286,6 +291,8 @@ def find(
             meta = _read_meta(local)
         except CheckpointError as exc:
             skipped.append(str(exc))
+            if loc.is_s3:
+                shutil.rmtree(local, ignore_errors=True)
             continue
         shown = d if not loc.is_s3 else f"s3://{d}"
         if d in best:
@@ -295,7 +302,25 @@ def find(
             why = f"step {meta['step']}"
         else:
             why = f"latest intact (step {meta['step']})"
-        return Found(str(local), shown, why, skipped)
+        return Found(str(local), shown, why, skipped, copied=loc.is_s3)
     raise CheckpointError(
         f"{uri}: no intact checkpoint; every candidate failed to verify:\n  " + "\n  ".join(skipped)
     )
+
+
+@contextmanager
+def located(
+    uri: str,
+    *,
+    s3_endpoint: str | None = None,
+    select: str = "best_val",
+) -> Iterator[Found]:
+    """`find`, with the temporary copy of an s3:// checkpoint removed on leaving the block: a
+    long-lived process (a Tune trial exploiting a donor, a sweep driver) would otherwise leave
+    one copy of a whole checkpoint in the temp dir per look-up."""
+    found = find(uri, s3_endpoint=s3_endpoint, select=select)
+    try:
+        yield found
+    finally:
+        if found.copied:
+            shutil.rmtree(found.path, ignore_errors=True)

@@ -99,11 +99,11 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from pipeline.errors import MetarayError
     from pipeline.models import build_model
 
-    found = checkpoint.find(args.checkpoint, s3_endpoint=args.s3_endpoint)
-    print(f"checkpoint: {found.why}: {found.uri}")
-    for reason in found.skipped:
-        print(f"  skipped (did not verify): {reason}")
-    loaded = checkpoint.load(found.path)
+    with checkpoint.located(args.checkpoint, s3_endpoint=args.s3_endpoint) as found:
+        print(f"checkpoint: {found.why}: {found.uri}")
+        for reason in found.skipped:
+            print(f"  skipped (did not verify): {reason}")
+        loaded = checkpoint.load(found.path)
     args.found_checkpoint = found.uri
     base = config.from_dict(loaded.config, f"{args.checkpoint}/meta.json")
     cfg = config.from_dict(

@@ -10,18 +10,19 @@ from typing import Any
 from pipeline.errors import MetarayError
 
 
-def find_checkpoint(uri: str, s3_endpoint: str | None = None, log=None) -> str:
-    """A local directory holding a complete checkpoint: `uri` itself, or (a run directory) its
-    best on validation, else its newest intact one (`pipeline.checkpoint.find`, which every
-    command uses); s3:// is copied to a temporary directory first. `log` hears which."""
+def load_checkpoint(uri: str, s3_endpoint: str | None = None, log=None) -> Any:
+    """The checkpoint `uri` names, read (`pipeline.checkpoint.Loaded`): `uri` itself, or (a run
+    directory) its best on validation, else its newest intact one (`pipeline.checkpoint.find`,
+    which every command uses; an s3:// one is read from a temporary copy, removed after).
+    `log` hears which."""
     from pipeline import checkpoint as ckpt
 
-    found = ckpt.find(uri, s3_endpoint=s3_endpoint)
-    if log is not None:
-        log(f"using {found.why}: {found.uri}")
-        for reason in found.skipped:
-            log(f"  skipped (did not verify): {reason}")
-    return found.path
+    with ckpt.located(uri, s3_endpoint=s3_endpoint) as found:
+        if log is not None:
+            log(f"using {found.why}: {found.uri}")
+            for reason in found.skipped:
+                log(f"  skipped (did not verify): {reason}")
+        return ckpt.load(found.path)
 
 
 def script_groups(
@@ -84,11 +85,10 @@ class Inputs:
 def read(opts: Any, log: Callable[[str], None]) -> Inputs:
     """The checkpoint and its config; the shard set; its test, train and val tasks.
     `opts`: `pipeline.eval.run.Options`."""
-    from pipeline import checkpoint as ckpt
     from pipeline import config
     from pipeline.data.shards import open_shard_set
 
-    loaded = ckpt.load(find_checkpoint(opts.checkpoint, opts.s3_endpoint, log))
+    loaded = load_checkpoint(opts.checkpoint, opts.s3_endpoint, log)
     cfg = config.from_dict(loaded.config, source=f"{opts.checkpoint} (checkpoint config)")
     kind = cfg.data.episode
     log(f"checkpoint {opts.checkpoint}: step {loaded.state.step}, {cfg.inner.algorithm}, {kind}")
@@ -130,7 +130,8 @@ def init_run(cfg: Any, log: Callable[[str], None]) -> tuple[int, Any]:
     try:
         if uri.endswith(".safetensors"):
             return int(load_params(uri)[1].get("steps", 0)), None
-        loaded = ckpt.load(ckpt.find(uri, select="last").path)
+        with ckpt.located(uri, s3_endpoint=cfg.data.s3_endpoint, select="last") as found:
+            loaded = ckpt.load(found.path)
         init_outer = config.from_dict(loaded.config, source=uri).outer
     except Exception as exc:  # the baseline then gets fewer steps: say so, do not hide it
         log(f"checkpoint.init_from={uri} unreadable here ({exc}): its steps are not counted")

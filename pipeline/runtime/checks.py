@@ -46,7 +46,8 @@ def preflight(cfg: config.RunConfig) -> None:
         uri = getattr(cfg.checkpoint, key)
         if uri and not (uri.endswith(".safetensors") and Path(uri).is_file()):
             try:
-                ckpt.find(uri, s3_endpoint=d.s3_endpoint)
+                with ckpt.located(uri, s3_endpoint=d.s3_endpoint):
+                    pass
             except MetarayError as exc:
                 raise MetarayError(f"checkpoint.{key}: {exc}") from None
 

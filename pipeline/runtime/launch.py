@@ -323,10 +323,12 @@ def _model_line(cfg: config.RunConfig) -> str:
 
     select = cfg.checkpoint.select
     try:
-        found = ckpt.find(run_uri(absolute(cfg)), s3_endpoint=cfg.data.s3_endpoint, select=select)
+        with ckpt.located(
+            run_uri(absolute(cfg)), s3_endpoint=cfg.data.s3_endpoint, select=select
+        ) as found:
+            return f"{found.why}: {found.uri}"
     except MetarayError as exc:  # the run's result stands; say why no model line
         return f"not found ({exc})"
-    return f"{found.why}: {found.uri}"
 
 
 def summary(cfg: config.RunConfig, r: TrainingResult) -> str:

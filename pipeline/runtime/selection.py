@@ -80,8 +80,8 @@ def init_params(
         except Exception as exc:
             raise CheckpointError(f"checkpoint.init_from={uri}: not safetensors ({exc})") from None
     else:
-        found = ckpt.find(uri, s3_endpoint=s3_endpoint)
-        params, where = ckpt.load(found.path).state.params, f"{found.uri} ({found.why})"
+        with ckpt.located(uri, s3_endpoint=s3_endpoint) as found:
+            params, where = ckpt.load(found.path).state.params, f"{found.uri} ({found.why})"
     want = {k: tuple(v.shape) for k, v in state.params.items()}
     got = {k: tuple(v.shape) for k, v in params.items()}
     if want != got:
@@ -106,15 +106,15 @@ def resume(
         if uri is None:
             continue
         try:
-            found = ckpt.find(uri, s3_endpoint=s3_endpoint, select="last")
+            with ckpt.located(uri, s3_endpoint=s3_endpoint, select="last") as found:
+                note = f"resumed from {label} {found.why}: {found.uri}"
+                if found.skipped:
+                    note += "\n  skipped (did not verify): " + "\n  ".join(found.skipped)
+                return ckpt.load(found.path), note
         except ckpt.NoCheckpoint:
             if uri == resume_from:
                 raise
             continue
-        note = f"resumed from {label} {found.why}: {found.uri}"
-        if found.skipped:
-            note += "\n  skipped (did not verify): " + "\n  ".join(found.skipped)
-        return ckpt.load(found.path), note
     return None, ""
 
 
@@ -198,8 +198,8 @@ def final_params(cfg: config.RunConfig, state: MetaState, best: BestVal) -> tupl
     """The run's model: its best on validation (`checkpoint.select=best_val`, when it
     validated) or its last state; and a line naming which."""
     if cfg.checkpoint.select == "best_val" and best.step:
-        found = ckpt.find(run_uri(cfg), s3_endpoint=cfg.data.s3_endpoint, select="best_val")
-        return ckpt.load(found.path).state.params, f"model: {found.why}, {found.uri}"
+        with ckpt.located(run_uri(cfg), s3_endpoint=cfg.data.s3_endpoint) as found:
+            return ckpt.load(found.path).state.params, f"model: {found.why}, {found.uri}"
     return state.params, f"model: last step {state.step}"
 
 

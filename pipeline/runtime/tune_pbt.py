@@ -123,8 +123,8 @@ def from_handed(cfg: config.RunConfig, handed: Any) -> config.RunConfig:
     path = handed.path
     s3 = cfg.checkpoint.storage.startswith("s3://")
     uri = f"s3://{path}" if s3 and "://" not in path else path
-    found = ckpt.find(uri, s3_endpoint=cfg.data.s3_endpoint, select="last")
-    step = ckpt.verify(found.path)["step"]
+    with ckpt.located(uri, s3_endpoint=cfg.data.s3_endpoint, select="last") as found:
+        step = ckpt.verify(found.path)["step"]
     tag = hashlib.sha256(uri.encode()).hexdigest()[:6]
     ck = cfg.checkpoint
     name = f"{ck.run_name}-x{tag}-s{step}"

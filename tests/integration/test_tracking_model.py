@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize("episode", ["regression", "lm"])
 def test_final_model_registers_loads_and_predicts_like_the_module(
-    mlflow_server, episode: str
+    mlflow_server, episode: str, tmp_path: Path
 ) -> None:
     kind = "mlp" if episode == "regression" else "gru"
     name = f"metaray-{episode}"
@@ -50,7 +50,8 @@ def test_final_model_registers_loads_and_predicts_like_the_module(
     (version,) = client.search_model_versions(f"name='{name}'")
     assert version.run_id == tracker.run_id
     mlflow.set_tracking_uri(mlflow_server.uri)
-    loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+    # dst_path: MLflow's own default is a fresh temp dir that it never removes
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}", dst_path=str(tmp_path))
 
     params = dict(state.params)
     if episode == "regression":
@@ -102,7 +103,7 @@ def test_the_logged_model_adapts_in_a_fresh_process_with_pinned_requirements(
     script = f"""
 import json, mlflow, pandas as pd
 mlflow.set_tracking_uri({mlflow_server.uri!r})
-m = mlflow.pyfunc.load_model({logged.model_uri!r})
+m = mlflow.pyfunc.load_model({logged.model_uri!r}, dst_path=".")
 import pipeline
 df = pd.DataFrame({{"text": ["abab", "abba", "baba", "abab", "baab"],
                    "support": [True, True, True, False, False]}})
@@ -168,6 +169,7 @@ def test_mlflow_models_serve_answers_one_adapting_request(tmp_path) -> None:
     bindir = str(Path(sys.executable).parent)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}", MLFLOW_TRACKING_URI=uri)
+    env["TMPDIR"] = str(tmp_path)  # where `serve` downloads the model (and leaves it)
     cmd = [f"{bindir}/mlflow", "models", "serve", "-m", logged.model_uri, "--env-manager"]
     cmd += ["local", "-h", "127.0.0.1", "-p", str(port)]
     log = (tmp_path / "serve.log").open("wb")

@@ -125,7 +125,7 @@ def test_smoke_run_reads_back_params_metrics_plots_and_model(
     if "mlflow.source.git.commit" in tags:
         assert model_tags["mlflow.source.git.commit"] == tags["mlflow.source.git.commit"]
     assert "worker" not in repr(model_tags)
-    got = mlflow.pyfunc.load_model(logged_model.model_uri).predict(
+    got = mlflow.pyfunc.load_model(logged_model.model_uri, dst_path=str(tmp_path)).predict(
         {"x": xs, "y": [0.0] * 3, "support": [False] * 3}
     )
     assert got["y_pred_meta_init"].tolist() == pytest.approx(want.reshape(-1).tolist(), abs=1e-5)

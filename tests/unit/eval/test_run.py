@@ -58,7 +58,6 @@ def test_metaray_evaluate_on_sinusoid_shards_writes_table_json_and_plots(sine_ru
 
 
 def test_bank_warm_start_starts_a_recurring_task_at_its_stored_quality(sine_run):
-    from pipeline import checkpoint as ckpt
     from pipeline import config
     from pipeline.bank.service import BankService
     from pipeline.bank.warm_start import flatten_batched
@@ -68,7 +67,7 @@ def test_bank_warm_start_starts_a_recurring_task_at_its_stored_quality(sine_run)
     from pipeline.meta.inner import adapt
 
     tmp, shards = sine_run
-    loaded = ckpt.load(eval_inputs.find_checkpoint(str(tmp / "run")))
+    loaded = eval_inputs.load_checkpoint(str(tmp / "run"))
     cfg = config.from_dict(loaded.config)
     model = build_model(cfg.model, cfg.data)
     sset = open_shard_set(str(shards))
