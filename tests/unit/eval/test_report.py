@@ -112,13 +112,10 @@ def test_the_console_shows_one_shot_count_in_full_and_summarises_the_others():
     assert console.count("l3 ") == 1 and full.count("l3 ") == 2  # one task row per full block
 
 
-def test_the_evaluation_plot_shows_each_script_groups_own_paired_difference(tmp_path):
-    """Below the pooled panels, one panel per group plots that group's meta-init minus
-    multitask: the numbers the per-group verdict lines quote, not the pooled ones."""
-    from pipeline.tracking.plots import eval_figure, eval_plots
-
+def _grouped_report(n_unseen: int):
+    """A report over 6 seen-script languages that win by ~0.09 and `n_unseen` that lose."""
     seen = {f"s{i}": -0.1 + 0.005 * i for i in range(6)}
-    unseen = {f"u{i}": 0.8 + 0.05 * i for i in range(2)}
+    unseen = {f"u{i}": 0.8 + 0.05 * i for i in range(n_unseen)}
     groups = {"seen script": list(seen), "unseen script": list(unseen)}
     rep = eval_report.build(
         _raw({**seen, **unseen}),
@@ -127,6 +124,15 @@ def test_the_evaluation_plot_shows_each_script_groups_own_paired_difference(tmp_
         higher_is_better=False,
         groups=groups,
     )
+    return rep, seen, unseen, groups
+
+
+def test_the_evaluation_plot_shows_each_script_groups_own_paired_difference(tmp_path):
+    """Below the pooled panels, one panel per group plots that group's meta-init minus
+    multitask: the numbers the per-group verdict lines quote, not the pooled ones."""
+    from pipeline.tracking.plots import eval_figure, eval_plots
+
+    rep, seen, unseen, groups = _grouped_report(n_unseen=2)
     fig = eval_figure(rep, "8")
     axes = [a for sub in fig.subfigs for a in sub.axes]
     titles = [a.get_title() for a in axes]
@@ -151,16 +157,7 @@ def test_mlflow_metrics_carry_each_groups_paired_difference_with_its_ci():
     its CI at every step: what the verdict's group lines say, comparable across runs."""
     from pipeline.tracking.evaluation import _metrics
 
-    seen = {f"s{i}": -0.1 + 0.005 * i for i in range(6)}
-    unseen = {f"u{i}": 0.8 + 0.05 * i for i in range(4)}
-    groups = {"seen script": list(seen), "unseen script": list(unseen)}
-    rep = eval_report.build(
-        _raw({**seen, **unseen}),
-        kind="lm",
-        metric="bits per byte",
-        higher_is_better=False,
-        groups=groups,
-    )
+    rep, seen, unseen, groups = _grouped_report(n_unseen=4)
     got = _metrics(rep)
     for group, deltas in (("seen script", seen), ("unseen script", unseen)):
         o = rep["by_group"]["8"][group]["meta-init - multitask"]["1"]
