@@ -9,7 +9,9 @@ import numpy as np
 
 STEPS = ("0", "1", "2", "5", "10")
 REF = "multitask"
-CHOOSING_STEPS = ("1", "2", "5")  # fewshot_train.VAL_STEPS: the step counts a recipe is chosen at
+# The step counts a checkpoint (fewshot_train.VAL_STEPS) and a recipe are chosen at; kept here
+# because this module loads without torch (result keys are strings).
+CHOOSING_STEPS = ("1", "2", "5")
 
 
 def clean(x: Any) -> Any:

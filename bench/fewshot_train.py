@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from fewshot_render import CHOOSING_STEPS
 
 from pipeline.data import episodes as ep
 from pipeline.eval import baselines
@@ -29,7 +30,7 @@ from pipeline.eval.methods import Episode, Method, run_method
 from pipeline.meta import outer
 
 MT_VAL_LR = 0.3
-VAL_STEPS = (1, 2, 5)
+VAL_STEPS = tuple(int(s) for s in CHOOSING_STEPS)  # the step counts a checkpoint is chosen at
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -252,6 +253,17 @@ def _search_order(loc: Any, dirs: list[str], best: list[str], select: str) -> li
     return best_first + newest if select == "best_val" else newest + best_first
 
 
+def _best_loss(meta: dict[str, Any]) -> str:
+    """The best validation loss in the unit the console and MLflow show it in: bits per byte
+    for a language model (the checkpoint stores nats), else as stored."""
+    loss = meta.get("extra", {}).get("best_val", {}).get("loss")
+    if not isinstance(loss, int | float):
+        return "?"
+    if meta.get("config", {}).get("data", {}).get("episode") == "lm":
+        return f"{loss / math.log(2.0):.4g} bpb"
+    return f"{loss:.4g}"
+
+
 def find(
     uri: str,
     *,
@@ -296,8 +308,7 @@ def find(
             continue
         shown = d if not loc.is_s3 else f"s3://{d}"
         if d in best:
-            v = meta.get("extra", {}).get("best_val", {})
-            why = f"best on validation (step {meta['step']}, val_loss_post {v.get('loss', '?')})"
+            why = f"best on validation (step {meta['step']}, val_loss_post {_best_loss(meta)})"
         elif len(dirs) == 1:
             why = f"step {meta['step']}"
         else:
@@ -324,3 +335,9 @@ def located(
     finally:
         if found.copied:
             shutil.rmtree(found.path, ignore_errors=True)
+
+
+def check_readable(uri: str, *, s3_endpoint: str | None = None) -> None:
+    """Raise the error a later read of `uri` would raise (a pre-flight check); leaves no copy."""
+    with located(uri, s3_endpoint=s3_endpoint):
+        pass

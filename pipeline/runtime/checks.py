@@ -46,8 +46,7 @@ def preflight(cfg: config.RunConfig) -> None:
         uri = getattr(cfg.checkpoint, key)
         if uri and not (uri.endswith(".safetensors") and Path(uri).is_file()):
             try:
-                with ckpt.located(uri, s3_endpoint=d.s3_endpoint):
-                    pass
+                ckpt.check_readable(uri, s3_endpoint=d.s3_endpoint)
             except MetarayError as exc:
                 raise MetarayError(f"checkpoint.{key}: {exc}") from None
 

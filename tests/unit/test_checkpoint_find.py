@@ -47,6 +47,15 @@ def test_best_on_validation_is_the_default_and_last_on_request(tmp_path):
     assert checkpoint.find(str(run), select="last").why == "latest intact (step 6)"
 
 
+def test_a_language_models_best_is_named_in_bits_per_byte(tmp_path):
+    # The checkpoint stores nats; the console and MLflow show bits per byte, so the model line
+    # must too, or a user reads two different numbers for the same validation loss.
+    run = _run(tmp_path, steps=(2,))
+    lm = {"data": {"episode": "lm"}}
+    selection.write_best(str(run), _state(2, 2), config=lm, history=[], best_val={"loss": 2.0})
+    assert checkpoint.find(str(run)).why == "best on validation (step 2, val_loss_post 2.885 bpb)"
+
+
 def test_a_copied_checkpoint_keeps_the_newest_two_and_resumes(tmp_path):
     run = tmp_path / "runs" / "trial"
     for step in (2, 4, 6):  # as a Tune trial that trains in its own process writes them
