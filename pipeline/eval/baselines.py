@@ -91,17 +91,19 @@ def pretrain_multitask(
     seed: int,
     progress: Callable[[int, dict[str, float]], None] | None = None,
     val_batch: Any = None,
+    on_best: Callable[[int, float], None] | None = None,
 ) -> Params:
     """Train the shared parameters on pooled training tasks for `steps` outer steps.
 
     With `val_batch` (validation tasks' episodes, torch), the parameters returned are the
     best on validation (`select_score` at the run's `inner.lr`, every `outer.val_every` steps
     and at the end, scored as the run's `outer.val_support_floor` says), the same
-    best-on-validation selection a meta-training run gets: a fair baseline."""
+    best-on-validation selection a meta-training run gets: a fair baseline. `on_best(step,
+    score)` is told which step that was (nats), so that a user can compare it with the run's."""
     inner, data = multitask_config(run_cfg)
     state = outer.init_state(model, inner, run_cfg.outer, seed=seed)
     metrics: dict[str, float] = {}
-    best: tuple[float, Params | None] = (float("inf"), None)
+    best: tuple[float, Params | None, int] = (float("inf"), None, 0)
     for step in range(steps):
         batch = ep.build_step(
             read_task, train_tasks, data, seed=seed, step=step, meta_batch=run_cfg.outer.meta_batch
@@ -123,8 +125,10 @@ def pretrain_multitask(
                 model, state.params, val_batch, run_cfg.inner.lr, run_cfg.outer.val_support_floor
             )
             if score < best[0]:
-                best = (score, {k: v.detach().clone() for k, v in state.params.items()})
+                best = (score, {k: v.detach().clone() for k, v in state.params.items()}, step + 1)
     if best[1] is not None:
+        if on_best:
+            on_best(best[2], best[0])
         return best[1]
     return {k: v.detach() for k, v in state.params.items()}
 

@@ -122,9 +122,9 @@ def _methods(
     rand = dev(baselines.random_init(model, cfg, seed=spec.seed + 1), opts.device)
     methods = [ev.Method("random init", rand, cfg.inner.lr, note="fresh seeded init")]
     init_steps, init_outer = eval_inputs.init_run(cfg, log)
-    mt = _multitask(opts, inp, model, state.step + init_steps, log, init_outer)
+    mt, mt_note = _multitask(opts, inp, model, state.step + init_steps, log, init_outer)
     if mt is not None:
-        methods.append(ev.Method("multitask", dev(mt, opts.device), cfg.inner.lr))
+        methods.append(ev.Method("multitask", dev(mt, opts.device), cfg.inner.lr, note=mt_note))
     n_tuned = len(methods)
     lrs = state.lrs if isinstance(state.lrs, dict) else float(state.lrs)
     methods.append(
@@ -270,7 +270,9 @@ def _publish(
     )
 
 
-def _multitask(opts, inp, model, ck_steps, log, init_outer=None):
+def _multitask(opts, inp, model, ck_steps, log, init_outer=None) -> tuple[Any, str]:
+    """The multitask baseline's parameters (None: no training shards) and a note on how they
+    were made (eval.json's `notes`: its steps and which one validation chose)."""
     cfg, train_set, train_tasks = inp.cfg, inp.train_set, inp.train_tasks
     if init_outer is not None:  # pretrained then meta-trained: pretrain's optimizer settings
         cfg = cfg.model_copy(update={"outer": init_outer})
@@ -279,11 +281,11 @@ def _multitask(opts, inp, model, ck_steps, log, init_outer=None):
         params, meta = baselines.load_params(opts.baseline)
         if baselines.matches(params, ref):
             log(f"multitask baseline: reusing {opts.baseline} ({meta.get('steps')} steps)")
-            return params
+            return params, _baseline_note(meta, f"reused {opts.baseline}")
         log(f"multitask baseline {opts.baseline} is for another architecture: retraining")
     if not train_tasks:
         log(f"multitask baseline skipped: training shards {cfg.data.uri} not readable here")
-        return None
+        return None, ""
     steps = opts.baseline_steps or max(1, ck_steps)
     val = None
     if inp.val_tasks and cfg.data.episode != "classify":  # the same best-on-val selection
@@ -307,6 +309,7 @@ def _multitask(opts, inp, model, ck_steps, log, init_outer=None):
             else ""
         )
     )
+    chosen: dict[str, int] = {}
     with Progress("multitask baseline", steps) as bar:
         params = baselines.pretrain_multitask(
             model,
@@ -319,7 +322,22 @@ def _multitask(opts, inp, model, ck_steps, log, init_outer=None):
                 s, **{f"loss_{unit}": console.to_unit(m["loss_post"], episode)}
             ),
             val_batch=val,
+            on_best=lambda step, score: chosen.update(best_step=step),
         )
     path = opts.baseline or str(Path(opts.out_dir) / "baseline.safetensors")
-    baselines.save_params(path, params, {"steps": steps, "checkpoint": opts.checkpoint})
-    return params
+    selected = "best_val" if chosen else "last"  # last: no validation tasks to choose on
+    meta = {"steps": steps, "checkpoint": opts.checkpoint, "selected": selected, **chosen}
+    baselines.save_params(path, params, meta)
+    if chosen:
+        log(f"multitask baseline: best on validation at step {chosen['best_step']} of {steps}")
+    return params, _baseline_note(meta, "trained")
+
+
+def _baseline_note(meta: dict[str, Any], how: str) -> str:
+    """`trained: 400 outer steps, best on validation at step 250` (a baseline file written
+    before the step was recorded says only its steps)."""
+    if meta.get("best_step") is not None:
+        which = f", best on validation at step {meta['best_step']}"
+    else:
+        which = ", its last step" if meta.get("selected") == "last" else ""
+    return f"{how}: {meta.get('steps')} outer steps{which}"

@@ -127,7 +127,8 @@ def test_adapt_takes_a_run_directory_and_uses_its_best_on_validation(tmp_path, c
     argv = ["adapt", "--checkpoint", str(run), "--support", str(support), "--out", str(out)]
     assert main(argv) == 0
     said = capsys.readouterr().out
-    assert f"checkpoint: best on validation (step 0, val_loss_post 2.164 bpb): {run}/best-step" in said
+    best = "best on validation (step 0, val_loss_post 2.164 bpb)"  # 1.5 nats, in bits per byte
+    assert f"checkpoint: {best}: {run}/best-step" in said
     with safe_open(str(out), "pt") as f:
         assert f.metadata()["checkpoint"].startswith(f"{run}/best-step")
     (tmp_path / "file").write_text("x")

@@ -32,8 +32,15 @@ def test_multitask_keeps_its_best_on_validation_parameters(sine):
         ep.build_step(rows.__getitem__, sorted(val), cfg.data, seed=9, step=0, meta_batch=6)
     )
     common = dict(steps=20, seed=0)
+    told: list[tuple[int, float]] = []
     best = baselines.pretrain_multitask(
-        model, cfg, rows.__getitem__, sorted(train), val_batch=vb, **common
+        model,
+        cfg,
+        rows.__getitem__,
+        sorted(train),
+        val_batch=vb,
+        on_best=lambda step, score: told.append((step, score)),
+        **common,
     )
     last = baselines.pretrain_multitask(model, cfg, rows.__getitem__, sorted(train), **common)
     scores = []
@@ -43,6 +50,8 @@ def test_multitask_keeps_its_best_on_validation_parameters(sine):
         )
         scores.append(baselines.select_score(model, p, vb, cfg.inner.lr))
     assert baselines.select_score(model, best, vb, cfg.inner.lr) == min(scores)
+    # the step it names is the one whose parameters were kept
+    assert told == [(5 * (scores.index(min(scores)) + 1), min(scores))]
     assert baselines.select_score(model, best, vb, cfg.inner.lr) <= baselines.select_score(
         model, last, vb, cfg.inner.lr
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -49,6 +50,12 @@ def test_metaray_evaluate_on_sinusoid_shards_writes_table_json_and_plots(sine_ru
     assert rep["metric"] == "MSE" and rep["steps"] == [0, 1, 5] and rep["shots"] == [10]
     assert (out / "eval_k10.png").stat().st_size > 1000
     assert (out / "baseline.safetensors").is_file()  # reused by the next evaluation
+    # which of the baseline's steps was kept, so that a reader can set it beside the run's own
+    note = re.fullmatch(
+        r"trained: 40 outer steps, best on validation at step (\d+)", rep["notes"]["multitask"]
+    )
+    assert note and 1 <= int(note[1]) <= 40
+    assert f"multitask baseline: best on validation at step {note[1]} of 40" in printed
     res = rep["results"]["10"]
     for method in res.values():
         for stat in method.values():
