@@ -105,6 +105,8 @@ def _type(annotation: typing.Any) -> str:
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) is typing.Literal:
         return "one of " + "|".join(map(str, args))
+    if typing.get_origin(annotation) in (tuple, list):  # tuple[int, ...]: a YAML list of ints
+        return "list of " + _type(args[0])
     if args:
         return " or ".join(_type(a) for a in args if a is not type(None)) + (
             " or null" if type(None) in args else ""

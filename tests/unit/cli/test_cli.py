@@ -50,6 +50,8 @@ def test_config_keys_lists_tune_keys_with_types(capsys) -> None:
     assert "inner.algorithm" in out and "tune.scheduler" in out and "tune.asha.grace_period" in out
     line = next(ln for ln in out.splitlines() if ln.startswith("tune.scheduler"))
     assert "one of asha|pbt|fifo" in line and "default 'asha'" in line
+    line = next(ln for ln in out.splitlines() if ln.startswith("bank.probe_steps"))
+    assert "int or list of int" in line  # a list key says so (it read "int or Ellipsis")
 
 
 def test_config_show_takes_a_sweep_file(capsys) -> None:
