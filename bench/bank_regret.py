@@ -91,8 +91,52 @@ VARIANTS = {
         probe_steps=1,
         probe_gate=False,
     ),  # run 2 had threshold=-1.0 here: the same candidates (every calibrated sim is > -1)
+    # the probe scored at the step counts users evaluate at (mean after 1, 2 and 5 steps)
+    "bank: probe@1+2+5 top-3, no gate": dict(
+        similarity="calibrated",
+        threshold="thr",
+        top_k=3,
+        select="probe",
+        probe_steps=(1, 2, 5),
+        probe_gate=False,
+    ),
 }
 BLEND3 = dict(similarity="raw", threshold=-1.0, top_k=3, blend="weighted", select="similarity")
+
+
+# The meta-init of the first runs: second-order MAML, 1 inner step (bench/warmstart.py's run B)
+MAML_SETUP = [
+    "inner.algorithm=maml",
+    "inner.steps=1",
+    "inner.lr=0.1",
+    "model.hidden=64",
+    "model.embed=16",
+    "data.k_support=16",
+    "data.k_query=16",
+    "outer.meta_batch=8",
+    "outer.steps=300",
+    "outer.lr=0.003",
+]
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def recipe_configs(sizes: list[str], total: int):
+    """The shipped recipe as the quickstart configs state it (the model sizes are the same as
+    MAML_SETUP's): stage 1 (`quickstart-pretrain.yaml`, multitask) for its share of `total`
+    outer steps, then stage 2 (`quickstart.yaml`) from stage 1's parameters, as
+    `checkpoint.init_from` starts it. Returns stage 2's config and the two-stage trainer."""
+    one = config.load(os.path.join(CONFIGS, "quickstart-pretrain.yaml"), sizes)
+    two = config.load(os.path.join(CONFIGS, "quickstart.yaml"), sizes)
+    n1 = round(total * one.outer.steps / (one.outer.steps + two.outer.steps))
+    one = one.model_copy(update={"outer": one.outer.model_copy(update={"steps": n1})})
+    two = two.model_copy(update={"outer": two.outer.model_copy(update={"steps": total - n1})})
+
+    def train(cfg, model, even, log):
+        pre, hist1 = ws.meta_train(one, model, even, log)
+        state, hist2 = ws.meta_train(two, model, even, log, params=pre.params)
+        return state, [{**h, "stage": 1} for h in hist1] + [{**h, "stage": 2} for h in hist2]
+
+    return two, train
 
 
 def related_stored(lang: str, keys) -> bool:
@@ -269,6 +313,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/results/bank_regret.json")
     ap.add_argument(
+        "--recipe",
+        type=int,
+        default=0,
+        help="1: the meta-init from the shipped recipe as configs/quickstart{-pretrain,}.yaml "
+        "state it (25%% multitask, then Meta-SGD per-parameter lrs with the init on the "
+        "multitask loss) instead of MAML_SETUP; give it its own --cache",
+    )
+    ap.add_argument(
         "--support-floor",
         type=int,
         default=0,
@@ -287,30 +339,18 @@ def main() -> None:
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     log = lambda m: print(f"[{time.perf_counter() - t0:7.1f}s] {m}", flush=True)  # noqa: E731
-    cfg = config.load(
-        None,
-        [
-            "inner.algorithm=maml",
-            "inner.steps=1",
-            "inner.lr=0.1",
-            "model.hidden=64",
-            "model.embed=16",
-            f"data.max_len={args.max_len}",
-            "data.k_support=16",
-            "data.k_query=16",
-            "outer.meta_batch=8",
-            "outer.steps=300",
-            "outer.lr=0.003",
-            f"outer.seed={args.seed}",
-        ],
-    )
+    sizes = [f"data.max_len={args.max_len}", f"outer.seed={args.seed}"]
+    if args.recipe:
+        cfg, train = recipe_configs(sizes, total=300)
+    else:
+        cfg, train = config.load(None, [*sizes, *MAML_SETUP]), None
     even, odd = ws.load_rows(ws.TRAIN + ws.RELATED + ws.UNRELATED, 1000)
     model = build_model(cfg.model, cfg.data)
     trainable = outer.trainable_names(model, cfg.inner)
     cache = argparse.Namespace(
         cache=args.cache, fill_shots=FILL_SUPPORT, fill_steps=20, max_len=args.max_len
     )
-    state, _, rows = ws.cached(cache, cfg, model, even, trainable, log)
+    state, _, rows = ws.cached(cache, cfg, model, even, trainable, log, train=train)
     ctx = {"model": model, "state": state, "rows": rows, "args": args, "trainable": trainable}
     # 1. TRAIN only: similarities and the threshold (variants run with a provisional one first)
     sims = {

@@ -107,8 +107,12 @@ def bpb(model, params, split) -> np.ndarray:
         return (model_loss(model, params, split) / LN2).numpy()
 
 
-def meta_train(cfg, model, even, log):
+def meta_train(cfg, model, even, log, params=None):
+    """`cfg.outer.steps` outer steps on TRAIN's even words; `params`: start from these (a
+    pretrained init, as `checkpoint.init_from` does: fresh lrs and optimizer state)."""
     state = outer.init_state(model, cfg.inner, cfg.outer, seed=cfg.outer.seed)
+    if params is not None:
+        state = state._replace(params={k: v.detach().clone() for k, v in params.items()})
     t0 = time.perf_counter()
     hist = []
     for step in range(cfg.outer.steps):
@@ -372,8 +376,9 @@ def retrieval(model, state, rows, odd, args):
     return out
 
 
-def cached(args, cfg, model, even, trainable, log):
-    """Meta-train + bank fill, or load both from `--cache` (safetensors + JSON, no pickle)."""
+def cached(args, cfg, model, even, trainable, log, train=None):
+    """Meta-train (`train(cfg, model, even, log)`, default `meta_train`) + bank fill, or load
+    both from `--cache` (safetensors + JSON, no pickle)."""
     from safetensors.numpy import load_file, save_file
 
     path = os.path.join(args.cache, "warmstart-cache.safetensors") if args.cache else None
@@ -397,7 +402,7 @@ def cached(args, cfg, model, even, trainable, log):
         }
         log(f"loaded meta-state and bank fill from {path}")
         return state, side["hist"], rows
-    state, hist = meta_train(cfg, model, even, log)
+    state, hist = (train or meta_train)(cfg, model, even, log)
     rows = fill_bank(model, state, even, args, trainable)
     if path:
         os.makedirs(args.cache, exist_ok=True)

@@ -290,8 +290,11 @@ class BankConfig(_Slice):
         description="start from the `blend` of the hits, or from whichever of the meta-init, "
         "each hit and their blend has the lowest held-out support loss (split-half probe)",
     )
-    probe_steps: int = Field(
-        1, ge=0, description="inner steps in the probe (0: step-0 support loss, no split)"
+    probe_steps: int | tuple[int, ...] = Field(
+        1,
+        description="inner steps in the probe (0: step-0 support loss, no split); a list, e.g. "
+        "[1, 2, 5]: the mean held-out loss after each count (a start that is good after one "
+        "step but diverges by the fifth then loses)",
     )
     probe_gate: bool = Field(
         False,
@@ -299,6 +302,15 @@ class BankConfig(_Slice):
         "on training languages, and never worse than the meta-init, which is always probed)",
     )
     snapshot_uri: str | None = Field(None, description="directory or s3:// prefix for snapshots")
+
+    @field_validator("probe_steps")
+    @classmethod
+    def _steps_ascending(cls, v: int | tuple[int, ...]) -> int | tuple[int, ...]:
+        counts = (v,) if isinstance(v, int) else v
+        if not counts or min(counts) < 0 or list(counts) != sorted(set(counts)):
+            raise ValueError(f"{v}: give a step count >= 0, or ascending distinct ones")
+        return v
+
     dtype: Literal["float32", "float16"] = Field(
         "float16",
         description="stored parameters: float16 deltas from the bank's base (the meta-init of "

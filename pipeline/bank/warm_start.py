@@ -9,11 +9,12 @@ same at every support size. No hit: the meta-init (a novel task). Otherwise the 
   the hits (`blend=weighted`);
 - `bank.select=probe` (the default): whichever of the meta-init, each of the top-k (all of
   them by default; with `bank.probe_gate` only the hits) and their weighted blend has the
-  lowest HELD-OUT support loss after `bank.probe_steps` inner steps: adapt on the even support
-  examples, score on the odd ones, and the other way round. Only the support set is used (never
-  the query), and the meta-init is always a candidate, so a wrong entry costs only when the
-  probe is fooled by a small support. The threshold then only makes the novelty decision
-  (`StartInfo.novel`: no stored task is related).
+  lowest HELD-OUT support loss after `bank.probe_steps` inner steps (or its mean over a list
+  of step counts): adapt on the even support examples, score on the odd ones, and the other
+  way round. Only the support set is used (never the query), and the meta-init is always a
+  candidate, so a wrong entry costs only when the probe is fooled by a small support. The
+  threshold then only makes the novelty decision (`StartInfo.novel`: no stored task is
+  related).
 Then `pipeline.meta.inner.adapt`, the same inner loop training uses.
 
 The bank is reached through a plain callable `query(descriptors, k) -> {"keys", "sims",
@@ -148,33 +149,37 @@ def probe_losses(
 ):
     """Held-out support loss `[R]` of R task-batched starts, row r on task `owner[r]`'s support:
     `steps` inner steps on the even examples scored on the odd ones, averaged with the reverse.
-    With steps=0 (or a single example) the plain step-0 loss on the whole support."""
+    `steps` a list: the mean of those losses after each of its (ascending) counts. With steps=0
+    (or a single example) the plain step-0 loss on the whole support."""
     from pipeline.meta.inner import adapt
     from pipeline.meta.losses import model_loss
 
+    counts = (steps,) if isinstance(steps, int) else tuple(steps)
     idx = torch.as_tensor(owner, dtype=torch.long)
     rows = type(support)(*(torch.as_tensor(a).index_select(0, idx) for a in support))
-    if steps == 0 or rows.x.shape[1] < 2:
+    if counts == (0,) or rows.x.shape[1] < 2:
         with torch.no_grad():
             return model_loss(model, starts, rows).double().numpy()
     halves = dsc._halves(rows)
     total = np.zeros(len(owner))
     for fit, score in (halves, halves[::-1]):
-        p = adapt(
-            starts,
-            fit,
-            model=model,
-            steps=steps,
-            lrs=lrs,
-            first_order=True,
-            trainable=trainable,
-            max_step_norm=max_step_norm,
-        )
-        with torch.no_grad():
-            total += (
-                model_loss(model, {k: v.detach() for k, v in p.items()}, score).double().numpy()
-            )
-    return total / 2
+        p, done = starts, 0
+        for n in counts:  # adapt on from the last count: one trajectory per start
+            if n > done:
+                p = adapt(
+                    p,
+                    fit,
+                    model=model,
+                    steps=n - done,
+                    lrs=lrs,
+                    first_order=True,
+                    trainable=trainable,
+                    max_step_norm=max_step_norm,
+                )
+                p, done = {k: v.detach() for k, v in p.items()}, n
+            with torch.no_grad():
+                total += model_loss(model, p, score).double().numpy()
+    return total / (2 * len(counts))
 
 
 def _pick(

@@ -253,3 +253,22 @@ def test_probe_steps_stay_inside_inner_max_step_norm():
     still = probe(0.0, None)
     np.testing.assert_allclose(probe(0.5, 1e-7), still, rtol=1e-5)
     assert (probe(0.5, None) < still - 0.05).all()
+
+
+def test_a_probe_over_several_step_counts_is_the_mean_of_each_counts_probe():
+    """`bank.probe_steps=[1, 3]` scores each start by its held-out loss after 1 AND 3 steps
+    (one trajectory, scored on the way), so a start that diverges late loses to a steady one."""
+    from pipeline import config
+    from pipeline.bank.warm_start import probe_losses
+
+    model, params = _model()
+    sup = _support(EN, RU)
+    starts = {k: v.expand(2, *v.shape) for k, v in params.items()}
+    owner = np.array([0, 1])
+    probe = lambda steps: probe_losses(  # noqa: E731
+        model, starts, owner, sup, steps=steps, lrs=0.5, trainable=None
+    )
+    np.testing.assert_allclose(probe((1, 3)), (probe(1) + probe(3)) / 2, rtol=1e-5)
+    assert config.load(None, ["bank.probe_steps=[1,2,5]"]).bank.probe_steps == (1, 2, 5)
+    with pytest.raises(config.ConfigError, match="ascending distinct"):
+        config.load(None, ["bank.probe_steps=[5,1]"])
