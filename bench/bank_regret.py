@@ -52,7 +52,7 @@ from pipeline.config import BankConfig
 from pipeline.data import episodes as ep
 from pipeline.data.sources.languages import LANGUAGES
 from pipeline.meta import outer
-from pipeline.meta.inner import adapt
+from pipeline.meta.inner import adapt_then_score
 from pipeline.meta.losses import LN2, support_floored_loss
 from pipeline.models import build_model
 
@@ -159,26 +159,14 @@ def curves(model, starts, owner, b, steps, lrs, trainable, floor=False) -> np.nd
     idx = torch.as_tensor(owner, dtype=torch.long)
     sel = lambda s: type(s)(*(a.index_select(0, idx) for a in s))  # noqa: E731
     sup, qry = sel(b.support), sel(b.query)
-    out, done, p = [], 0, {k: v.detach() for k, v in starts.items()}
-    for s in steps:
-        if s > done:
-            p = adapt(
-                p,
-                sup,
-                model=model,
-                steps=s - done,
-                lrs=lrs,
-                first_order=True,
-                trainable=trainable,
-            )
-            p = {k: v.detach() for k, v in p.items()}
-            done = s
-        if floor:
-            with torch.no_grad():
-                out.append((support_floored_loss(model, p, sup, qry) / LN2).numpy())
-        else:
-            out.append(ws.bpb(model, p, qry))
-    return np.stack(out)
+    if floor:
+        score = lambda p, q: (support_floored_loss(model, p, sup, q) / LN2).numpy()  # noqa: E731
+    else:
+        score = lambda p, q: ws.bpb(model, p, q)  # noqa: E731
+    out = adapt_then_score(
+        starts, sup, qry, model=model, steps=steps, lrs=lrs, trainable=trainable, score=score
+    )
+    return np.stack([out[s] for s in steps])
 
 
 def one_language(ctx, lang, eps, bank, keys, thr) -> list[dict]:

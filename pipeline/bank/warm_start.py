@@ -151,7 +151,7 @@ def probe_losses(
     `steps` inner steps on the even examples scored on the odd ones, averaged with the reverse.
     `steps` a list: the mean of those losses after each of its (ascending) counts. With steps=0
     (or a single example) the plain step-0 loss on the whole support."""
-    from pipeline.meta.inner import adapt
+    from pipeline.meta.inner import adapt_then_score
     from pipeline.meta.losses import model_loss
 
     counts = (steps,) if isinstance(steps, int) else tuple(steps)
@@ -162,23 +162,19 @@ def probe_losses(
             return model_loss(model, starts, rows).double().numpy()
     halves = dsc._halves(rows)
     total = np.zeros(len(owner))
-    for fit, score in (halves, halves[::-1]):
-        p, done = starts, 0
-        for n in counts:  # adapt on from the last count: one trajectory per start
-            if n > done:
-                p = adapt(
-                    p,
-                    fit,
-                    model=model,
-                    steps=n - done,
-                    lrs=lrs,
-                    first_order=True,
-                    trainable=trainable,
-                    max_step_norm=max_step_norm,
-                )
-                p, done = {k: v.detach() for k, v in p.items()}, n
-            with torch.no_grad():
-                total += model_loss(model, p, score).double().numpy()
+    for fit, held in (halves, halves[::-1]):
+        losses = adapt_then_score(  # one trajectory per start, scored at each count
+            starts,
+            fit,
+            held,
+            model=model,
+            steps=counts,
+            lrs=lrs,
+            trainable=trainable,
+            score=lambda p, q: model_loss(model, p, q).double().numpy(),
+            max_step_norm=max_step_norm,
+        )
+        total += sum(losses.values())
     return total / (2 * len(counts))
 
 
