@@ -287,18 +287,7 @@ def _multitask(opts, inp, model, ck_steps, log, init_outer=None) -> tuple[Any, s
         log(f"multitask baseline skipped: training shards {cfg.data.uri} not readable here")
         return None, ""
     steps = opts.baseline_steps or max(1, ck_steps)
-    val = None
-    if inp.val_tasks and cfg.data.episode != "classify":  # the same best-on-val selection
-        from pipeline.data import episodes as ep
-
-        batch = ep.validation_batch(  # the episodes a training run scores itself on
-            inp.val_set.read_task,
-            inp.val_tasks,
-            cfg.data,
-            seed=cfg.outer.seed,
-            n=cfg.outer.val_tasks,
-        )
-        val = ep.to_torch(batch)
+    val = _validation_batch(inp, cfg)
     unit, episode = console.loss_unit(cfg.data.episode), cfg.data.episode
     log(
         f"multitask baseline: {steps} outer steps on {len(train_tasks)} training tasks"
@@ -331,6 +320,19 @@ def _multitask(opts, inp, model, ck_steps, log, init_outer=None) -> tuple[Any, s
     if chosen:
         log(f"multitask baseline: best on validation at step {chosen['best_step']} of {steps}")
     return params, _baseline_note(meta, "trained")
+
+
+def _validation_batch(inp, cfg) -> Any:
+    """The episodes a training run scores itself on, for the baseline's same best-on-val
+    selection (None: no validation tasks, or classification)."""
+    if not inp.val_tasks or cfg.data.episode == "classify":
+        return None
+    from pipeline.data import episodes as ep
+
+    batch = ep.validation_batch(
+        inp.val_set.read_task, inp.val_tasks, cfg.data, seed=cfg.outer.seed, n=cfg.outer.val_tasks
+    )
+    return ep.to_torch(batch)
 
 
 def _baseline_note(meta: dict[str, Any], how: str) -> str:
