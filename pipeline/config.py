@@ -296,12 +296,6 @@ class BankConfig(_Slice):
         "[1, 2, 5]: the mean held-out loss after each count (a start that is good after one "
         "step but diverges by the fifth then loses)",
     )
-    probe_gate: bool = Field(
-        False,
-        description="probe only the hits that clear `threshold` (else all top_k: lower regret "
-        "on training languages, and never worse than the meta-init, which is always probed)",
-    )
-    snapshot_uri: str | None = Field(None, description="directory or s3:// prefix for snapshots")
 
     @field_validator("probe_steps")
     @classmethod
@@ -311,6 +305,12 @@ class BankConfig(_Slice):
             raise ValueError(f"{v}: give a step count >= 0, or ascending distinct ones")
         return v
 
+    probe_gate: bool = Field(
+        False,
+        description="probe only the hits that clear `threshold` (else all top_k: lower regret "
+        "on training languages, and never worse than the meta-init, which is always probed)",
+    )
+    snapshot_uri: str | None = Field(None, description="directory or s3:// prefix for snapshots")
     dtype: Literal["float32", "float16"] = Field(
         "float16",
         description="stored parameters: float16 deltas from the bank's base (the meta-init of "

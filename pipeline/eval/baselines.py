@@ -99,7 +99,8 @@ def pretrain_multitask(
     best on validation (`select_score` at the run's `inner.lr`, every `outer.val_every` steps
     and at the end, scored as the run's `outer.val_support_floor` says), the same
     best-on-validation selection a meta-training run gets: a fair baseline. `on_best(step,
-    score)` is told which step that was (nats), so that a user can compare it with the run's."""
+    score)` is told which step that was (the score in the loss's own unit), so that a user can
+    set it beside the run's own."""
     inner, data = multitask_config(run_cfg)
     state = outer.init_state(model, inner, run_cfg.outer, seed=seed)
     metrics: dict[str, float] = {}
