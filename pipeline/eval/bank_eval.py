@@ -47,6 +47,27 @@ def bank_method(opts: Any, cfg: Any, model: Any, meta: ev.Method, log: Callable)
     )
 
 
+def report_sources(methods, log: Callable) -> None:
+    """Say where the bank's warm starts came from (the console and eval.json's `notes`): how
+    many task-episodes started from a stored entry, a blend, or the meta-init, and the entries
+    used most. Without it a user cannot tell a bank that helps from one never consulted."""
+    from collections import Counter
+
+    for m in (m for m in methods if "sources" in m.extra):
+        got = m.extra["sources"]
+        if not got:
+            continue
+        entries = [s.removeprefix("bank:") for s in got if s.startswith("bank:")]
+        blends = sum("," in e for e in entries)
+        top = Counter(e for e in entries if "," not in e).most_common(5)
+        m.note = (
+            f"{len(entries)} of {len(got)} task-episodes started from the bank "
+            f"({blends} from a blend), {got.count('meta-init')} from the meta-init"
+            + ("; entries used most: " + ", ".join(f"{k} {n}" for k, n in top) if top else "")
+        )
+        log(f"{m.name}: {m.note}")
+
+
 def descriptor_map(opts: Any, model: Any, methods, by_shot, log: Callable) -> list[Path]:
     """With --bank: the map of the bank's entries and the test episodes of the smallest shot
     count (where retrieval is hardest), `<out>/bank_descriptor_map.png`; [] without a bank."""

@@ -76,6 +76,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
             progress=lambda text: bar.update(bar.done + 1, now=text),
             device=opts.device,
         )
+    bank_eval.report_sources(methods, log)
     rep = _build_report(opts, inp, spec, methods, raw)
     _publish(
         opts, inp.cfg, rep, log, erun, bank_eval.descriptor_map(opts, model, methods, by_shot, log)

@@ -110,6 +110,13 @@ def test_bank_warm_start_starts_a_recurring_task_at_its_stored_quality(sine_run)
     assert warm0 < 0.25 * meta0, (warm0, meta0)  # the stored task starts far ahead
     gap = rep["paired"]["10"]["meta-init - bank warm start"]["0"]["tasks"][task]
     assert gap["lo"] > 0  # the whole CI says the meta-init starts worse on this task
+    # where the starts came from: the stored task's own episodes at least, from its entry
+    note = rep["notes"]["bank warm start"]
+    got = re.match(
+        r"(\d+) of 9 task-episodes started from the bank \(0 from a blend\), (\d+) ", note
+    )
+    assert got and int(got[1]) + int(got[2]) == 9 and int(got[1]) >= 3, note
+    assert note.endswith(f"entries used most: {task} {got[1]}"), note
     png = tmp / "eval-bank" / "bank_descriptor_map.png"  # the bank's entries and the queries
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
