@@ -308,7 +308,8 @@ class BankConfig(_Slice):
     probe_gate: bool = Field(
         False,
         description="probe only the hits that clear `threshold` (else all top_k: lower regret "
-        "on training languages, and never worse than the meta-init, which is always probed)",
+        "on training languages; the meta-init is always probed, yet a far entry that probes "
+        "well can still end worse after 5 steps: bench/RESULTS.md, bank on the recipe)",
     )
     snapshot_uri: str | None = Field(None, description="directory or s3:// prefix for snapshots")
     dtype: Literal["float32", "float16"] = Field(
