@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import random
 import shutil
@@ -254,14 +253,16 @@ def _search_order(loc: Any, dirs: list[str], best: list[str], select: str) -> li
 
 
 def _best_loss(meta: dict[str, Any]) -> str:
-    """The best validation loss in the unit the console and MLflow show it in: bits per byte
-    for a language model (the checkpoint stores nats), else as stored."""
+    """The best validation loss in the unit the console and MLflow show it in (bits per byte
+    for a language model: the checkpoint stores nats)."""
+    from pipeline.runtime.console import loss_unit, to_unit
+
     loss = meta.get("extra", {}).get("best_val", {}).get("loss")
     if not isinstance(loss, int | float):
         return "?"
-    if meta.get("config", {}).get("data", {}).get("episode") == "lm":
-        return f"{loss / math.log(2.0):.4g} bpb"
-    return f"{loss:.4g}"
+    episode = meta.get("config", {}).get("data", {}).get("episode", "")
+    unit = loss_unit(episode)
+    return f"{to_unit(loss, episode):.4g}" + (f" {unit}" if unit else "")
 
 
 def find(
