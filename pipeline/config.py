@@ -288,13 +288,13 @@ class BankConfig(_Slice):
     select: Literal["similarity", "probe"] = Field(
         "probe",
         description="start from the `blend` of the hits, or from whichever of the meta-init, "
-        "each hit and their blend has the lowest held-out support loss (split-half probe)",
+        "each hit and their blend has the lowest support loss after `probe_steps` (the probe)",
     )
     probe_steps: int | tuple[int, ...] = Field(
         1,
-        description="inner steps in the probe (0: step-0 support loss, no split); a list, e.g. "
-        "[1, 2, 5]: the mean held-out loss after each count (a start that is good after one "
-        "step but diverges by the fifth then loses)",
+        description="inner steps in the probe (0: step-0 support loss); a list, e.g. [1, 2, 5]: "
+        "the mean support loss after each count (a start that is good after one step but "
+        "diverges by the fifth then loses)",
     )
 
     @field_validator("probe_steps")
@@ -305,6 +305,19 @@ class BankConfig(_Slice):
             raise ValueError(f"{v}: give a step count >= 0, or ascending distinct ones")
         return v
 
+    probe_split: bool = Field(
+        False,
+        description="true: score each candidate on support examples it was not adapted on "
+        "(even/odd halves, both ways); false: adapt on the whole support and score its loss "
+        "there, as the task itself will be adapted (lower regret on training languages at K=8: "
+        "bench/RESULTS.md, the probe on the whole support)",
+    )
+    fallback: bool = Field(
+        False,
+        description="run the meta-init's trajectory beside each warm start; at each step count "
+        "a task whose warm start has the higher loss on its own support words continues from "
+        "the meta-init's instead (twice the adaptation cost of warm-started tasks)",
+    )
     probe_gate: bool = Field(
         False,
         description="probe only the hits that clear `threshold` (else all top_k: lower regret "

@@ -9,13 +9,16 @@ same at every support size. No hit: the meta-init (a novel task). Otherwise the 
   the hits (`blend=weighted`);
 - `bank.select=probe` (the default): whichever of the meta-init, each of the top-k (all of
   them by default; with `bank.probe_gate` only the hits) and their weighted blend has the
-  lowest HELD-OUT support loss after `bank.probe_steps` inner steps (or its mean over a list
-  of step counts): adapt on the even support examples, score on the odd ones, and the other
-  way round. Only the support set is used (never the query), and the meta-init is always a
-  candidate, so a wrong entry costs only when the probe is fooled by a small support. The
-  threshold then only makes the novelty decision (`StartInfo.novel`: no stored task is
-  related).
-Then `pipeline.meta.inner.adapt`, the same inner loop training uses.
+  lowest support loss after `bank.probe_steps` inner steps (or its mean over a list of step
+  counts): adapted and scored on the whole support, as the task itself will be adapted (the
+  default), or with `bank.probe_split` adapted on the even support examples and scored on
+  the odd ones, and the other way round. Only the support set is used (never the query),
+  and the meta-init is always a candidate, so a wrong entry costs only when the probe is
+  fooled by a small support. The threshold then only makes the novelty decision
+  (`StartInfo.novel`: no stored task is related).
+Then `pipeline.meta.inner.adapt`, the same inner loop training uses; with `bank.fallback` the
+meta-init's trajectory runs beside each warm start, and a task whose warm start ends with the
+higher support loss ends from the meta-init's (`inner.adapt_then_score_with_fallback`).
 
 The bank is reached through a plain callable `query(descriptors, k) -> {"keys", "sims",
 "params"[, "support"]}` (the actor's `query`, `BankService.query`, or `with_entry_support`
@@ -91,6 +94,7 @@ class StartInfo:
     novel: list[bool] = field(default_factory=list)  # the novelty decision: nothing related
     descriptors: np.ndarray | None = None
     probe: list[dict[str, float]] = field(default_factory=list)  # per task: candidate -> loss
+    fell_back: list[bool] = field(default_factory=list)  # bank.fallback: ended on the meta-init's
 
     @property
     def warm(self) -> list[bool]:
@@ -145,12 +149,22 @@ def _candidates(i, hits, scored, flat_base, cfg: BankConfig) -> list[tuple[str, 
 
 
 def probe_losses(
-    model, starts: Params, owner: np.ndarray, support, *, steps, lrs, trainable, max_step_norm=None
+    model,
+    starts: Params,
+    owner: np.ndarray,
+    support,
+    *,
+    steps,
+    lrs,
+    trainable,
+    max_step_norm=None,
+    split: bool = True,
 ):
-    """Held-out support loss `[R]` of R task-batched starts, row r on task `owner[r]`'s support:
-    `steps` inner steps on the even examples scored on the odd ones, averaged with the reverse.
-    `steps` a list: the mean of those losses after each of its (ascending) counts. With steps=0
-    (or a single example) the plain step-0 loss on the whole support."""
+    """Probe loss `[R]` of R task-batched starts, row r on task `owner[r]`'s support: `steps`
+    inner steps on the whole support scored there (`split=False`), or on the even examples
+    scored on the odd ones, averaged with the reverse (`split=True`, a held-out loss). `steps`
+    a list: the mean of those losses after each of its (ascending) counts. With steps=0 (or a
+    single example) the plain step-0 loss on the whole support."""
     from pipeline.meta.inner import adapt_then_score
     from pipeline.meta.losses import model_loss
 
@@ -161,8 +175,9 @@ def probe_losses(
         with torch.no_grad():
             return model_loss(model, starts, rows).double().numpy()
     halves = dsc._halves(rows)
+    pairs = (halves, halves[::-1]) if split else ((rows, rows),)
     total = np.zeros(len(owner))
-    for fit, held in (halves, halves[::-1]):
+    for fit, held in pairs:
         losses = adapt_then_score(  # one trajectory per start, scored at each count
             starts,
             fit,
@@ -175,7 +190,7 @@ def probe_losses(
             max_step_norm=max_step_norm,
         )
         total += sum(losses.values())
-    return total / (2 * len(counts))
+    return total / (len(pairs) * len(counts))
 
 
 def _pick(
@@ -202,6 +217,7 @@ def _pick(
         lrs=lrs,
         trainable=trainable,
         max_step_norm=max_step_norm,
+        split=cfg.probe_split,
     )
     at = 0
     for i in many:
@@ -268,8 +284,10 @@ def adapt_with_bank(
     trainable=None,
     max_step_norm: float | None = None,
 ) -> tuple[Params, StartInfo]:
-    """Warm start (or meta-init) then `steps` of the core's inner loop; params `[T, ...]`."""
-    from pipeline.meta.inner import adapt
+    """Warm start (or meta-init) then `steps` of the core's inner loop; params `[T, ...]`.
+    With `bank.fallback`, a warm-started task whose support loss after `steps` is above the
+    meta-init's adapted one gets the meta-init's result (`StartInfo.fell_back`)."""
+    from pipeline.meta.inner import adapt, adapt_then_score_with_fallback
 
     start, info = warm_start(
         model,
@@ -281,14 +299,14 @@ def adapt_with_bank(
         trainable=trainable,
         max_step_norm=max_step_norm,
     )
-    adapted = adapt(
-        start,
-        support,
-        model=model,
-        steps=steps,
-        lrs=lrs,
-        first_order=True,  # evaluation: no meta-gradient flows through here
-        trainable=trainable,
-        max_step_norm=max_step_norm,
-    )
+    kw = dict(model=model, lrs=lrs, trainable=trainable, max_step_norm=max_step_norm)
+    info.fell_back = [False] * support.x.shape[0]
+    if cfg.fallback and any(info.warm):
+        kept, fell = adapt_then_score_with_fallback(
+            start, meta_params, support, support, steps=[steps], score=lambda p, q: p, **kw
+        )
+        info.fell_back = fell[steps].tolist()
+        return kept[steps], info
+    # first order: evaluation, no meta-gradient flows through here
+    adapted = adapt(start, support, steps=steps, first_order=True, **kw)
     return {k: v.detach() for k, v in adapted.items()}, info

@@ -69,6 +69,11 @@ def _adapt(args: argparse.Namespace) -> int:
         _store(svc, args.key, result, steps, n_examples)
     info = result.info
     print(f"start: {info.sources[0]} (best similarity {info.best_sims[0]})")
+    if info.fell_back and info.fell_back[0]:
+        print(
+            f"fallback: after {steps} steps the meta-init's trajectory had the lower support "
+            f"loss, so the result continues from the meta-init, not {info.sources[0]}"
+        )
     bpb = 1 / math.log(2)  # the loss is nats per byte; metaray reports bits per byte
     print(
         f"support loss {result.before * bpb:.4f} -> {result.after * bpb:.4f} bits per byte "
@@ -184,6 +189,7 @@ def _write(args: argparse.Namespace, result: _Result, steps: int, n_examples: in
     meta = {
         "start": result.info.sources[0],
         "best_similarity": str(result.info.best_sims[0]),
+        "fell_back_to_meta_init": str(bool(result.info.fell_back and result.info.fell_back[0])),
         "steps": str(steps),
         "support_examples": str(n_examples),
         "support_loss_meta_init_nats": f"{result.before:.6f}",

@@ -43,6 +43,7 @@ def bank_method(opts: Any, cfg: Any, model: Any, meta: ev.Method, log: Callable)
         meta.trainable,
         start=start,
         max_step_norm=meta.max_step_norm,
+        fallback=meta.params if bank_cfg.fallback else None,
         extra={"sources": sources, "bank_service": service, "descriptor": bank_cfg.descriptor},
     )
 
@@ -64,8 +65,21 @@ def report_sources(methods, log: Callable) -> None:
             f"{len(entries)} of {len(got)} task-episodes started from the bank "
             f"({blends} from a blend), {got.count('meta-init')} from the meta-init"
             + ("; entries used most: " + ", ".join(f"{k} {n}" for k, n in top) if top else "")
+            + _fallback_note(m.extra.get("fell_back", {}), len(entries))
         )
         log(f"{m.name}: {m.note}")
+
+
+def _fallback_note(fell_back: dict[int, list[bool]], warm: int) -> str:
+    """With bank.fallback: how many warm-started task-episodes ended on the meta-init's
+    trajectory, at the largest step count (where a far start diverges, if it does)."""
+    if not fell_back or not warm:
+        return ""
+    last = max(fell_back)
+    return (
+        f"; after {last} steps {sum(fell_back[last])} of the {warm} warm starts continued from "
+        "the meta-init (bank.fallback: a lower support loss)"
+    )
 
 
 def descriptor_map(opts: Any, model: Any, methods, by_shot, log: Callable) -> list[Path]:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from pipeline.config import DataConfig
 from pipeline.data import episodes as ep
 from pipeline.errors import MetarayError
-from pipeline.meta.inner import adapt_then_score
+from pipeline.meta.inner import adapt_then_score, adapt_then_score_with_fallback
 from pipeline.meta.losses import LN2, support_floored_loss, task_loss
 
 Params = dict[str, Tensor]
@@ -63,6 +63,9 @@ class Method:
     start: Callable[[ep.Split], Params] | None = None
     note: str = ""
     max_step_norm: float | None = None  # trust region on each inner step (inner.max_step_norm)
+    # bank.fallback: the meta-init's trajectory beside each task-batched start; each count keeps
+    # the one with the lower support loss (which tasks fell back: extra["fell_back"][step])
+    fallback: Params | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -151,10 +154,7 @@ def run_method(
     for group in _chunks(episodes, batch):
         b = ep.to_torch(ep.collate([e.batch for e in group]), device)  # leading dim T = episodes
         start = method.params if method.start is None else method.start(b.support)
-        scores = adapt_then_score(
-            start,
-            b.support,
-            b.query,
+        kw = dict(
             model=model,
             steps=steps,
             lrs=method.lrs,
@@ -164,6 +164,15 @@ def run_method(
                 model, p, query, n_way, s
             ),
         )
+        warm = any(start[k].dim() > v.dim() for k, v in method.params.items())
+        if method.fallback is None or not warm:
+            scores = adapt_then_score(start, b.support, b.query, **kw)
+        else:
+            scores, fell = adapt_then_score_with_fallback(
+                start, method.fallback, b.support, b.query, **kw
+            )
+            for s, f in fell.items():
+                method.extra.setdefault("fell_back", {}).setdefault(s, []).extend(f.tolist())
         for s, m in scores.items():
             for i, e in enumerate(group):
                 if model.kind == "classify":

@@ -192,3 +192,54 @@ def adapt_then_score(
         with torch.no_grad():
             out[s] = score(p, query)
     return out
+
+
+def _all_batched(model: TaskModel, params: Params, n_tasks: int) -> Params:
+    """Every tensor with a leading task dim `[T, ...]` (an expand view where shared)."""
+    dims = ref_dims(model)
+    return {k: v if v.dim() > dims[k] else v.expand(n_tasks, *v.shape) for k, v in params.items()}
+
+
+def adapt_then_score_with_fallback(
+    params: Params,
+    fallback: Params,
+    support: Split,
+    query: Split,
+    *,
+    model: TaskModel,
+    steps: Iterable[int],
+    lrs: float | Tensor | dict[str, Tensor],
+    trainable: Iterable[str] | None = None,
+    score: Callable[[Params, Any], Any],
+    max_step_norm: float | None = None,
+) -> tuple[dict[int, Any], dict[int, Tensor]]:
+    """`adapt_then_score` from `params` (e.g. the bank's warm starts) with a second trajectory
+    from `fallback` (the meta-init) run beside it: at each count each task is scored on
+    whichever of the two has the lower loss on its own support words there. Also returns,
+    per count, which tasks fell back (`[T]` bool). Why: a start from a far stored task can
+    fit the first steps best and then diverge under learned lrs fitted around the meta-init
+    (bench/RESULTS.md, the bank on the recipe's meta-init); the support loss sees it."""
+    n = support.x.shape[0]
+    warm, meta = _all_batched(model, params, n), _all_batched(model, fallback, n)
+    both = {k: torch.cat([warm[k], meta[k]]) for k in warm}
+    twice = type(support)(*(torch.cat([a, a]) for a in support))
+
+    def pick(p: Params, q: Any) -> tuple[Tensor, Any]:
+        with torch.no_grad():
+            loss = model_loss(model, p, twice)
+        back = loss[n:] < loss[:n]  # a tie keeps the warm start
+        chosen = {k: torch.where(per_task(back, v[:n]), v[n:], v[:n]) for k, v in p.items()}
+        return back, score(chosen, q)
+
+    out = adapt_then_score(
+        both,
+        twice,
+        query,
+        model=model,
+        steps=steps,
+        lrs=lrs,
+        trainable=trainable,
+        score=pick,
+        max_step_norm=max_step_norm,
+    )
+    return {s: v for s, (_, v) in out.items()}, {s: b for s, (b, _) in out.items()}

@@ -272,3 +272,44 @@ def test_a_probe_over_several_step_counts_is_the_mean_of_each_counts_probe():
     assert config.load(None, ["bank.probe_steps=[1,2,5]"]).bank.probe_steps == (1, 2, 5)
     with pytest.raises(config.ConfigError, match="ascending distinct"):
         config.load(None, ["bank.probe_steps=[5,1]"])
+
+
+def test_a_probe_without_the_split_scores_the_loss_on_the_words_it_adapted_on():
+    """`bank.probe_split=false`: each start is adapted on the whole support and scored there,
+    so its probe loss is the training loss after those steps, not the split-half loss."""
+    from pipeline.bank.warm_start import probe_losses
+    from pipeline.meta.inner import adapt
+    from pipeline.meta.losses import model_loss
+
+    model, params = _model()
+    sup = _support(EN, RU)
+    starts = {k: v.expand(2, *v.shape) for k, v in params.items()}
+    owner = np.array([0, 1])
+    whole = probe_losses(model, starts, owner, sup, steps=2, lrs=0.5, trainable=None, split=False)
+    with torch.no_grad():
+        trained = model_loss(model, adapt(starts, sup, model=model, steps=2, lrs=0.5), sup)
+    np.testing.assert_allclose(whole, trained.double().numpy(), rtol=1e-5)
+    split = probe_losses(model, starts, owner, sup, steps=2, lrs=0.5, trainable=None)
+    assert (whole < split).all()  # scored on words it was fitted to: a lower loss
+
+
+def test_fallback_keeps_each_tasks_trajectory_with_the_lower_support_loss():
+    """`bank.fallback`: beside a warm start's trajectory the meta-init's runs too; a task whose
+    warm start ends worse on its own support words is scored on the meta-init's trajectory,
+    one whose warm start fits better keeps it, and each count decides afresh."""
+    from pipeline.meta.inner import adapt, adapt_then_score, adapt_then_score_with_fallback
+    from pipeline.meta.losses import model_loss
+
+    model, params = _model()
+    sup = _support(EN, RU)
+    good = adapt(params, sup, model=model, steps=20, lrs=0.5)  # fitted to each task's words
+    torch.manual_seed(1)
+    bad = {k: v + 3.0 * torch.randn_like(v) for k, v in good.items()}  # far from any task
+    warm = {k: torch.stack([good[k][0], bad[k][1]]).detach() for k in params}
+    score = lambda p, q: model_loss(model, p, q).detach().numpy()  # noqa: E731
+    kw = dict(model=model, steps=[0, 2], lrs=0.5, score=score)
+    got, fell = adapt_then_score_with_fallback(warm, params, sup, sup, **kw)
+    alone, meta = adapt_then_score(warm, sup, sup, **kw), adapt_then_score(params, sup, sup, **kw)
+    for s in (0, 2):
+        assert fell[s].tolist() == [False, True]
+        np.testing.assert_allclose(got[s], [alone[s][0], meta[s][1]], rtol=1e-5)

@@ -75,12 +75,14 @@ def test_adapt_writes_params_then_a_stored_task_warm_starts_the_next_call(tmp_pa
                 "0",
                 "--bank-uri",
                 bank,
+                "bank.fallback=true",  # the stored entry fits these words: it is kept
             ]
         )
         == 0
     )
     with safe_open(str(out2), "pt") as f2, safe_open(str(out1), "pt") as f1:
         assert f2.metadata()["start"] == "bank:english"
+        assert f2.metadata()["fell_back_to_meta_init"] == "False"
         for k in state.params:  # 0 steps from the stored entry = the stored params, up to
             # float16 rounding of their difference from the meta-init (the bank's base)
             delta = (f1.get_tensor(k) - state.params[k]).abs().max()

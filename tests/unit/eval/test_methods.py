@@ -49,6 +49,29 @@ def test_zero_steps_is_the_start_and_steps_continue_the_same_inner_loop(sine):
     assert vals[5][task][:3] == pytest.approx(direct5.detach().tolist(), rel=1e-4)
 
 
+def test_a_warm_start_worse_than_the_meta_init_falls_back_to_its_trajectory(sine):
+    """`bank.fallback` in evaluation: a task-batched start far from every task (the meta-init
+    plus noise) ends worse on the support, so every count scores the meta-init's trajectory:
+    the same values as the meta-init itself, and every task-episode recorded as fallen back."""
+    import torch
+
+    cfg, model, state, eps = sine
+    torch.manual_seed(0)
+    far = {k: v + 2.0 * torch.randn_like(v) for k, v in state.params.items()}
+    batched = lambda s: {k: v.expand(s.x.shape[0], *v.shape) for k, v in far.items()}  # noqa: E731
+    meta = ev.run_method(model, ev.Method("meta-init", state.params, state.lrs), eps[:4], (0, 2))
+    m = ev.Method("bank", state.params, state.lrs, start=batched, fallback=state.params)
+    got = ev.run_method(model, m, eps[:4], (0, 2))
+    alone = ev.run_method(
+        model, ev.Method("far", state.params, state.lrs, start=batched), eps[:4], (0, 2)
+    )
+    for s in (0, 2):
+        for task in meta[s]:
+            assert got[s][task] == pytest.approx(meta[s][task], rel=1e-5)
+            assert np.mean(alone[s][task]) > np.mean(meta[s][task])  # the far start is worse
+        assert m.extra["fell_back"][s] == [True] * 4
+
+
 def test_tuned_lr_is_the_grid_point_with_the_best_validation_metric(sine):
     cfg, model, state, eps = sine
     base = ev.Method("random init", baselines.random_init(model, cfg, seed=3), 0.01)
