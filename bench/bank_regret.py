@@ -52,7 +52,7 @@ from pipeline.config import BankConfig
 from pipeline.data import episodes as ep
 from pipeline.data.sources.languages import LANGUAGES
 from pipeline.meta import outer
-from pipeline.meta.inner import adapt_then_score
+from pipeline.meta.inner import adapt_then_score, adapt_then_score_with_fallback
 from pipeline.meta.losses import LN2, support_floored_loss
 from pipeline.models import build_model
 
@@ -71,6 +71,7 @@ VARIANTS = {
         threshold="thr",
         top_k=3,
         select="probe",
+        probe_split=True,
         probe_steps=0,
         probe_gate=True,
     ),
@@ -79,6 +80,7 @@ VARIANTS = {
         threshold="thr",
         top_k=3,
         select="probe",
+        probe_split=True,
         probe_steps=1,
         probe_gate=True,
     ),
@@ -88,6 +90,7 @@ VARIANTS = {
         threshold="thr",
         top_k=3,
         select="probe",
+        probe_split=True,
         probe_steps=1,
         probe_gate=False,
     ),  # run 2 had threshold=-1.0 here: the same candidates (every calibrated sim is > -1)
@@ -97,10 +100,49 @@ VARIANTS = {
         threshold="thr",
         top_k=3,
         select="probe",
+        probe_split=True,
         probe_steps=(1, 2, 5),
         probe_gate=False,
     ),
+    # more candidates, and candidates scored on the whole support (probe_split=False): a
+    # diagnostic showed the full-support loss after t steps ranks all stored starts of unseen
+    # scripts well, where a 4-word half cannot
+    "bank: probe@1 top-10, no gate": dict(
+        similarity="calibrated",
+        threshold="thr",
+        top_k=10,
+        select="probe",
+        probe_split=True,
+        probe_steps=1,
+    ),
+    "bank: fit@1 top-10, no gate": dict(
+        similarity="calibrated",
+        threshold="thr",
+        top_k=10,
+        select="probe",
+        probe_steps=1,
+        probe_split=False,
+    ),
+    "bank: fit@1+2+5 top-10, no gate": dict(
+        similarity="calibrated",
+        threshold="thr",
+        top_k=10,
+        select="probe",
+        probe_steps=(1, 2, 5),
+        probe_split=False,
+    ),
+    "bank: fit@1 top-3, no gate": dict(
+        similarity="calibrated",
+        threshold="thr",
+        top_k=3,
+        select="probe",
+        probe_steps=1,
+        probe_split=False,
+    ),
 }
+# variants also run with `bank.fallback` (the meta-init's trajectory beside the warm one, the
+# lower support loss at each count kept): "<name> + fallback" in the report
+FALLBACK = ("bank: probe@1 top-3, no gate", "bank: fit@1 top-3, no gate")
 BLEND3 = dict(similarity="raw", threshold=-1.0, top_k=3, blend="weighted", select="similarity")
 
 
@@ -153,9 +195,12 @@ def make_bank(rows, meta_init, exclude=()) -> tuple[BankService, list[str]]:
     return bank, keys
 
 
-def curves(model, starts, owner, b, steps, lrs, trainable, floor=False) -> np.ndarray:
+def curves(
+    model, starts, owner, b, steps, lrs, trainable, floor=False, fallback=None
+) -> np.ndarray:
     """Query bpb `[len(steps), R]` of R task-batched starts, row r on episode owner[r]
-    (`floor`: scored as `metaray evaluate` does, under the support-fitted floor)."""
+    (`floor`: scored as `metaray evaluate` does, under the support-fitted floor; `fallback`:
+    the meta-init's trajectory beside each, as `bank.fallback` runs it)."""
     idx = torch.as_tensor(owner, dtype=torch.long)
     sel = lambda s: type(s)(*(a.index_select(0, idx) for a in s))  # noqa: E731
     sup, qry = sel(b.support), sel(b.query)
@@ -163,10 +208,32 @@ def curves(model, starts, owner, b, steps, lrs, trainable, floor=False) -> np.nd
         score = lambda p, q: (support_floored_loss(model, p, sup, q) / LN2).numpy()  # noqa: E731
     else:
         score = lambda p, q: ws.bpb(model, p, q)  # noqa: E731
-    out = adapt_then_score(
-        starts, sup, qry, model=model, steps=steps, lrs=lrs, trainable=trainable, score=score
-    )
+    kw = dict(model=model, steps=steps, lrs=lrs, trainable=trainable, score=score)
+    if fallback is None:
+        out = adapt_then_score(starts, sup, qry, **kw)
+    else:
+        out, _ = adapt_then_score_with_fallback(starts, fallback, sup, qry, **kw)
     return np.stack([out[s] for s in steps])
+
+
+def fallback_curves(ctx, starts, b, n) -> dict[str, np.ndarray]:
+    """ "<variant> + fallback" -> query bpb `[steps, n]` for the FALLBACK variants that warm
+    started any episode (the others are the meta-init's own curve, filled in by the caller)."""
+    model, state, args = ctx["model"], ctx["state"], ctx["args"]
+    out = {}
+    for name in (m for m in FALLBACK if starts[m] is not None):
+        out[f"{name} + fallback"] = curves(
+            model,
+            unflatten(starts[name], state.params),
+            np.arange(n),
+            b,
+            args.steps,
+            state.lrs,
+            ctx["trainable"],
+            bool(args.support_floor),
+            fallback=state.params,
+        )
+    return out
 
 
 def one_language(ctx, lang, eps, bank, keys, thr) -> list[dict]:
@@ -211,13 +278,16 @@ def one_language(ctx, lang, eps, bank, keys, thr) -> list[dict]:
         ctx["trainable"],
         bool(args.support_floor),
     )
+    extra = fallback_curves(ctx, starts, b, n)
     named = bpb[:, : n * len(names)].reshape(len(args.steps), len(names), n)
     ent = bpb[:, n * len(names) :].reshape(len(args.steps), n, len(keys))
     out = []
     for e in range(n):
         rec = {
             "lang": lang,
-            "bpb": {m: named[:, j, e].tolist() for j, m in enumerate(names)},
+            "bpb": {m: named[:, j, e].tolist() for j, m in enumerate(names)}
+            | {f"{m} + fallback": named[:, 0, e].tolist() for m in FALLBACK}  # if never warm
+            | {m: v[:, e].tolist() for m, v in extra.items()},
             "random entry": ent[:, e].mean(1).tolist(),
             "hindsight-best": ent[:, e].min(1).tolist(),
             "best key": [keys[int(i)] for i in ent[:, e].argmin(1)],

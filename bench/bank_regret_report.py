@@ -35,6 +35,11 @@ def bank_names(recs) -> list[str]:
     return [m for m in recs[0]["bpb"] if m.startswith("bank")]
 
 
+def _started(variant: str) -> str:
+    """The variant whose start a "<variant> + fallback" row began from (its sources)."""
+    return variant.removesuffix(" + fallback")
+
+
 def group_stats(recs, steps) -> dict:
     """Per method bpb, and per bank variant: gain vs random entry, regret, vs meta-init."""
     d = lambda a, b: per_language(recs, lambda r: np.subtract(series(r, a), series(r, b)))  # noqa: E731
@@ -55,7 +60,9 @@ def group_stats(recs, steps) -> dict:
                 "vs_meta": ci(vs[:, i]),
                 "room": ci(room[:, i]),
                 "regret_frac": float(reg[:, i].mean() / max(room[:, i].mean(), 1e-9)),
-                "warm": float(np.mean([r["sources"].get(b, "x") != "meta-init" for r in recs])),
+                "warm": float(
+                    np.mean([r["sources"].get(_started(b), "x") != "meta-init" for r in recs])
+                ),
             }
             for i, s in enumerate(steps)
         }

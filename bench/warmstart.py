@@ -198,8 +198,15 @@ def put_rows(
     )
 
 
+# The start rule this study measured (bench/RESULTS.md, "Memory-bank warm start"): the nearest
+# entry by raw cosine above the threshold. Pinned: the bank's defaults have moved on since (the
+# calibrated similarity and the probe, which needs the inner lrs: bench/bank_regret.py).
+STUDY_RULE = dict(similarity="raw", select="similarity", top_k=1, blend="nearest")
+
+
 def bank_for(rows, meta_init, kind, threshold, exclude=()):
-    bank = BankService(BankConfig(capacity=1000, threshold=threshold, descriptor=kind))
+    cfg = BankConfig(capacity=1000, threshold=threshold, descriptor=kind, **STUDY_RULE)
+    bank = BankService(cfg)
     put_rows(bank, rows, [k for k in rows if k not in exclude], kind, meta_init)
     return bank
 
