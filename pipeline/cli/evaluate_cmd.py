@@ -65,6 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (else AWS_ENDPOINT_URL)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, help="torch threads (default: the run's per worker)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="with --bank: the warm start's settings, e.g. bank.fallback=true bank.top_k=5 "
+        "(default: the checkpoint's); only bank.* keys",
+    )
     p.set_defaults(func=_evaluate)
 
 
@@ -99,6 +105,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         s3_endpoint=args.s3_endpoint,
         device=args.device,
         threads=args.threads,
+        bank_overrides=tuple(args.overrides),
     )
     try:
         eval_run.run(opts)

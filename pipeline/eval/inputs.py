@@ -82,6 +82,30 @@ class Inputs:
         return self.cfg.data.episode
 
 
+def with_bank_overrides(cfg: Any, overrides, bank: str | None, log: Callable) -> Any:
+    """The checkpoint's config with the command line's `bank.*` overrides (the warm start's
+    settings, e.g. bank.fallback=true). Other sections would change the model or the inner
+    loop being evaluated, so they are refused, as are bank overrides without --bank."""
+    from pipeline import config
+
+    if not overrides:
+        return cfg
+    other = [o for o in overrides if not o.strip().startswith("bank.")]
+    if other:
+        raise MetarayError(
+            f"metaray evaluate takes bank.* overrides only (the warm start's settings), got "
+            f"{', '.join(other)}: the model and its inner loop are the checkpoint's; train or "
+            "adapt with other settings instead"
+        )
+    if not bank:
+        raise MetarayError(
+            f"{', '.join(overrides)}: bank.* overrides set the warm start; add --bank URI"
+        )
+    tree = config._merge(config.to_dict(cfg), config.parse_overrides(list(overrides)))
+    log(f"bank settings from the command line: {' '.join(overrides)}")
+    return config.from_dict(tree, "checkpoint config + bank overrides")
+
+
 def read(opts: Any, log: Callable[[str], None]) -> Inputs:
     """The checkpoint and its config; the shard set; its test, train and val tasks.
     `opts`: `pipeline.eval.run.Options`."""
@@ -90,6 +114,7 @@ def read(opts: Any, log: Callable[[str], None]) -> Inputs:
 
     loaded = load_checkpoint(opts.checkpoint, opts.s3_endpoint, log)
     cfg = config.from_dict(loaded.config, source=f"{opts.checkpoint} (checkpoint config)")
+    cfg = with_bank_overrides(cfg, opts.bank_overrides, opts.bank, log)
     kind = cfg.data.episode
     log(f"checkpoint {opts.checkpoint}: step {loaded.state.step}, {cfg.inner.algorithm}, {kind}")
     endpoint = opts.s3_endpoint or cfg.data.s3_endpoint

@@ -42,6 +42,7 @@ class Options:
     s3_endpoint: str | None = None
     device: str = "cpu"
     threads: int | None = None  # torch threads; None: the run's cluster.threads_per_worker
+    bank_overrides: tuple[str, ...] = ()  # "bank.key=value": the warm start's, with --bank
 
 
 def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -218,6 +219,7 @@ def _build_report(
             "checkpoint": opts.checkpoint,
             "shards": opts.shards,
             "bank": opts.bank,
+            "bank_overrides": list(opts.bank_overrides),
             "checkpoint_step": inp.state.step,
             "algorithm": inp.cfg.inner.algorithm,
             "family": inp.shards.family,

@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 
+from pipeline.errors import MetarayError
 from pipeline.eval import inputs as eval_inputs
 from pipeline.eval import methods as ev
 from pipeline.eval import run as eval_run
@@ -119,6 +120,21 @@ def test_bank_warm_start_starts_a_recurring_task_at_its_stored_quality(sine_run)
     assert note.endswith(f"entries used most: {task} {got[1]}"), note
     png = tmp / "eval-bank" / "bank_descriptor_map.png"  # the bank's entries and the queries
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # bank.fallback from the command line: the stored task fits its own support better than
+    # the meta-init does, so its warm start is kept; the note counts the fallbacks
+    from dataclasses import replace
+
+    fell = replace(opts, out_dir=str(tmp / "eval-fb"), bank_overrides=("bank.fallback=true",))
+    rep2 = eval_run.run(fell, log=lambda _: None)
+    assert rep2["bank_overrides"] == ["bank.fallback=true"]
+    res2 = rep2["results"]["10"]["bank warm start"]["0"]["tasks"][task]["mean"]
+    assert res2 == pytest.approx(warm0)
+    m = re.search(
+        r"after 1 steps (\d+) of the (\d+) warm starts continued", rep2["notes"]["bank warm start"]
+    )
+    assert m and int(m[2]) == int(got[1]) and int(m[1]) < int(m[2]), rep2["notes"]
+    with pytest.raises(MetarayError, match="bank.\\* overrides only"):
+        eval_run.run(replace(opts, bank_overrides=("inner.lr=0.5",)), log=lambda _: None)
 
 
 def test_metaray_evaluate_on_a_users_text_shard_set(tmp_path, capsys):
