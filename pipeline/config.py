@@ -316,7 +316,7 @@ class BankConfig(_Slice):
         False,
         description="run the meta-init's trajectory beside each warm start; at each step count "
         "a task whose warm start has the higher loss on its own support words continues from "
-        "the meta-init's instead (twice the adaptation cost of warm-started tasks)",
+        "the meta-init's instead (a warm-started batch is adapted as twice as many tasks)",
     )
     probe_gate: bool = Field(
         False,
