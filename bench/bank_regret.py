@@ -340,6 +340,14 @@ def fit_power(sims: dict[int, list[dict]]) -> float:
     return float(min(np.round(np.arange(0.5, 1.501, 0.05), 2), key=gap))
 
 
+def left_out(lang: str, loo: bool | str) -> tuple[str, ...]:
+    """The stored languages a query of `lang` must not see: itself (`loo=True`), every stored
+    language of its script (`loo="script"`: a training-side stand-in for an unseen script)."""
+    if loo == "script":
+        return tuple(k for k in ws.TRAIN if LANGUAGES[k].script == LANGUAGES[lang].script)
+    return (lang,) if loo else ()
+
+
 def scenario(ctx, langs, src_rows, k, n_eps, seed, thr, loo, sims_only=False) -> list[dict]:
     args, recs = ctx["args"], []
     full = make_bank(ctx["rows"], ctx["state"].params)
@@ -347,7 +355,8 @@ def scenario(ctx, langs, src_rows, k, n_eps, seed, thr, loo, sims_only=False) ->
         eps = ws.episodes(
             src_rows, [lang], k, args.k_query, args.max_len, n_eps, seed=seed + 101 * li
         )
-        bank, keys = make_bank(ctx["rows"], ctx["state"].params, exclude=(lang,)) if loo else full
+        out = left_out(lang, loo)
+        bank, keys = make_bank(ctx["rows"], ctx["state"].params, exclude=out) if out else full
         if sims_only:
             recs += similarities(ctx, lang, eps, bank, keys)
         else:
@@ -427,6 +436,11 @@ def main() -> None:
         k: scenario(ctx, ws.TRAIN, even, k, args.calib_episodes, 11, thr, True) for k in args.shots
     }
     log("TRAIN leave-one-out done")
+    script_out = {  # every stored language of the query's script removed (the fallback's case)
+        k: scenario(ctx, ws.TRAIN, even, k, args.calib_episodes, 11, thr, "script")
+        for k in args.shots
+    }
+    log("TRAIN leave-script-out done")
     rng = np.random.default_rng(0)
     recurring = sorted(rng.choice(ws.TRAIN, size=args.recurring, replace=False).tolist())
     scen = {"recurring": recurring, "related-novel": ws.RELATED, "unrelated-novel": ws.UNRELATED}
@@ -442,6 +456,7 @@ def main() -> None:
         "thresholds": {"calibrated": thr, "raw": thr_raw},
         "attenuation_power": power,
         "train_loo": {str(k): v for k, v in calib.items()},
+        "train_script_out": {str(k): v for k, v in script_out.items()},
         "train_loo_sims": {str(k): v for k, v in sims.items()},
         "held_out": held,
         "stored_bpb": {k: rows[k]["loss"] for k in rows},

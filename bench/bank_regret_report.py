@@ -152,6 +152,7 @@ def summarise(report: dict) -> dict:
     steps, shots = report["args"]["steps"], report["args"]["shots"]
     groups = {g: group_stats(recs, steps) for g, recs in report["held_out"].items()}
     loo = {k: group_stats(recs, steps) for k, recs in report["train_loo"].items()}
+    lso = {k: group_stats(recs, steps) for k, recs in report.get("train_script_out", {}).items()}
     thr = report["thresholds"]
     nov = {}
     for k in shots:
@@ -166,7 +167,14 @@ def summarise(report: dict) -> dict:
                 (f"calibrated >= {thr['calibrated']}", "sim calibrated", thr["calibrated"]),
             )
         }
-    return {"groups": groups, "train_loo": loo, "novelty": nov, "shots": shots, "steps": steps}
+    return {
+        "groups": groups,
+        "train_loo": loo,
+        "train_script_out": lso,
+        "novelty": nov,
+        "shots": shots,
+        "steps": steps,
+    }
 
 
 def render(report: dict) -> str:
@@ -212,6 +220,12 @@ def render(report: dict) -> str:
     for k, gs in s["train_loo"].items():
         for b in [m for m in gs if m.startswith("bank")]:
             out.append(f"- K={k} {b}: {fc(gs[b][1]['regret'])} / {fc(gs[b][2]['regret'])}")
+    if s["train_script_out"]:
+        out += ["", "**TRAIN leave-script-out** (the query's script removed): regret at 1/2/5", ""]
+        for k, gs in s["train_script_out"].items():
+            for b in [m for m in gs if m.startswith("bank")]:
+                cells = " / ".join(fc(gs[b][t]["regret"]) for t in (1, 2, 5) if t in gs[b])
+                out.append(f"- K={k} {b}: {cells}")
     out += ["", "**targets**", ""]
     for b in [m for m in s["groups"][next(iter(s["groups"]))] if m.startswith("bank")]:
         out += [f"*{b}*", ""] + [f"- {t}" for t in targets(s["groups"], b, s["shots"])] + [""]

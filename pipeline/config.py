@@ -313,10 +313,11 @@ class BankConfig(_Slice):
         "bench/RESULTS.md, the probe on the whole support)",
     )
     fallback: bool = Field(
-        False,
+        True,
         description="run the meta-init's trajectory beside each warm start; at each step count "
         "a task whose warm start has the higher loss on its own support words continues from "
-        "the meta-init's instead (a warm-started batch is adapted as twice as many tasks)",
+        "the meta-init's instead (a warm-started batch is adapted as twice as many tasks; "
+        "it keeps a far entry that diverges from ending worse: bench/RESULTS.md, fallback)",
     )
     probe_gate: bool = Field(
         False,
