@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -104,17 +105,25 @@ def test_an_exploited_trial_whose_pause_was_mid_save_still_trains_to_the_end(
         return state.last_score
 
     held: list = []
+    at_boundary: set = set()  # trials whose step-50 result has been processed
     on_saving = TuneController._on_saving_result
     process = TuneController._process_trial_result
 
     def hold_first_boundary_save(self: Any, trial: Any, value: Any) -> Any:
         if (value.metrics or {}).get("step") == 50 and not held:
+            if at_boundary - {trial.trial_id}:
+                # the other trial's result already came in while this save was in flight: the
+                # interleaving happened by itself (holding now would wait forever: no release)
+                held.append(None)
+                return on_saving(self, trial, value)
             held.append((trial, value))
             return None
         return on_saving(self, trial, value)
 
     def release_after_the_other_arrives(self: Any, trial: Any, result: dict) -> Any:
         out = process(self, trial, result)
+        if result.get("step") == 50:
+            at_boundary.add(trial.trial_id)
         if held and held[0] and result.get("step") == 50 and trial is not held[0][0]:
             waiting, value = held[0]
             held[0] = None
@@ -126,6 +135,16 @@ def test_an_exploited_trial_whose_pause_was_mid_save_still_trains_to_the_end(
     monkeypatch.setattr(TuneController, "_on_saving_result", hold_first_boundary_save)
     monkeypatch.setattr(TuneController, "_process_trial_result", release_after_the_other_arrives)
     base, sweep = _pbt_smoke(smoke_shards, tmp_path)
-    result = run_sweep(base, sweep, quiet=True)
+
+    def stuck(*_: Any) -> None:  # a hold never released would spin Tune's loop for ever
+        raise TimeoutError("the sweep did not end in 300 s: a held save was never released")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(300)
+    try:
+        result = run_sweep(base, sweep, quiet=True)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     assert held == [None], "the interleaving did not happen: the test decided nothing"
     assert [(r.state, r.steps) for r in result.rows] == [("DONE", 80), ("DONE", 80)]
