@@ -12,7 +12,9 @@ words for 20 steps. Then at each support size K (default 8 and 32):
    the raw and the calibrated similarity of each episode's best hit, labelled "a related task
    is stored" (same branch AND same script among the other 29); one threshold per similarity,
    pooled over the K values, chosen by F1. Every bank variant is also run on these episodes,
-   and the default is the variant with the lowest regret at 1-2 steps HERE, not on held-out.
+   and the default is the variant with the lowest mean regret over K x {1, 2 steps} HERE,
+   not on held-out. Also on TRAIN, with every stored language of the query's script removed
+   ("leave-script-out": the case `bank.fallback` is for), which decided the fallback.
 2. Held-out (odd-ranked words, never in meta-training or bank fill): recurring (TRAIN
    languages again), related-novel and unrelated-novel languages. Each episode is adapted
    from every start below, query bits per byte after `--steps` inner steps:

@@ -546,6 +546,13 @@ def load(
     return from_dict(_merge(tree, extra), source)
 
 
+def with_overrides(cfg: RunConfig, overrides: list[str], source: str) -> RunConfig:
+    """`cfg` (e.g. a checkpoint's) with dotted command-line overrides, validated again."""
+    extra = parse_overrides(overrides)
+    _check_keys(extra, "command line")
+    return from_dict(_merge(to_dict(cfg), extra), source)
+
+
 def to_dict(cfg: BaseModel) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
 

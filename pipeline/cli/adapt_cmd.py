@@ -111,10 +111,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         loaded = checkpoint.load(found.path)
     args.found_checkpoint = found.uri
     base = config.from_dict(loaded.config, f"{args.checkpoint}/meta.json")
-    cfg = config.from_dict(
-        config._merge(config.to_dict(base), config.parse_overrides(args.overrides)),
-        "checkpoint config + overrides",
-    )
+    cfg = config.with_overrides(base, args.overrides, "checkpoint config + overrides")
     if cfg.data.episode != "lm":
         raise MetarayError(
             f"metaray adapt takes text support files, for lm models; this checkpoint is "

@@ -101,9 +101,9 @@ def with_bank_overrides(cfg: Any, overrides, bank: str | None, log: Callable) ->
         raise MetarayError(
             f"{', '.join(overrides)}: bank.* overrides set the warm start; add --bank URI"
         )
-    tree = config._merge(config.to_dict(cfg), config.parse_overrides(list(overrides)))
+    out = config.with_overrides(cfg, list(overrides), "checkpoint config + bank overrides")
     log(f"bank settings from the command line: {' '.join(overrides)}")
-    return config.from_dict(tree, "checkpoint config + bank overrides")
+    return out
 
 
 def read(opts: Any, log: Callable[[str], None]) -> Inputs:
